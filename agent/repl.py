@@ -1,0 +1,168 @@
+"""The chat REPL: streaming answers, feedback and learning commands between turns.
+
+The database is released while the REPL waits for input, so ``learnloop learn`` or
+``feedback`` in another terminal can run; a version made active meanwhile is loaded
+before the next answer and announced in one line.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+
+import click
+
+from agent.progress import CycleProgress
+from agent.runtime import Agent, UsageError, new_thread_id
+from learning.config import LearnConfig
+from learning.cycle import CycleFailed, NothingToLearn, run_cycle
+from storage.store import StoreError
+
+HELP = """commands:
+  /up              the last answer was good
+  /down            the last answer was bad
+  /fix TEXT        TEXT is a better answer to your last message
+  /regen           answer your last message again (logged as its own turn)
+  /learn           run a learning cycle now
+  /status          model, version, feedback counts
+  /new             start a new thread
+  /quit            leave (Ctrl-D works too); Ctrl-C stops an answer or a /learn"""
+
+
+class Repl:
+    def __init__(self, agent: Agent, model_spec: str | None, thread_id: str | None) -> None:
+        self.agent = agent
+        self.model_spec = model_spec
+        self.thread_id = thread_id or new_thread_id()
+        self.last_turn: int | None = None
+        self.user = getpass.getuser()
+        self.commands: dict[str, Callable[[str], bool | None]] = {
+            "/up": lambda arg: self.rate("up"),
+            "/down": lambda arg: self.rate("down"),
+            "/fix": self.fix,
+            "/regen": lambda arg: self.answer("", regen=True),
+            "/learn": lambda arg: self.learn(),
+            "/status": lambda arg: self.status(),
+            "/new": lambda arg: self.new(),
+            "/help": lambda arg: click.echo(HELP),
+            "/quit": lambda arg: True,
+            "/exit": lambda arg: True,
+        }
+
+    def run(self) -> None:
+        store = self.agent.store
+        history = store.thread_history(self.thread_id)
+        if history:
+            self.last_turn = history[-1].id
+            click.echo(f"resuming thread {self.thread_id} ({len(history)} turns):")
+            for turn in history[-3:]:
+                click.echo(f"  you: {turn.log.user_message}\n  bot: {turn.log.answer}")
+        click.echo(
+            f"learnloop chat · model {self.agent.backend.model_name} · version "
+            f"{self.agent.backend.version} · thread {self.thread_id} · /help for commands"
+        )
+        store.release()
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                click.echo()
+                return
+            except KeyboardInterrupt:
+                click.echo()
+                continue
+            try:
+                if self.handle(line):
+                    return
+            except (UsageError, StoreError) as exc:
+                click.echo(f"error: {exc}", err=True)
+            finally:
+                store.release()
+
+    def handle(self, line: str) -> bool:
+        if not line:
+            return False
+        if not line.startswith("/"):
+            self.answer(line)
+            return False
+        name, _, arg = line.partition(" ")
+        command = self.commands.get(name)
+        if command is None:
+            raise UsageError(f"unknown command {name}; /help lists the commands")
+        return bool(command(arg.strip()))
+
+    def answer(self, text: str, regen: bool = False) -> None:
+        if regen and self.last_turn is None:
+            raise UsageError("nothing to regenerate yet")
+        switch = self.agent.sync_version()
+        if switch:
+            click.echo(
+                f"↻ now answering with version {switch.version} "
+                f"(adapter loaded in {switch.seconds * 1000:.0f} ms)"
+            )
+        click.echo("bot> ", nl=False)
+        answer = self.agent.ask(
+            text,
+            thread_id=self.thread_id,
+            regen_of=self.last_turn if regen else None,
+            on_token=lambda t: click.echo(t, nl=False),
+        )
+        self.last_turn = answer.turn_id
+        suffix = " [interrupted]" if answer.interrupted else ""
+        click.echo(f"{suffix}\n   [turn {answer.turn_id} · {answer.version}]")
+
+    def _need_turn(self) -> int:
+        if self.last_turn is None:
+            raise UsageError("no answer to rate yet; ask something first")
+        return self.last_turn
+
+    def rate(self, rating: str) -> None:
+        turn = self._need_turn()
+        self.agent.store.add_feedback(turn, rating, user_name=self.user)
+        click.echo(f"   noted: turn {turn} {'👍' if rating == 'up' else '👎'}")
+
+    def fix(self, text: str) -> None:
+        turn = self._need_turn()
+        if not text:
+            raise UsageError("the correction is empty: /fix followed by the better answer")
+        self.agent.store.add_feedback(turn, "down", correction=text, user_name=self.user)
+        click.echo(f"   noted: a better answer for turn {turn}")
+
+    def learn(self) -> None:
+        from agent.models import resolve_model
+
+        try:
+            with CycleProgress() as progress:
+                result = run_cycle(
+                    self.agent.store,
+                    resolve_model(self.model_spec),
+                    LearnConfig(),
+                    progress=progress,
+                    who=f"chat:{self.user}",
+                )
+        except (NothingToLearn, CycleFailed) as exc:
+            click.echo(f"no new version: {exc}", err=True)
+            return
+        except KeyboardInterrupt:
+            click.echo("\nlearning interrupted; the active version is unchanged", err=True)
+            return
+        click.echo(
+            f"   version {result.version} trained in {result.seconds:.0f} s "
+            f"({result.sft_examples} SFT examples, {result.dpo_pairs} DPO pairs); "
+            "it answers from your next message"
+        )
+
+    def status(self) -> None:
+        s = self.agent.store.status()
+        click.echo(
+            f"   model {self.agent.backend.model_name} · answering with "
+            f"{self.agent.backend.version} (active: {s.active_version}) · thread "
+            f"{self.thread_id}\n   {s.turns} turns, {s.feedback} feedback "
+            f"({s.feedback_up} up, {s.feedback_down} down, {s.corrections} corrections), "
+            f"{s.unlearned_feedback} not learned from yet, {s.versions} versions"
+        )
+
+    def new(self) -> None:
+        self.thread_id = new_thread_id()
+        self.last_turn = None
+        click.echo(f"   new thread {self.thread_id}")

@@ -1,0 +1,90 @@
+"""Human-readable and JSON views of stored records for the CLI (no SQL, no printing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.records import Turn, Version
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def turn_dict(turn: Turn) -> dict[str, Any]:
+    log = turn.log
+    return {
+        "turn_id": turn.id,
+        "thread_id": log.thread_id,
+        "created_at": turn.created_at,
+        "user_message": log.user_message,
+        "answer": log.answer,
+        "version": log.version,
+        "regen_of": log.regen_of,
+        "interrupted": log.interrupted,
+        "prompt_tokens": log.prompt_tokens,
+        "completion_tokens": log.completion_tokens,
+        "total_ms": log.total_ms,
+        "feedback": [
+            {
+                "id": f.id,
+                "rating": f.rating,
+                "correction": f.correction,
+                "comment": f.comment,
+                "user": f.user_name,
+                "created_at": f.created_at,
+            }
+            for f in turn.feedback
+        ],
+    }
+
+
+def feedback_mark(turn: Turn) -> str:
+    latest = turn.latest_feedback
+    if latest is None:
+        return "  "
+    mark = "👍" if latest.rating == "up" else "👎"
+    return mark + (" ✎" if latest.correction else "")
+
+
+def turns_text(turns: list[Turn]) -> str:
+    if not turns:
+        return 'no turns yet: `learnloop ask "..."` or `learnloop chat`'
+    lines = []
+    for t in turns:
+        regen = f" (regen of {t.log.regen_of})" if t.log.regen_of else ""
+        lines.append(
+            f"#{t.id} thread {t.log.thread_id} · {t.log.version}{regen} "
+            f"· {t.created_at:%Y-%m-%d %H:%M} {feedback_mark(t)}"
+        )
+        lines.append(f"   you: {_short(t.log.user_message)}")
+        lines.append(f"   bot: {_short(t.log.answer)}")
+        latest = t.latest_feedback
+        if latest and latest.correction:
+            lines.append(f"   fix: {_short(latest.correction)}")
+    return "\n".join(lines)
+
+
+def _metric(v: Version) -> str:
+    parts = []
+    for stage in ("sft", "dpo"):
+        m = v.metrics.get(stage)
+        if m and m.get("train_loss") is not None:
+            parts.append(f"{stage} loss {m['train_loss']:.3f}")
+    return ", ".join(parts) or "-"
+
+
+def versions_table(versions: list[Version], active: str) -> str:
+    lines = [
+        f"{'':2}{'version':8} {'parent':7} {'created':16} {'method':8} "
+        f"{'sft':>4} {'dpo':>4}  metrics"
+    ]
+    lines.append(f"{'*' if active == 'base' else ' ':2}{'base':8} {'-':7}")
+    for v in versions:
+        lines.append(
+            f"{'*' if v.id == active else ' ':2}{v.id:8} {v.parent:7} "
+            f"{v.created_at:%Y-%m-%d %H:%M} {v.method:8} {v.sft_count:>4} {v.dpo_count:>4}  "
+            f"{_metric(v)}"
+        )
+    return "\n".join(lines)

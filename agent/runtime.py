@@ -1,0 +1,127 @@
+"""The running agent: store + backend + graph, and the version check before each answer.
+
+Both the REPL and the one-shot ``ask`` go through :class:`Agent`, so every answer is
+produced by the graph, logged, and given by the version that is active at that moment.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.backend import Backend
+from agent.chat_model import LocalChatModel
+from agent.config import GenerationConfig
+from agent.graph import build_graph
+from storage.store import NotFound, Store
+
+MAX_MESSAGE_CHARS = 16_000
+
+
+class UsageError(ValueError):
+    """Bad input from the user; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    turn_id: int
+    thread_id: str
+    answer: str
+    version: str
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class Switch:
+    version: str
+    seconds: float
+
+
+def new_thread_id() -> str:
+    return secrets.token_hex(4)
+
+
+def check_message(text: str) -> str:
+    if not text or not text.strip():
+        raise UsageError("the message is empty; type something to ask")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise UsageError(f"the message is {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}")
+    return text.strip()
+
+
+class Agent:
+    """One loaded model answering through the graph, logging into ``store``."""
+
+    def __init__(self, store: Store, backend: Backend, generation: GenerationConfig) -> None:
+        self.store = store
+        self.backend = backend
+        self.model = LocalChatModel(backend=backend, generation=generation)
+        self.graph = build_graph(self.model, store, system_prompt=generation.system_prompt)
+
+    def sync_version(self) -> Switch | None:
+        """Load the active version's adapter if it is not the one loaded."""
+        active = self.store.active_version()
+        if active == self.backend.version:
+            return None
+        path = None
+        if active != "base":
+            version = self.store.get_version(active)
+            if version.base_model != self.backend.model_name:
+                raise UsageError(
+                    f"the active version {active} was trained on {version.base_model}, "
+                    f"not on {self.backend.model_name}; run with that --model"
+                )
+            path = version.adapter_path
+        return Switch(active, self.backend.switch(active, path))
+
+    def check_thread(self, thread_id: str) -> str:
+        if not self.store.thread_exists(thread_id):
+            raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
+        return thread_id
+
+    def ask(
+        self,
+        text: str,
+        *,
+        thread_id: str | None = None,
+        regen_of: int | None = None,
+        on_token: Callable[[str], Any] | None = None,
+    ) -> Answer:
+        """Answer ``text`` (or answer turn ``regen_of`` again) in a thread; log the turn."""
+        state: dict[str, Any] = {}
+        if regen_of is not None:
+            thread_id = self.store.get_turn(regen_of).log.thread_id
+            state["regen_of"] = regen_of
+        else:
+            state["user_message"] = check_message(text)
+            if thread_id is not None:
+                self.check_thread(thread_id)
+        state["thread_id"] = thread_id or new_thread_id()
+        final: dict[str, Any] = {}
+        for mode, data in self.graph.stream(state, stream_mode=["messages", "values"]):
+            if mode == "messages":
+                chunk = data[0]
+                if on_token and chunk.content:
+                    on_token(str(chunk.content))
+            else:
+                final = data
+        return Answer(
+            turn_id=final["turn_id"],
+            thread_id=final["thread_id"],
+            answer=final["answer"],
+            version=final["meta"]["version"],
+            interrupted=bool(final["meta"].get("interrupted")),
+        )
+
+
+def load_agent(store: Store, model_spec: str | None, generation: GenerationConfig) -> Agent:
+    """Resolve the model (converting a GGUF once), load it, and load the active version."""
+    from agent.backend import TransformersBackend
+    from agent.models import resolve_model
+
+    resolved = resolve_model(model_spec)
+    agent = Agent(store, TransformersBackend(resolved.path, resolved.name), generation)
+    agent.sync_version()
+    return agent

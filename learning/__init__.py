@@ -1,0 +1,1 @@
+"""The improvement side of learnloop: dataset builders, trainer, learning cycle."""

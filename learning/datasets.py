@@ -1,0 +1,111 @@
+"""Pure dataset builders: stored feedback in, TRL's documented dataset shapes out.
+
+Input is the latest feedback on each rated turn (:class:`FeedbackExample`); nothing here
+reads or writes anything. Output rows use TRL's *conversational* format:
+
+- SFT, prompt-completion: ``{"prompt": [messages], "completion": [assistant message]}``,
+  from answers given a thumbs-up and from corrections (the better answer to that prompt);
+- DPO, preference: ``{"prompt": [messages], "chosen": [...], "rejected": [...]}``, from a
+  correction vs. the answer it corrects, and from a thumbs-up answer vs. a thumbs-down
+  answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings).
+
+Every row remembers the feedback ids it came from, so the snapshot can record them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage.records import FeedbackExample, Message
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Datasets:
+    sft: list[Row] = field(default_factory=list)
+    dpo: list[Row] = field(default_factory=list)
+    sft_feedback: list[int] = field(default_factory=list)  # feedback ids behind sft rows
+    dpo_feedback: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.sft and not self.dpo
+
+    def content_hash(self) -> str:
+        blob = json.dumps({"sft": self.sft, "dpo": self.dpo}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _assistant(text: str) -> list[Message]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _prompt_key(messages: list[Message]) -> str:
+    return json.dumps(messages, sort_keys=True)
+
+
+def build_sft(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
+    rows, ids = [], []
+    for ex in examples:
+        target = ex.correction if ex.correction else (ex.answer if ex.rating == "up" else None)
+        if target:
+            rows.append({"prompt": ex.messages, "completion": _assistant(target)})
+            ids.append(ex.feedback_id)
+    return rows, ids
+
+
+def build_dpo(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
+    rows: list[Row] = []
+    ids: list[int] = []
+    for ex in examples:
+        if ex.correction and ex.correction.strip() != ex.answer.strip():
+            rows.append(
+                {
+                    "prompt": ex.messages,
+                    "chosen": _assistant(ex.correction),
+                    "rejected": _assistant(ex.answer),
+                }
+            )
+            ids.append(ex.feedback_id)
+    by_prompt: dict[str, list[FeedbackExample]] = defaultdict(list)
+    for ex in examples:
+        by_prompt[_prompt_key(ex.messages)].append(ex)
+    for group in by_prompt.values():
+        ups = [e for e in group if e.rating == "up"]
+        downs = [e for e in group if e.rating == "down"]
+        for up in ups:
+            for down in downs:
+                if up.answer.strip() == down.answer.strip():
+                    continue
+                rows.append(
+                    {
+                        "prompt": up.messages,
+                        "chosen": _assistant(up.answer),
+                        "rejected": _assistant(down.answer),
+                    }
+                )
+                ids.extend([up.feedback_id, down.feedback_id])
+    return rows, ids
+
+
+def build_datasets(examples: list[FeedbackExample]) -> Datasets:
+    sft, sft_ids = build_sft(examples)
+    dpo, dpo_ids = build_dpo(examples)
+    return Datasets(sft, dpo, sft_ids, dpo_ids)
+
+
+def why_empty(examples: list[FeedbackExample]) -> str:
+    """A sentence saying why ``examples`` build no training data."""
+    if not examples:
+        return "there is no feedback yet: rate answers with /up, /down or /fix first"
+    downs = sum(1 for e in examples if e.rating == "down" and not e.correction)
+    return (
+        f"the {len(examples)} rated answer(s) make no training example: {downs} thumbs-down "
+        "without a correction and no thumbs-up answer to pair them with; add a correction "
+        "(/fix or --correction) or a thumbs-up"
+    )

@@ -1,0 +1,465 @@
+"""The training child process: ``python -m learning.trainer RUN_DIR``.
+
+The learning cycle writes a frozen dataset snapshot into ``RUN_DIR`` and starts this
+module as a separate process, so a crash, an OOM kill or a ``kill -9`` never touches the
+chat process or the database. This module never opens the database: files in, files out.
+
+Input, ``RUN_DIR/request.json``::
+
+    {"base_model": "/abs/path/to/checkpoint", "config": {...LearnConfig fields...},
+     "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
+
+``sft`` / ``dpo`` name JSON-lines files inside ``RUN_DIR`` in TRL's conversational
+shapes: SFT rows are prompt-completion (``{"prompt": [messages], "completion":
+[assistant message]}``), DPO rows are preference pairs (``{"prompt": [...], "chosen":
+[...], "rejected": [...]}``). A missing or empty file skips that stage; at least one
+stage must have rows.
+
+Output, all inside ``RUN_DIR``:
+
+- ``progress.jsonl``: one flushed JSON line per event, ``{"stage": "load" | "sft" |
+  "dpo" | "save" | "done", "step": int, "total": int, "loss": float | null, "t": unix
+  time}``; the parent tails it to draw a progress bar. Training stages write a line when
+  they start (step 0) and one per optimizer step.
+- ``adapter/``: the PEFT LoRA adapter (``adapter_config.json`` +
+  ``adapter_model.safetensors``). It is written to ``adapter.tmp`` and renamed, so a
+  folder named ``adapter`` is always complete; a killed run leaves none.
+- ``metrics.json`` (written after the adapter, also by rename): per stage examples,
+  steps, train_loss, seconds and the per-step losses (DPO adds the last logged
+  ``rewards/accuracies`` and ``rewards/margins``); a skipped stage is ``null``. Plus
+  ``peak_rss_mb``, total ``seconds`` and ``trainable_params``.
+- ``trainer.log``: everything the libraries print, and the traceback of a failure.
+
+Exit status 0 on success. On failure exactly one line goes to stderr, ``learnloop
+trainer: <what went wrong>``, and the status is non-zero (2: bad run folder or request,
+1: training failed).
+
+Invariants:
+
+- Every cycle trains a fresh LoRA adapter from the base checkpoint on the cumulative
+  data; adapters are never trained further. That sidesteps the DPO-on-an-existing-adapter
+  reference pitfall (TRL issue 4723) across cycles.
+- Within a cycle, SFT runs first, then DPO on the same PeftModel. TRL 1.16's DPOTrainer,
+  given a PeftModel and no ``ref_model``, freezes a copy of the current adapter as a
+  second adapter named ``ref`` and computes reference log-probs with it: the DPO
+  reference is the policy as SFT left it (the standard SFT-then-DPO recipe), and equals
+  the base model when there was no SFT stage (fresh adapter, B = 0). Only the trained
+  ``default`` adapter is saved.
+- The base checkpoint is only read, never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from learning.config import LearnConfig
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+REQUEST_FILE = "request.json"
+PROGRESS_FILE = "progress.jsonl"
+METRICS_FILE = "metrics.json"
+ADAPTER_DIR = "adapter"
+LOG_FILE = "trainer.log"
+OUTPUT_DIR = "trl-output"
+
+SFT_KEYS = ("prompt", "completion")
+DPO_KEYS = ("prompt", "chosen", "rejected")
+DPO_FINAL_KEYS = ("rewards/accuracies", "rewards/margins")
+
+Row = dict[str, Any]
+
+
+class TrainerError(Exception):
+    """A problem with the run folder or request, reported as one line (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    base_model: Path
+    config: LearnConfig
+    sft: list[Row]
+    dpo: list[Row]
+
+
+# --- reading the request (no heavy imports: bad input fails fast) -----------------------
+
+
+def read_request(run_dir: Path) -> Request:
+    path = run_dir / REQUEST_FILE
+    if not path.is_file():
+        raise TrainerError(f"no {REQUEST_FILE} in {run_dir}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TrainerError(f"{REQUEST_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("base_model"), str):
+        raise TrainerError(f'{REQUEST_FILE} must be an object with a "base_model" path')
+    base_model = Path(raw["base_model"])
+    if not (base_model / "config.json").is_file():
+        raise TrainerError(f"base model {base_model} is not a checkpoint folder (no config.json)")
+    try:
+        config = LearnConfig(**(raw.get("config") or {}))
+    except TypeError as exc:
+        raise TrainerError(f"{REQUEST_FILE} config: {exc}") from exc
+    sft = read_rows(run_dir, raw.get("sft"), SFT_KEYS)
+    dpo = read_rows(run_dir, raw.get("dpo"), DPO_KEYS)
+    if not sft and not dpo:
+        raise TrainerError("no training rows: the SFT and DPO files are both missing or empty")
+    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo)
+
+
+def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:
+    """Rows of one JSON-lines file; a missing name or file means no rows."""
+    if name is None:
+        return []
+    if not isinstance(name, str):
+        raise TrainerError(f"{REQUEST_FILE}: dataset file names must be strings, got {name!r}")
+    path = run_dir / name
+    if not path.is_file():
+        return []
+    rows: list[Row] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                rows.append(parse_row(line, keys, f"{name} line {number}"))
+    return rows
+
+
+def parse_row(line: str, keys: tuple[str, ...], where: str) -> Row:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TrainerError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(row, dict):
+        raise TrainerError(f"{where}: expected a JSON object")
+    for key in keys:
+        check_messages(row.get(key), f"{where}: {key!r}")
+    # TRL infers the dataset type from the columns, so stray columns are dropped.
+    return {key: row[key] for key in keys}
+
+
+def check_messages(value: object, where: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise TrainerError(f"{where} must be a non-empty list of messages")
+    for message in value:
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise TrainerError(f'{where} holds a message without string "role" and "content"')
+
+
+# --- progress and metrics files ---------------------------------------------------------
+
+
+class Progress:
+    """Appends one flushed JSON line per event to ``progress.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, stage: str, step: int = 0, total: int = 0, loss: float | None = None) -> None:
+        line = {"stage": stage, "step": step, "total": total, "loss": loss, "t": time.time()}
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+
+
+def progress_callback(progress: Progress, stage: str) -> Any:
+    """A ``TrainerCallback`` writing one progress line per optimizer step."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.loss: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.write(stage, 0, state.max_steps, None)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # A step that logs is reported by on_log, with its fresh loss.
+            if not control.should_log:
+                progress.write(stage, state.global_step, state.max_steps, self.loss)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+                progress.write(stage, state.global_step, state.max_steps, self.loss)
+
+    return ProgressCallback()
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finite(value: object) -> float | None:
+    """JSON has no NaN: a diverged loss is reported as null."""
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+# --- the stages -------------------------------------------------------------------------
+
+
+def load_base(base_model: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # Loaded on the CPU; the Trainer moves it to the GPU when there is one.
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def add_fresh_adapter(model: PreTrainedModel, config: LearnConfig) -> PeftModel:
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the LoRA A matrices are initialised at random
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def common_args(config: LearnConfig, run_dir: Path, stage: str) -> dict[str, Any]:
+    """TrainingArguments shared by both stages."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "output_dir": str(run_dir / OUTPUT_DIR / stage),
+        "per_device_train_batch_size": config.batch_size,
+        "max_length": config.max_length,
+        "max_steps": config.max_steps if config.max_steps > 0 else -1,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "use_cpu": not cuda,
+        # TRL configs default bf16 to True (CPU autocast included) and gradient
+        # checkpointing to True: both only slow a small LoRA run down on a CPU.
+        # (transformers 5 renamed gradient_checkpointing to activation_checkpointing.)
+        "bf16": cuda,
+        "activation_checkpointing": False,
+        "dataloader_pin_memory": cuda,
+    }
+
+
+def train_sft(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    config: LearnConfig,
+    run_dir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **common_args(config, run_dir, "sft"),
+        learning_rate=config.sft_learning_rate,
+        num_train_epochs=config.sft_epochs,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    return fit(trainer, "sft", len(rows), progress)
+
+
+def train_dpo(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    config: LearnConfig,
+    run_dir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        **common_args(config, run_dir, "dpo"),
+        learning_rate=config.dpo_learning_rate,
+        num_train_epochs=config.dpo_epochs,
+        beta=config.dpo_beta,
+    )
+    # No ref_model: TRL freezes a copy of the current adapter as adapter "ref" (see the
+    # module docstring); it is dropped again so that only the trained adapter is saved.
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    metrics = fit(trainer, "dpo", len(rows), progress)
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
+    for key in DPO_FINAL_KEYS:
+        if key in last:
+            metrics[key] = finite(last[key])
+    return metrics
+
+
+def fit(trainer: Trainer, stage: str, examples: int, progress: Progress) -> dict[str, Any]:
+    """Train one stage with our progress lines instead of printed logs."""
+    from transformers import PrinterCallback
+
+    # disable_tqdm swaps the progress bar for PrinterCallback, which prints every log dict.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(progress_callback(progress, stage))
+    started = time.monotonic()
+    output = trainer.train()
+    return {
+        "examples": examples,
+        "steps": trainer.state.global_step,
+        "train_loss": finite(output.training_loss),
+        "seconds": round(time.monotonic() - started, 3),
+        "losses": [finite(log["loss"]) for log in trainer.state.log_history if "loss" in log],
+    }
+
+
+def save_adapter(model: PeftModel, run_dir: Path) -> Path:
+    """Write the adapter under a temporary name, then rename it into place."""
+    tmp, final = run_dir / (ADAPTER_DIR + ".tmp"), run_dir / ADAPTER_DIR
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed earlier attempt
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    os.replace(tmp, final)
+    return final
+
+
+def count_trainable(model: PeftModel) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_progress_bar()
+
+
+def run(run_dir: Path) -> dict[str, Any]:
+    """Do the whole job; returns the metrics that were written."""
+    started = time.monotonic()
+    request = read_request(run_dir)
+    if (run_dir / ADAPTER_DIR).exists():
+        raise TrainerError(f"{run_dir / ADAPTER_DIR} exists already; adapters are never rewritten")
+    progress = Progress(run_dir / PROGRESS_FILE)
+    progress.write("load")
+    quiet_libraries()
+    base, tokenizer = load_base(request.base_model)
+    model = add_fresh_adapter(base, request.config)
+    trainable = count_trainable(model)
+    stage_args = (request.config, run_dir, progress)
+    sft = train_sft(model, tokenizer, request.sft, *stage_args) if request.sft else None
+    dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo else None
+    progress.write("save")
+    save_adapter(model, run_dir)
+    metrics = {
+        "sft": sft,
+        "dpo": dpo,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(time.monotonic() - started, 3),
+        "trainable_params": trainable,
+    }
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    progress.write("done")
+    return metrics
+
+
+# --- the process ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def console_to_log(log_path: Path) -> Iterator[IO[str]]:
+    """Send fd 1 and 2 (Python, C++ and library chatter alike) to the log file.
+
+    Yields a handle on the original stderr, kept for the one-line error report.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    real_err = os.fdopen(os.dup(saved_err), "w", encoding="utf-8")
+    try:
+        with log_path.open("a", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield real_err
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved_out, 1)
+                os.dup2(saved_err, 2)
+    finally:
+        os.close(saved_out)
+        os.close(saved_err)
+        real_err.close()
+
+
+def fail(message: str) -> str:
+    return "learnloop trainer: " + " ".join(message.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(fail("usage: python -m learning.trainer RUN_DIR"), file=sys.stderr)
+        return 2
+    run_dir = Path(args[0]).resolve()
+    if not run_dir.is_dir():
+        print(fail(f"run folder {run_dir} does not exist"), file=sys.stderr)
+        return 2
+    log_path = run_dir / LOG_FILE
+    with console_to_log(log_path) as real_err:
+        try:
+            run(run_dir)
+        except TrainerError as exc:
+            for out in (sys.stderr, real_err):  # the log, then the parent
+                print(fail(str(exc)), file=out, flush=True)
+            return 2
+        except Exception as exc:  # any failure: one line here, the traceback in the log
+            traceback.print_exc(file=sys.stderr)  # fd 2 is the log here
+            reason = f"{type(exc).__name__}: {exc}"
+            print(fail(f"training failed: {reason} (traceback in {log_path})"), file=real_err)
+            real_err.flush()
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

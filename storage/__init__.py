@@ -1,0 +1,1 @@
+"""The only code in learnloop that speaks SQL: one DuckDB file per data root."""

@@ -1,0 +1,169 @@
+"""Schema migrations: numbered, named functions, applied in order, never edited once landed.
+
+Each migration runs in one transaction together with the row that records it in
+``migrations``, so a failure leaves neither. The store refuses a database that has a
+migration numbered beyond the last one this code knows: an older learnloop must not
+write into a newer schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[tuple[int, str, Migration]] = []
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer learnloop."""
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn``, named ``mNNN_description``, as migration number NNN."""
+    number = int(fn.__name__[1:4])
+    if any(n == number for n, _, _ in MIGRATIONS):
+        raise ValueError(f"duplicate migration number {number}")
+    MIGRATIONS.append((number, fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
+    """Threads, turns (one row per answer, with everything needed to replay it), feedback,
+    dataset snapshots, training runs, model versions and the activation history."""
+    db.execute("CREATE SEQUENCE turn_ids START 1")
+    db.execute("CREATE SEQUENCE feedback_ids START 1")
+    db.execute("CREATE SEQUENCE snapshot_ids START 1")
+    db.execute("CREATE SEQUENCE run_ids START 1")
+    db.execute("CREATE SEQUENCE activation_ids START 1")
+    db.execute(
+        """CREATE TABLE threads (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE turns (
+            id BIGINT PRIMARY KEY DEFAULT nextval('turn_ids'),
+            thread_id VARCHAR NOT NULL,
+            regen_of BIGINT,             -- the turn this one re-answers (/regen), else NULL
+            user_message VARCHAR NOT NULL,
+            messages JSON NOT NULL,      -- the chat messages the model saw, system first
+            prompt VARCHAR NOT NULL,     -- the exact rendered prompt text
+            answer VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,    -- model version that answered ('base' before learning)
+            model VARCHAR NOT NULL,      -- base model name
+            settings JSON NOT NULL,      -- generation settings
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            first_token_ms DOUBLE,
+            total_ms DOUBLE,
+            nodes JSON NOT NULL,         -- graph nodes the turn passed through
+            interrupted BOOLEAN NOT NULL DEFAULT false,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE feedback (
+            id BIGINT PRIMARY KEY DEFAULT nextval('feedback_ids'),
+            turn_id BIGINT NOT NULL,
+            rating VARCHAR NOT NULL CHECK (rating IN ('up', 'down')),
+            correction VARCHAR,
+            comment VARCHAR,
+            user_name VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE runs (
+            id BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
+            status VARCHAR NOT NULL,     -- running | succeeded | failed
+            method VARCHAR NOT NULL,
+            config JSON NOT NULL,
+            run_dir VARCHAR NOT NULL,
+            pid INTEGER,
+            snapshot_id BIGINT,
+            version_id VARCHAR,
+            metrics JSON,
+            error VARCHAR,
+            started_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at TIMESTAMP
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE snapshots (
+            id BIGINT PRIMARY KEY DEFAULT nextval('snapshot_ids'),
+            run_id BIGINT NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            upto_feedback_id BIGINT NOT NULL, -- newest feedback row the cycle considered
+            sft_count INTEGER NOT NULL,
+            dpo_count INTEGER NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE snapshot_feedback (
+            snapshot_id BIGINT NOT NULL,
+            feedback_id BIGINT NOT NULL,
+            dataset VARCHAR NOT NULL,    -- sft | dpo: which dataset the row went into
+            PRIMARY KEY (snapshot_id, feedback_id, dataset)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE versions (
+            id VARCHAR PRIMARY KEY,      -- v1, v2, ...: unique, never reused
+            parent VARCHAR NOT NULL,     -- the version that was active when it was trained
+            run_id BIGINT NOT NULL,
+            method VARCHAR NOT NULL,
+            base_model VARCHAR NOT NULL,
+            adapter_path VARCHAR NOT NULL,
+            sft_count INTEGER NOT NULL,
+            dpo_count INTEGER NOT NULL,
+            metrics JSON NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE activations (
+            id BIGINT PRIMARY KEY DEFAULT nextval('activation_ids'),
+            version_id VARCHAR NOT NULL, -- 'base' or a versions.id; the latest row is active
+            who VARCHAR NOT NULL,
+            why VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+
+
+def latest_known() -> int:
+    return max(n for n, _, _ in MIGRATIONS)
+
+
+def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply pending migrations; return the names applied. Raise SchemaTooNew if needed."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS migrations (
+            number INTEGER PRIMARY KEY, name VARCHAR NOT NULL,
+            applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"""
+    )
+    applied = {row[0] for row in db.execute("SELECT number FROM migrations").fetchall()}
+    if applied and max(applied) > latest_known():
+        raise SchemaTooNew(
+            f"the database is at schema version {max(applied)}, but this learnloop knows only "
+            f"up to version {latest_known()}; upgrade learnloop to use it"
+        )
+    done = []
+    for number, name, fn in sorted(MIGRATIONS):
+        if number in applied:
+            continue
+        db.execute("BEGIN TRANSACTION")
+        try:
+            fn(db)
+            db.execute("INSERT INTO migrations (number, name) VALUES (?, ?)", [number, name])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        done.append(name)
+    return done

@@ -1,0 +1,112 @@
+"""Typed records going into and out of the store. Plain frozen dataclasses, no SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+@dataclass(frozen=True)
+class TurnLog:
+    """One answered message, as the agent logs it (the trajectory of a turn)."""
+
+    thread_id: str
+    user_message: str
+    messages: list[Message]
+    prompt: str
+    answer: str
+    version: str
+    model: str
+    settings: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    first_token_ms: float | None
+    total_ms: float
+    nodes: list[str]
+    regen_of: int | None = None
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    id: int
+    turn_id: int
+    rating: str
+    correction: str | None
+    comment: str | None
+    user_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    created_at: datetime
+    log: TurnLog
+    feedback: list[FeedbackRow] = field(default_factory=list)
+
+    @property
+    def latest_feedback(self) -> FeedbackRow | None:
+        return self.feedback[-1] if self.feedback else None
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """The latest feedback on one turn, joined with what the turn saw and said: the unit
+    the dataset builders work on."""
+
+    feedback_id: int
+    turn_id: int
+    thread_id: str
+    messages: list[Message]
+    answer: str
+    rating: str
+    correction: str | None
+    user_name: str
+
+
+@dataclass(frozen=True)
+class Version:
+    id: str
+    parent: str
+    run_id: int
+    method: str
+    base_model: str
+    adapter_path: str
+    sft_count: int
+    dpo_count: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    status: str
+    method: str
+    config: dict[str, Any]
+    run_dir: str
+    pid: int | None
+    snapshot_id: int | None
+    version_id: str | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Status:
+    active_version: str
+    turns: int
+    threads: int
+    feedback: int
+    feedback_up: int
+    feedback_down: int
+    corrections: int
+    unlearned_feedback: int
+    versions: int
+    running_run: int | None
