@@ -50,6 +50,10 @@ class Backend(Protocol):
         """Make ``version`` current; return the seconds it took (0 if it already was)."""
         ...
 
+    def interrupt(self) -> None:
+        """Stop the answer being generated (safe to call from a signal handler)."""
+        ...
+
 
 class TransformersBackend:
     """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
@@ -68,6 +72,7 @@ class TransformersBackend:
         self.model.eval()
         self._lock = threading.Lock()
         self._loaded: list[str] = []  # adapter names in load order
+        self._stop = threading.Event()  # set to cut the current answer short
 
     # -- prompts -------------------------------------------------------------------------
 
@@ -110,6 +115,9 @@ class TransformersBackend:
 
     # -- generation ----------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        self._stop.set()
+
     def stream(self, messages: list[Message], config: GenerationConfig) -> TokenStream:
         prompt = self.render(messages)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
@@ -122,7 +130,7 @@ class TransformersBackend:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        stop = threading.Event()
+        stop = self._stop
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -160,21 +168,20 @@ class TransformersBackend:
                 streamer.end()
 
         with self._lock:
+            stop.clear()
             worker = threading.Thread(target=work, daemon=True)
             worker.start()
             try:
                 yield from streamer
-            except (KeyboardInterrupt, GeneratorExit):
-                result.interrupted = True
-                stop.set()
+            finally:  # also when the consumer stops early: never leave a generation running
+                if worker.is_alive():
+                    stop.set()
                 worker.join()
+                result.interrupted = stop.is_set()
                 if "ids" in output:
                     result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
-                raise
-            worker.join()
         if "error" in output:
             raise output["error"]
-        result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
 
 
 def _new_tokens(ids: Any, prompt_tokens: int) -> int:

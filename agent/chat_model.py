@@ -78,18 +78,15 @@ class LocalChatModel(BaseChatModel):
         started = time.perf_counter()
         first: float | None = None
         stream = backend.stream(dicts, self.generation)
-        try:
-            for piece in stream:
-                if not piece:
-                    continue
-                if first is None:
-                    first = time.perf_counter()
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                if run_manager:
-                    run_manager.on_llm_new_token(piece, chunk=chunk)
-                yield chunk
-        except KeyboardInterrupt:
-            pass  # stream.interrupted is set; the partial answer is still a turn
+        for piece in stream:  # an interrupted answer ends early; it is still a turn
+            if not piece:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
         total = time.perf_counter() - started
         yield ChatGenerationChunk(
             message=AIMessageChunk(

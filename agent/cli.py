@@ -293,3 +293,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def main() -> None:
     cli(prog_name="learnloop")
+
+
+if __name__ == "__main__":
+    main()

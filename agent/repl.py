@@ -13,7 +13,7 @@ from collections.abc import Callable
 import click
 
 from agent.progress import CycleProgress
-from agent.runtime import Agent, UsageError, new_thread_id
+from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
 from learning.cycle import CycleFailed, NothingToLearn, run_cycle
 from storage.store import StoreError
@@ -33,7 +33,7 @@ class Repl:
     def __init__(self, agent: Agent, model_spec: str | None, thread_id: str | None) -> None:
         self.agent = agent
         self.model_spec = model_spec
-        self.thread_id = thread_id or new_thread_id()
+        self.thread_id = thread_id  # None until the first answer creates the thread
         self.last_turn: int | None = None
         self.user = getpass.getuser()
         self.commands: dict[str, Callable[[str], bool | None]] = {
@@ -51,7 +51,7 @@ class Repl:
 
     def run(self) -> None:
         store = self.agent.store
-        history = store.thread_history(self.thread_id)
+        history = store.thread_history(self.thread_id) if self.thread_id else []
         if history:
             self.last_turn = history[-1].id
             click.echo(f"resuming thread {self.thread_id} ({len(history)} turns):")
@@ -59,7 +59,7 @@ class Repl:
                 click.echo(f"  you: {turn.log.user_message}\n  bot: {turn.log.answer}")
         click.echo(
             f"learnloop chat · model {self.agent.backend.model_name} · version "
-            f"{self.agent.backend.version} · thread {self.thread_id} · /help for commands"
+            f"{self.agent.backend.version} · thread {self.thread_id or '(new)'} · /help for commands"
         )
         store.release()
         while True:
@@ -108,6 +108,7 @@ class Repl:
             on_token=lambda t: click.echo(t, nl=False),
         )
         self.last_turn = answer.turn_id
+        self.thread_id = answer.thread_id
         suffix = " [interrupted]" if answer.interrupted else ""
         click.echo(f"{suffix}\n   [turn {answer.turn_id} · {answer.version}]")
 
@@ -157,12 +158,12 @@ class Repl:
         click.echo(
             f"   model {self.agent.backend.model_name} · answering with "
             f"{self.agent.backend.version} (active: {s.active_version}) · thread "
-            f"{self.thread_id}\n   {s.turns} turns, {s.feedback} feedback "
+            f"{self.thread_id or '(new)'}\n   {s.turns} turns, {s.feedback} feedback "
             f"({s.feedback_up} up, {s.feedback_down} down, {s.corrections} corrections), "
             f"{s.unlearned_feedback} not learned from yet, {s.versions} versions"
         )
 
     def new(self) -> None:
-        self.thread_id = new_thread_id()
+        self.thread_id = None
         self.last_turn = None
-        click.echo(f"   new thread {self.thread_id}")
+        click.echo("   new thread: your next message starts it")

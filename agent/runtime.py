@@ -7,7 +7,10 @@ produced by the graph, logged, and given by the version that is active at that m
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +84,20 @@ class Agent:
             raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
         return thread_id
 
+    @contextmanager
+    def _ctrl_c_stops_answer(self) -> Iterator[None]:
+        """While answering, Ctrl-C ends the answer early instead of raising: the model runs
+        in a LangGraph worker thread, so the partial answer is finished and logged as an
+        interrupted turn. Only the main thread can own signal handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, lambda *_: self.backend.interrupt())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def ask(
         self,
         text: str,
@@ -100,13 +117,14 @@ class Agent:
                 self.check_thread(thread_id)
         state["thread_id"] = thread_id or new_thread_id()
         final: dict[str, Any] = {}
-        for mode, data in self.graph.stream(state, stream_mode=["messages", "values"]):
-            if mode == "messages":
-                chunk = data[0]
-                if on_token and chunk.content:
-                    on_token(str(chunk.content))
-            else:
-                final = data
+        with self._ctrl_c_stops_answer():
+            for mode, data in self.graph.stream(state, stream_mode=["messages", "values"]):
+                if mode == "messages":
+                    chunk = data[0]
+                    if on_token and chunk.content:
+                        on_token(str(chunk.content))
+                else:
+                    final = data
         return Answer(
             turn_id=final["turn_id"],
             thread_id=final["thread_id"],

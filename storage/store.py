@@ -146,8 +146,19 @@ class Store:
         return bool(self._one("SELECT count(*) FROM threads WHERE id = ?", [thread_id]))
 
     def add_turn(self, log: TurnLog) -> int:
-        """Log one turn; return its id. The thread is created if it is new."""
+        """Log one turn; return its id. The thread is created if it is new.
+
+        ``regen_of`` is stored as the original turn, whichever of its regenerations the
+        caller named, so a turn and all its regenerations share one ``regen_of``."""
         with self.transaction() as db:
+            regen_of = log.regen_of
+            if regen_of is not None:
+                row = db.execute(
+                    "SELECT coalesce(regen_of, id) FROM turns WHERE id = ?", [regen_of]
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"no turn with id {regen_of} to regenerate")
+                regen_of = row[0]
             db.execute(
                 "INSERT INTO threads (id) VALUES (?) ON CONFLICT DO NOTHING", [log.thread_id]
             )
@@ -158,7 +169,7 @@ class Store:
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 [
                     log.thread_id,
-                    log.regen_of,
+                    regen_of,
                     log.user_message,
                     json.dumps(log.messages),
                     log.prompt,
@@ -394,7 +405,10 @@ class Store:
         rows = self.db.execute(
             f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY created_at, id"
         ).fetchall()
-        return [Version(*r[:8], json.loads(r[8]), r[9]) for r in rows]  # type: ignore[misc]
+        return [
+            Version(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9])
+            for r in rows
+        ]
 
     def get_version(self, version_id: str) -> Version:
         for v in self.versions():
@@ -424,4 +438,16 @@ class Store:
                  (SELECT count(*) FROM versions)"""
         ).fetchone()
         assert row is not None
-        return Status(self.active_version(), *row, running_run=self.running_run())
+        turns, threads, feedback, up, down, corrections, unlearned, versions = row
+        return Status(
+            active_version=self.active_version(),
+            turns=turns,
+            threads=threads,
+            feedback=feedback,
+            feedback_up=up,
+            feedback_down=down,
+            corrections=corrections,
+            unlearned_feedback=unlearned,
+            versions=versions,
+            running_run=self.running_run(),
+        )

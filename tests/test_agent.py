@@ -1,0 +1,83 @@
+"""The agent graph and the running agent, on the tiny model with a real store.
+
+Thread memory comes from the store, so a new Agent (a restarted chat) continues a
+thread; a /regen re-answers the same context; a version made active elsewhere is loaded
+into the already-loaded model before the next answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.backend import TransformersBackend
+from agent.config import GenerationConfig
+from agent.runtime import Agent, UsageError
+from learning.config import LearnConfig
+from learning.cycle import run_cycle
+from agent.models import resolve_model
+from storage.store import NotFound, Store
+
+GEN = GenerationConfig(max_new_tokens=6)
+
+
+@pytest.fixture
+def store() -> Store:
+    with Store() as s:
+        yield s
+
+
+def make_agent(store: Store, model_dir: Path) -> Agent:
+    return Agent(store, TransformersBackend(str(model_dir), model_dir.name), GEN)
+
+
+def test_restarted_agent_resumes_thread_history(store: Store, tiny_model_dir: Path) -> None:
+    first = make_agent(store, tiny_model_dir).ask("My name is Ada.")
+    again = make_agent(store, tiny_model_dir)  # a new process would build a new agent
+    second = again.ask("What is my name?", thread_id=first.thread_id)
+    seen = store.get_turn(second.turn_id).log.messages
+    assert seen == [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": first.answer},
+        {"role": "user", "content": "What is my name?"},
+    ]
+
+
+def test_regen_answers_the_same_context_and_replaces_it_in_history(
+    store: Store, tiny_model_dir: Path
+) -> None:
+    agent = make_agent(store, tiny_model_dir)
+    first = agent.ask("Hello")
+    second = agent.ask("Tell me more", thread_id=first.thread_id)
+    regen = agent.ask("", regen_of=second.turn_id)
+    original, redo = store.get_turn(second.turn_id).log, store.get_turn(regen.turn_id).log
+    assert redo.regen_of == second.turn_id and redo.messages == original.messages
+    assert [t.id for t in store.thread_history(first.thread_id)] == [first.turn_id, regen.turn_id]
+    third = agent.ask("Go on", thread_id=first.thread_id)
+    assert store.get_turn(third.turn_id).log.messages[3]["content"] == regen.answer
+
+
+def test_running_agent_swaps_in_a_new_version_without_reloading_the_base(
+    store: Store, tiny_model_dir: Path
+) -> None:
+    agent = make_agent(store, tiny_model_dir)
+    base_model = agent.backend.model
+    answer = agent.ask("What is 2 + 2?")
+    store.add_feedback(answer.turn_id, "down", correction="4")
+    config = LearnConfig(max_steps=2)
+    result = run_cycle(store, resolve_model(str(tiny_model_dir)), config)
+    switch = agent.sync_version()
+    assert switch is not None and switch.version == result.version == "v1"
+    assert agent.backend.model.get_base_model() is base_model  # adapter added, base kept
+    assert agent.ask("What is 2 + 2?").version == "v1"
+    assert agent.sync_version() is None  # nothing new: no reload
+
+
+def test_empty_message_and_unknown_thread_are_refused(store: Store, tiny_model_dir: Path) -> None:
+    agent = make_agent(store, tiny_model_dir)
+    with pytest.raises(UsageError, match="empty"):
+        agent.ask("   ")
+    with pytest.raises(NotFound, match="no thread"):
+        agent.ask("hi", thread_id="nope")
+    assert store.status().turns == 0
