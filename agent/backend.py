@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.config import GenerationConfig
+from agent.models import ModelNotFound
 from storage.records import Message
 from storage.store import BASE_VERSION
 
@@ -67,8 +68,13 @@ class TransformersBackend:
         self.keep_adapters = keep_adapters
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+        except OSError as exc:  # hub unreachable, missing files, not a model
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ModelNotFound(f"cannot load model {checkpoint}: {first_line}") from exc
+        self.model: Any = model.to(device)
         self.model.eval()
         self._lock = threading.Lock()
         self._loaded: list[str] = []  # adapter names in load order

@@ -58,6 +58,7 @@ class LocalChatModel(BaseChatModel):
         merged = chunks[0].message
         for c in chunks[1:]:
             merged = merged + c.message
+        assert isinstance(merged, AIMessageChunk)
         message = AIMessage(
             content=merged.content,
             response_metadata=merged.response_metadata,

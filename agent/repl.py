@@ -59,7 +59,8 @@ class Repl:
                 click.echo(f"  you: {turn.log.user_message}\n  bot: {turn.log.answer}")
         click.echo(
             f"learnloop chat · model {self.agent.backend.model_name} · version "
-            f"{self.agent.backend.version} · thread {self.thread_id or '(new)'} · /help for commands"
+            f"{self.agent.backend.version} · thread {self.thread_id or '(new)'} · "
+            "/help for commands"
         )
         store.release()
         while True:

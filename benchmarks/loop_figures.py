@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,10 @@ QA = [
     ("What is the opposite of 'ancient'?", "Modern."),
     ("Which animal is known as the king of the jungle?", "The lion."),
     ("What is the freezing point of water in Fahrenheit?", "32 degrees Fahrenheit."),
-    ("Write a haiku about rain.", "Soft rain on the roof\nwhispers to the sleeping town\npuddles hold the sky"),
+    (
+        "Write a haiku about rain.",
+        "Soft rain on the roof\nwhispers to the sleeping town\npuddles hold the sky",
+    ),
     ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("How many continents are there?", "There are seven continents."),
     ("What language is spoken in Brazil?", "Portuguese is the main language of Brazil."),
@@ -236,7 +239,7 @@ CONVERT_CODE = (
 
 
 def measure_conversion(work: Path, reps: int) -> Row:
-    walls, inproc, path, models = [], [], "", None
+    walls, inproc, path, name, models = [], [], "", "", None
     for i in range(reps):
         root = work / f"convert-{i}"
         log(f"1. converting the default GGUF in a fresh data root ({i + 1}/{reps})")
@@ -246,7 +249,7 @@ def measure_conversion(work: Path, reps: int) -> Row:
         got = last_json(out)
         walls.append(wall)
         inproc.append(got["in_process_s"])
-        path = got["path"]
+        path, name = got["path"], got["name"]
         if models is None:
             models = root / "models"
     assert models is not None
@@ -258,6 +261,7 @@ def measure_conversion(work: Path, reps: int) -> Row:
         "checkpoint_mb": round(folder_bytes(Path(path)) / 1e6, 1),
         "_models": models,
         "_path": path,
+        "_name": name,
     }
 
 
@@ -306,13 +310,8 @@ def measure_ask(work: Path, models: Path, reps: int, tokens: int) -> Row:
 
 
 def measure_load(path: str, name: str, reps: int) -> tuple[Row, Any]:
-    started = time.perf_counter()
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
     from agent.backend import TransformersBackend
 
-    imports = time.perf_counter() - started
     times, backend = [], None
     for i in range(reps):
         log(f"2b. TransformersBackend construction ({i + 1}/{reps})")
@@ -322,7 +321,6 @@ def measure_load(path: str, name: str, reps: int) -> tuple[Row, Any]:
         backend = TransformersBackend(path, name)
         times.append(time.perf_counter() - t)
     return {
-        "imports_s": r3(imports),
         "load_s": [r3(x) for x in times],
         "load_s_first": r3(times[0]),
         "load_s_median": r3(median(times)),
@@ -336,7 +334,9 @@ def measure_generation(backend: Any, reps: int, max_new_tokens: int) -> Row:
     from agent.config import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    warm = backend.stream([{"role": "user", "content": "Hi"}], GenerationConfig(max_new_tokens=8, temperature=0.0))
+    warm = backend.stream(
+        [{"role": "user", "content": "Hi"}], GenerationConfig(max_new_tokens=8, temperature=0.0)
+    )
     for _ in warm:  # untimed warm-up
         pass
     runs = []
@@ -431,7 +431,7 @@ def make_turns_and_feedback(agent: Any, n: int) -> Row:
 
     logs = [store.get_turn(tid).log for tid in turn_ids]
     identical = 0
-    for tid, turn_log in zip(turn_ids, logs, strict=True):
+    for turn_log in logs:
         if turn_log.regen_of is not None:
             identical += store.get_turn(turn_log.regen_of).log.answer == turn_log.answer
     counts = {r: sum(1 for _, rr, c in planned if rr == r and c is None) for r in ("up", "down")}
@@ -536,9 +536,7 @@ def run_learn(root: Path, learn_args: list[str]) -> Row:
         have_psutil = False
     log("4. learnloop learn --json (this is the long part)")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = TreeSampler(proc.pid) if have_psutil else None
     if sampler:
         sampler.__enter__()
@@ -628,7 +626,9 @@ def measure_swap(agent: Any, work: Path, reps: int) -> Row:
     return row
 
 
-def measure_cycle_and_swap(work: Path, models: Path, n: int, learn_args: list[str], reps: int):
+def measure_cycle_and_swap(
+    work: Path, models: Path, n: int, learn_args: list[str], reps: int
+) -> tuple[Row, Row, Row]:
     from agent.config import GenerationConfig
     from agent.runtime import load_agent
     from storage.store import Store
@@ -681,7 +681,8 @@ def build_table(f: Row) -> list[Row]:
             f"{v:.2f} s",
             f"<= {GOALS['ask_s']:.0f} s {verdict(v, GOALS['ask_s'])}",
             f"whole command wall, median of {a['wall_s']}; generation inside "
-            f"{a['generation_s']} s for {a['completion_tokens']} tokens",
+            f"{a['generation_s']} s for {a['completion_tokens']} tokens (logged turn total_ms); "
+            f"the rest {a['outside_generation_s_median']:.2f} s",
         )
     imp = f.get("import_floor")
     if imp:
@@ -861,35 +862,37 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("LEARNLOOP_MODEL", None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     started = time.perf_counter()
     figures: Row = {}
     loadavg: dict[str, Any] = {}
     try:
         machine = machine_info()
 
-        def section(name: str, fn: Callable[[], Any]) -> Any:
-            loadavg[name] = os.getloadavg()
-            return fn()
+        def mark(section: str) -> None:
+            loadavg[section] = os.getloadavg()
 
-        conv = section("conversion", lambda: measure_conversion(work, args.convert_reps))
-        models, path = conv.pop("_models"), conv.pop("_path")
+        mark("conversion")
+        conv = measure_conversion(work, args.convert_reps)
+        models, path, name = conv.pop("_models"), conv.pop("_path"), conv.pop("_name")
         figures["conversion"] = conv
-        env = root_env(work / "unused")
-        figures["import_floor"] = section("import_floor", lambda: measure_import_floor(args.reps, env))
-        figures["ask"] = section("ask", lambda: measure_ask(work, models, args.reps, args.ask_tokens))
-        name = Path(path).name.rsplit("-", 1)[0]
-        figures["load"], backend = section("load", lambda: measure_load(path, name, args.reps))
-        figures["generation"] = section(
-            "generation", lambda: measure_generation(backend, args.reps, args.gen_tokens)
-        )
+        mark("import_floor")
+        figures["import_floor"] = measure_import_floor(args.reps, root_env(work / "unused"))
+        mark("ask")
+        figures["ask"] = measure_ask(work, models, args.reps, args.ask_tokens)
+        mark("load")
+        figures["load"], backend = measure_load(path, name, args.reps)
+        mark("generation")
+        figures["generation"] = measure_generation(backend, args.reps, args.gen_tokens)
         del backend
         gc.collect()
         if not args.skip_cycle:
-            turns, learn, swap = section(
-                "cycle",
-                lambda: measure_cycle_and_swap(
-                    work, models, args.feedback, shlex.split(args.learn_args), args.reps
-                ),
+            mark("cycle")
+            turns, learn, swap = measure_cycle_and_swap(
+                work, models, args.feedback, shlex.split(args.learn_args), args.reps
             )
             figures.update(turns=turns, learn=learn, swap=swap)
     finally:

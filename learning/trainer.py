@@ -185,6 +185,8 @@ def progress_callback(progress: Progress, stage: str) -> Any:
     """A ``TrainerCallback`` writing one progress line per optimizer step."""
     from transformers import TrainerCallback
 
+    parent = os.getppid()
+
     class ProgressCallback(TrainerCallback):
         def __init__(self) -> None:
             self.loss: float | None = None
@@ -193,6 +195,10 @@ def progress_callback(progress: Progress, stage: str) -> Any:
             progress.write(stage, 0, state.max_steps, None)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # The child runs in its own session (Ctrl-C in the chat must not reach it), so
+            # it would outlive a killed cycle: stop when the parent is gone.
+            if os.getppid() != parent:
+                raise TrainerError("the learning cycle that started this trainer is gone")
             # A step that logs is reported by on_log, with its fresh loss.
             if not control.should_log:
                 progress.write(stage, state.global_step, state.max_steps, self.loss)

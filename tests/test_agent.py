@@ -13,10 +13,10 @@ import pytest
 
 from agent.backend import TransformersBackend
 from agent.config import GenerationConfig
+from agent.models import resolve_model
 from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
 from learning.cycle import run_cycle
-from agent.models import resolve_model
 from storage.store import NotFound, Store
 
 GEN = GenerationConfig(max_new_tokens=6)

@@ -93,16 +93,19 @@ def test_ctrl_c_stops_an_answer_and_the_repl_survives(tiny_model_dir: Path) -> N
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdin and proc.stdout
-    proc.stdin.write("Talk forever\n")
-    proc.stdin.flush()
-    seen = ""
-    while "bot> " not in seen:
-        seen += proc.stdout.read(1)
-    time.sleep(1.0)  # let it stream a while
-    proc.send_signal(signal.SIGINT)
-    proc.stdin.write("/status\n/quit\n")
-    proc.stdin.flush()
-    rest, _ = proc.communicate(timeout=120)
+    try:
+        proc.stdin.write("Talk forever\n")
+        proc.stdin.flush()
+        seen = ""
+        while "bot> " not in seen:
+            seen += proc.stdout.read(1)
+        time.sleep(1.0)  # let it stream a while
+        proc.send_signal(signal.SIGINT)
+        proc.stdin.write("/status\n/quit\n")
+        proc.stdin.flush()
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 0, seen + rest
     assert "[interrupted]" in rest and "1 turns" in rest
     [turn] = run_json(tiny_model_dir, "log", "-n", "5")
