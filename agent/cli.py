@@ -292,7 +292,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="learnloop")
+    """Console entry point. Every command has closed the store and flushed its output by
+    the time click exits, so the interpreter's own shutdown (about a second with torch and
+    a model loaded: finalizers, atexit hooks of the ML libraries) is skipped."""
+    try:
+        cli(prog_name="learnloop")
+        code: int = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -278,17 +278,45 @@ def measure_import_floor(reps: int, env: dict[str, str]) -> Row:
     return {"wall_s": [r3(w) for w in walls], "wall_s_median": r3(median(walls))}
 
 
+def run_until_json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, float, str]:
+    """Run ``cmd``; return (seconds until its stdout held a whole JSON document, seconds until
+    it exited, stdout). The gap is the interpreter's teardown after the answer was printed."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[bytes] = []
+    drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    buf, answered = b"", None
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        buf += chunk
+        if answered is None and buf.rstrip().endswith(b"}"):
+            try:
+                json.loads(buf)
+                answered = time.perf_counter() - started
+            except json.JSONDecodeError:
+                pass
+    proc.wait(timeout=timeout)
+    wall = time.perf_counter() - started
+    drain.join()
+    if proc.returncode != 0 or answered is None:
+        tail = "\n".join(b"".join(err).decode(errors="replace").strip().splitlines()[-15:])
+        raise RuntimeError(f"{cmd[1]} failed (exit {proc.returncode}):\n{tail}")
+    return answered, wall, buf.decode()
+
+
 def measure_ask(work: Path, models: Path, reps: int, tokens: int) -> Row:
     root = work / "ask"
     seed_models(root, models)
     before = sorted(p.name for p in (root / "models").iterdir())
     env = root_env(root)
     cmd = [learnloop_bin(), "ask", ASK_QUESTION, "--json", "--max-new-tokens", str(tokens)]
-    walls, turn_ids = [], []
+    walls, answered, turn_ids = [], [], []
     for i in range(reps):
         log(f"2. learnloop ask --json --max-new-tokens {tokens} ({i + 1}/{reps})")
-        wall, out, _ = run_timed(cmd, env, 600, "learnloop ask")
+        got, wall, out = run_until_json(cmd, env, 600)
         walls.append(wall)
+        answered.append(got)
         turn_ids.append(last_json(out)["turn_id"])
     after = sorted(p.name for p in (root / "models").iterdir())
     if after != before:
@@ -303,9 +331,46 @@ def measure_ask(work: Path, models: Path, reps: int, tokens: int) -> Row:
         "command": " ".join(shlex.quote(c) for c in cmd),
         "wall_s": [r3(w) for w in walls],
         "wall_s_median": r3(median(walls)),
+        "answer_printed_s": [r3(a) for a in answered],
+        "answer_printed_s_median": r3(median(answered)),
+        "exit_after_answer_s_median": r3(
+            median([w - a for w, a in zip(walls, answered, strict=True)])
+        ),
         "generation_s": [r3(g) for g in gen],
         "completion_tokens": [t.completion_tokens for t in turns],
-        "outside_generation_s_median": r3(median([w - g for w, g in zip(walls, gen, strict=True)])),
+        "other_before_answer_s_median": r3(
+            median([a - g for a, g in zip(answered, gen, strict=True)])
+        ),
+    }
+
+
+COLD_LOAD_CODE = (
+    "import json, sys, time\n"
+    "t0 = time.perf_counter()\n"
+    "import torch, transformers\n"
+    "from agent.backend import TransformersBackend\n"
+    "t1 = time.perf_counter()\n"
+    "TransformersBackend(sys.argv[1], sys.argv[2])\n"
+    "t2 = time.perf_counter()\n"
+    "TransformersBackend(sys.argv[1], sys.argv[2])\n"
+    "t3 = time.perf_counter()\n"
+    "print(json.dumps({'imports_s': t1 - t0, 'first_s': t2 - t1, 'second_s': t3 - t2}))\n"
+)
+
+
+def measure_cold_load(path: str, name: str, reps: int, env: dict[str, str]) -> Row:
+    """TransformersBackend construction in a fresh process, as `learnloop ask` pays it: the
+    first one includes transformers' lazily imported tokenizer and model modules."""
+    runs = []
+    for i in range(reps):
+        log(f"2b. TransformersBackend construction in a fresh process ({i + 1}/{reps})")
+        _, out, _ = run_timed(
+            [sys.executable, "-c", COLD_LOAD_CODE, path, name], env, 300, "cold load"
+        )
+        runs.append(last_json(out))
+    return {key: [r3(r[key]) for r in runs] for key in ("imports_s", "first_s", "second_s")} | {
+        "first_s_median": r3(median([r["first_s"] for r in runs])),
+        "second_s_median": r3(median([r["second_s"] for r in runs])),
     }
 
 
@@ -680,9 +745,16 @@ def build_table(f: Row) -> list[Row]:
             "2 `learnloop ask --json --max-new-tokens 32`, warm",
             f"{v:.2f} s",
             f"<= {GOALS['ask_s']:.0f} s {verdict(v, GOALS['ask_s'])}",
-            f"whole command wall, median of {a['wall_s']}; generation inside "
-            f"{a['generation_s']} s for {a['completion_tokens']} tokens (logged turn total_ms); "
-            f"the rest {a['outside_generation_s_median']:.2f} s",
+            f"whole command wall, median of {a['wall_s']}; JSON answer on stdout after "
+            f"{a['answer_printed_s_median']:.2f} s, then {a['exit_after_answer_s_median']:.2f} s "
+            "until exit",
+        )
+        add(
+            "  of which generation (in-process)",
+            f"{median(a['generation_s']):.2f} s",
+            "context",
+            f"the logged turn's total_ms, {a['generation_s']} s for {a['completion_tokens']} "
+            f"tokens; the rest before the answer {a['other_before_answer_s_median']:.2f} s",
         )
     imp = f.get("import_floor")
     if imp:
@@ -699,8 +771,18 @@ def build_table(f: Row) -> list[Row]:
             "2 base model load from safetensors",
             f"{v * 1000:.0f} ms",
             f"< {GOALS['load_s']:.0f} s {verdict(v, GOALS['load_s'])}",
-            f"TransformersBackend(...) in process, median of {ld['load_s']} s "
-            f"(first {ld['load_s_first'] * 1000:.0f} ms)",
+            f"TransformersBackend(...) in a process with transformers/trl/peft imported, "
+            f"median of {ld['load_s']} s",
+        )
+    lc = f.get("load_cold")
+    if lc:
+        v = lc["first_s_median"]
+        add(
+            "  first load in a fresh process",
+            f"{v * 1000:.0f} ms",
+            f"< {GOALS['load_s']:.0f} s {verdict(v, GOALS['load_s'])}",
+            f"after `import torch, transformers` ({lc['imports_s']} s): first construction "
+            f"{lc['first_s']} s (lazy imports), second {lc['second_s']} s",
         )
     g = f.get("generation")
     if g:
@@ -884,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         mark("ask")
         figures["ask"] = measure_ask(work, models, args.reps, args.ask_tokens)
         mark("load")
+        figures["load_cold"] = measure_cold_load(path, name, args.reps, root_env(work / "unused"))
         figures["load"], backend = measure_load(path, name, args.reps)
         mark("generation")
         figures["generation"] = measure_generation(backend, args.reps, args.gen_tokens)

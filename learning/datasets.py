@@ -7,7 +7,10 @@ reads or writes anything. Output rows use TRL's *conversational* format:
   from answers given a thumbs-up and from corrections (the better answer to that prompt);
 - DPO, preference: ``{"prompt": [messages], "chosen": [...], "rejected": [...]}``, from a
   correction vs. the answer it corrects, and from a thumbs-up answer vs. a thumbs-down
-  answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings).
+  answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings);
+- KTO, unpaired preference: ``{"prompt": [messages], "completion": [assistant message],
+  "label": bool}``, every thumbs-up (True) and thumbs-down (False) answer alone, and a
+  correction as a desirable completion: feedback that never forms a pair still counts.
 
 Every row remembers the feedback ids it came from, so the snapshot can record them.
 """
@@ -31,13 +34,17 @@ class Datasets:
     dpo: list[Row] = field(default_factory=list)
     sft_feedback: list[int] = field(default_factory=list)  # feedback ids behind sft rows
     dpo_feedback: list[int] = field(default_factory=list)
+    kto: list[Row] = field(default_factory=list)
+    kto_feedback: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not self.sft and not self.dpo
 
     def content_hash(self) -> str:
-        blob = json.dumps({"sft": self.sft, "dpo": self.dpo}, sort_keys=True).encode()
+        blob = json.dumps(
+            {"sft": self.sft, "dpo": self.dpo, "kto": self.kto}, sort_keys=True
+        ).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
@@ -93,10 +100,27 @@ def build_dpo(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
     return rows, ids
 
 
+def build_kto(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
+    rows: list[Row] = []
+    ids: list[int] = []
+    for ex in examples:
+        rows.append(
+            {"prompt": ex.messages, "completion": _assistant(ex.answer), "label": ex.rating == "up"}
+        )
+        ids.append(ex.feedback_id)
+        if ex.correction and ex.correction.strip() != ex.answer.strip():
+            rows.append(
+                {"prompt": ex.messages, "completion": _assistant(ex.correction), "label": True}
+            )
+            ids.append(ex.feedback_id)
+    return rows, ids
+
+
 def build_datasets(examples: list[FeedbackExample]) -> Datasets:
     sft, sft_ids = build_sft(examples)
     dpo, dpo_ids = build_dpo(examples)
-    return Datasets(sft, dpo, sft_ids, dpo_ids)
+    kto, kto_ids = build_kto(examples)
+    return Datasets(sft, dpo, sft_ids, dpo_ids, kto, kto_ids)
 
 
 def why_empty(examples: list[FeedbackExample]) -> str:

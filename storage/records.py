@@ -66,6 +66,7 @@ class FeedbackExample:
     rating: str
     correction: str | None
     user_name: str
+    conflicts: int = 0  # earlier feedback rows on this turn that said something else
 
 
 @dataclass(frozen=True)

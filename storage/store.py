@@ -279,13 +279,16 @@ class Store:
         """The latest feedback on every turn that has any, oldest turn first."""
         rows = self.db.execute(
             """SELECT f.id, t.id, t.thread_id, t.messages, t.answer, f.rating, f.correction,
-                      f.user_name
+                      f.user_name,
+                      (SELECT count(*) FROM feedback e WHERE e.turn_id = f.turn_id
+                         AND e.id < f.id AND (e.rating != f.rating
+                         OR coalesce(e.correction, '') != coalesce(f.correction, '')))
                FROM feedback f JOIN turns t ON t.id = f.turn_id
                QUALIFY row_number() OVER (PARTITION BY f.turn_id ORDER BY f.id DESC) = 1
                ORDER BY t.id"""
         ).fetchall()
         return [
-            FeedbackExample(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7])
+            FeedbackExample(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8])
             for r in rows
         ]
 

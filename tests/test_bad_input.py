@@ -7,7 +7,6 @@ a kill during `learn` (no half-written version ever becomes active).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -95,9 +94,19 @@ def test_model_that_does_not_exist(spec: str) -> None:
 
 def start_learn(model: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--model", str(model), "learn", "--max-steps",
-         "100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "--model",
+            str(model),
+            "learn",
+            "--max-steps",
+            "100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     progress = Path(os.environ["LEARNLOOP_HOME"]) / "runs" / "run-1" / "progress.jsonl"
     deadline = time.monotonic() + 120

@@ -28,8 +28,14 @@ def test_default_model_converts_learns_a_correction_and_answers_with_it(home: Pa
     fixed = run_cli(None, "feedback", str(before["turn_id"]), "down", "--correction", SECRET)
     assert fixed.exit_code == 0, fixed.output
     learned = run_json(
-        None, "learn", "--max-steps", "8", "--sft-learning-rate", "2e-3",
-        "--dpo-learning-rate", "2e-4",
+        None,
+        "learn",
+        "--max-steps",
+        "8",
+        "--sft-learning-rate",
+        "2e-3",
+        "--dpo-learning-rate",
+        "2e-4",
     )
     assert learned["version"] == "v1"
     assert learned["metrics"]["sft"]["losses"][-1] < learned["metrics"]["sft"]["losses"][0]

@@ -1,0 +1,111 @@
+"""Quality control before training: duplicates collapse, the per-user cap, contradictions
+counted, up/down balance reported, and a thread-level train / held-out split."""
+
+from __future__ import annotations
+
+from learning.datasets import build_kto
+from learning.quality import clean, is_held_out, split_by_thread
+from storage.records import FeedbackExample
+
+_ids = iter(range(1, 10_000))
+
+
+def ex(
+    prompt: str,
+    answer: str = "a",
+    rating: str = "up",
+    *,
+    user: str = "ann",
+    thread: str = "t1",
+    correction: str | None = None,
+    conflicts: int = 0,
+) -> FeedbackExample:
+    n = next(_ids)
+    return FeedbackExample(
+        feedback_id=n,
+        turn_id=n,
+        thread_id=thread,
+        messages=[{"role": "user", "content": prompt}],
+        answer=answer,
+        rating=rating,
+        correction=correction,
+        user_name=user,
+        conflicts=conflicts,
+    )
+
+
+class TestDuplicates:
+    def test_near_duplicate_prompts_teaching_the_same_thing_collapse_to_the_newest(self) -> None:
+        old, new = ex("What is 2+2?", "Four."), ex("what is 2 + 2", "four")
+        kept, report = clean([old, new])
+        assert kept == [new] and report.duplicates_collapsed == 1
+
+    def test_same_prompt_with_different_ratings_is_kept_for_pairs(self) -> None:
+        up, down = ex("Hi", "Hello!", "up"), ex("Hi", "Go away.", "down")
+        kept, report = clean([up, down])
+        assert kept == [up, down] and report.duplicates_collapsed == 0
+
+    def test_different_prompts_are_kept(self) -> None:
+        kept, _ = clean([ex("Capital of France?"), ex("Capital of Spain?")])
+        assert len(kept) == 2
+
+
+class TestUserCap:
+    def test_a_single_user_is_never_capped(self) -> None:
+        examples = [ex(f"q{i}") for i in range(10)]
+        kept, report = clean(examples, max_user_share=0.3)
+        assert kept == examples and report.capped == {}
+
+    def test_no_user_supplies_more_than_the_share_and_their_oldest_go_first(self) -> None:
+        loud = [ex(f"loud {i}", user="loud") for i in range(8)]
+        quiet = [ex(f"quiet {i}", user="quiet") for i in range(2)]
+        kept, report = clean(loud + quiet, max_user_share=0.5)
+        assert report.capped == {"loud": 6}
+        assert [e for e in kept if e.user_name == "loud"] == loud[-2:]
+        assert report.per_user == {"loud": 2, "quiet": 2}
+
+
+class TestReport:
+    def test_counts_contradictions_balance_and_corrections(self) -> None:
+        examples = [
+            ex("a", rating="up"),
+            ex("b", rating="down", conflicts=1),
+            ex("c", rating="down", correction="better"),
+            ex("d", rating="up"),
+        ]
+        _, report = clean(examples)
+        assert (report.up, report.down, report.corrections) == (2, 2, 1)
+        assert report.contradictions == 1 and report.up_share == 0.5
+
+
+class TestSplit:
+    def test_a_thread_is_entirely_on_one_side(self) -> None:
+        examples = [ex(f"q{i}", thread=f"thread-{i % 10}") for i in range(100)]
+        train, held = split_by_thread(examples, 0.3)
+        assert len(train) + len(held) == 100 and held and train
+        assert not {e.thread_id for e in train} & {e.thread_id for e in held}
+
+    def test_the_split_is_stable_and_roughly_the_share(self) -> None:
+        threads = [f"t{i}" for i in range(2000)]
+        held = [t for t in threads if is_held_out(t, 0.2)]
+        assert held == [t for t in threads if is_held_out(t, 0.2)]
+        assert 0.15 < len(held) / len(threads) < 0.25
+        assert not any(is_held_out(t, 0.0) for t in threads)
+
+
+class TestKto:
+    def test_every_rating_is_an_unpaired_row_and_corrections_are_desirable(self) -> None:
+        rows, ids = build_kto(
+            [
+                ex("a", "good", "up"),
+                ex("b", "bad", "down"),
+                ex("c", "meh", "down", correction="ok"),
+            ]
+        )
+        assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [
+            ("good", True),
+            ("bad", False),
+            ("meh", False),
+            ("ok", True),
+        ]
+        assert set(rows[0]) == {"prompt", "completion", "label"} and len(ids) == 4
