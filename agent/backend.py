@@ -179,9 +179,10 @@ class TransformersBackend:
             worker.start()
             try:
                 yield from streamer
-            finally:  # also when the consumer stops early: never leave a generation running
-                if worker.is_alive():
-                    stop.set()
+            except BaseException:  # the consumer stopped early: stop generating too
+                stop.set()
+                raise
+            finally:
                 worker.join()
                 result.interrupted = stop.is_set()
                 if "ids" in output:

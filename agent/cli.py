@@ -196,9 +196,13 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     """Run one learning cycle now: train on all feedback, activate the new version."""
     from agent.models import resolve_model
     from agent.progress import CycleProgress
+    from agent.runtime import UsageError
     from learning.cycle import NothingToLearn, run_cycle
 
-    config = build_config(LearnConfig, pop_config_values(LearnConfig, values))
+    try:
+        config = build_config(LearnConfig, pop_config_values(LearnConfig, values))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     with _store() as store:
         try:
             model = resolve_model(ctx.obj["model"])
@@ -238,6 +242,7 @@ def versions(as_json: bool) -> None:
                 "base_model": v.base_model,
                 "sft_examples": v.sft_count,
                 "dpo_pairs": v.dpo_count,
+                "kto_rows": v.kto_count,
                 "metrics": v.metrics,
                 "adapter_path": v.adapter_path,
                 "active": v.id == active,
@@ -246,6 +251,65 @@ def versions(as_json: bool) -> None:
         ],
     ]
     _emit(as_json, data, lambda: click.echo(versions_table(rows, active)))
+
+
+@cli.command()
+@click.argument("version_id", metavar="VERSION")
+@click.option("--why", default="activated by hand", show_default=True, help="recorded reason")
+@click.option("--user", "user_name", default=None, help="who switches [default: $USER]")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+def activate(version_id: str, why: str, user_name: str | None, as_json: bool) -> None:
+    """Make VERSION (or `base`) the one that answers; running chats switch before their
+    next answer."""
+    with _store() as store:
+        previous = store.active_version()
+        store.activate(version_id, who=user_name or getpass.getuser(), why=why)
+    _switched(as_json, previous, version_id)
+
+
+@cli.command()
+@click.option("--why", default="rolled back by hand", show_default=True, help="recorded reason")
+@click.option("--user", "user_name", default=None, help="who switches [default: $USER]")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+def rollback(why: str, user_name: str | None, as_json: bool) -> None:
+    """Activate the parent of the active version (the one it was trained to replace)."""
+    from agent.runtime import UsageError
+
+    with _store() as store:
+        current = store.active_version()
+        if current == "base":
+            raise UsageError("the base model is active: there is nothing to roll back to")
+        parent = store.get_version(current).parent
+        store.activate(parent, who=user_name or getpass.getuser(), why=why)
+    _switched(as_json, current, parent)
+
+
+def _switched(as_json: bool, previous: str, active: str) -> None:
+    _emit(
+        as_json,
+        {"previous": previous, "active": active},
+        lambda: click.echo(f"active version: {active} (was {previous})"),
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
+def history(as_json: bool) -> None:
+    """Every switch of the active version, with who made it and why."""
+    with _store() as store:
+        rows = store.activations()
+    data = [{"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows]
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            "\n".join(
+                f"{a.created_at:%Y-%m-%d %H:%M:%S}  {a.version_id:6} {a.who:16} {a.why}"
+                for a in rows
+            )
+            or "no switches yet: the base model has always been active"
+        ),
+    )
 
 
 @cli.command()

@@ -9,9 +9,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+METHODS = ("auto", "sft", "dpo", "kto")
+
 
 @dataclass(frozen=True)
 class LearnConfig:
+    method: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | sft | dpo | kto. auto: SFT on the good answers, then DPO when "
+            "there are at least --min-pairs preference pairs, else KTO on the thumbs alone"
+        },
+    )
+    min_pairs: int = field(
+        default=4, metadata={"help": "fewest DPO pairs for auto to choose DPO over KTO"}
+    )
+    max_user_share: float = field(
+        default=0.5,
+        metadata={"help": "largest share of the examples one user may supply (with 2+ users)"},
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)"})
     lora_dropout: float = field(
@@ -29,6 +45,9 @@ class LearnConfig:
     dpo_beta: float = field(
         default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"}
     )
+    kto_epochs: float = field(default=2.0, metadata={"help": "passes over the KTO rows"})
+    kto_learning_rate: float = field(default=5e-5, metadata={"help": "KTO learning rate"})
+    kto_beta: float = field(default=0.1, metadata={"help": "KTO beta"})
     batch_size: int = field(default=4, metadata={"help": "examples per optimizer step"})
     max_length: int = field(
         default=512, metadata={"help": "longest tokenized example; longer ones are truncated"}
@@ -37,6 +56,12 @@ class LearnConfig:
         default=-1, metadata={"help": "cap on optimizer steps per stage (-1 = run all epochs)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed for training"})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not 0 < self.max_user_share <= 1:
+            raise ValueError("--max-user-share must be in (0, 1]")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

@@ -24,14 +24,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.models import ResolvedModel
 from learning.config import LearnConfig
-from learning.datasets import Datasets, build_datasets, why_empty
+from learning.datasets import Datasets, build_datasets, choose_method, why_empty
+from learning.quality import QualityReport, clean
 from storage.home import adapters_dir, runs_dir
 from storage.records import Version
 from storage.store import Store
@@ -55,7 +56,9 @@ class CycleResult:
     method: str
     sft_examples: int
     dpo_pairs: int
+    kto_rows: int
     feedback_used: int
+    quality: QualityReport
     metrics: dict[str, Any]
     adapter_path: str
     seconds: float
@@ -68,7 +71,9 @@ class CycleResult:
             "method": self.method,
             "sft_examples": self.sft_examples,
             "dpo_pairs": self.dpo_pairs,
+            "kto_rows": self.kto_rows,
             "feedback_used": self.feedback_used,
+            "quality": asdict(self.quality),
             "metrics": self.metrics,
             "adapter_path": self.adapter_path,
             "seconds": round(self.seconds, 2),
@@ -87,10 +92,6 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def method_of(data: Datasets) -> str:
-    return "+".join(m for m, rows in (("sft", data.sft), ("dpo", data.dpo)) if rows)
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w") as f:
         for row in rows:
@@ -105,24 +106,31 @@ def _write_json(path: Path, value: Any) -> None:
 
 def prepare_run(
     store: Store, model: ResolvedModel, config: LearnConfig
-) -> tuple[int, Path, Datasets]:
+) -> tuple[int, Path, Datasets, QualityReport]:
     """Steps 1-2: build datasets, record run + snapshot, write the snapshot files."""
     store.fail_stale_runs(pid_alive)
     running = store.running_run()
     if running is not None:
         raise NothingToLearn(f"learning run {running} is still running; wait for it to finish")
     examples = store.feedback_examples()
-    data = build_datasets(examples)
-    if data.empty:
+    cleaned, quality = clean(examples, max_user_share=config.max_user_share)
+    built = build_datasets(cleaned)
+    if built.empty:
         raise NothingToLearn(why_empty(examples))
+    try:
+        data = choose_method(built, config.method, config.min_pairs)
+    except ValueError as exc:
+        raise NothingToLearn(f"nothing to train with --method {config.method}: {exc}") from exc
     root = runs_dir()
     root.mkdir(parents=True, exist_ok=True)
-    run_id = store.start_run(method_of(data), config.to_dict(), "", os.getpid())
+    run_id = store.start_run(data.method, config.to_dict(), "", os.getpid())
     run_dir = root / f"run-{run_id}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
     _write_jsonl(run_dir / "sft.jsonl", data.sft)
     _write_jsonl(run_dir / "dpo.jsonl", data.dpo)
+    _write_jsonl(run_dir / "kto.jsonl", data.kto)
+    _write_json(run_dir / "quality.json", asdict(quality))
     _write_json(
         run_dir / "request.json",
         {
@@ -130,6 +138,7 @@ def prepare_run(
             "config": config.to_dict(),
             "sft": "sft.jsonl",
             "dpo": "dpo.jsonl",
+            "kto": "kto.jsonl",
         },
     )
     upto = max(e.feedback_id for e in examples)
@@ -137,11 +146,12 @@ def prepare_run(
         run_id,
         data.content_hash(),
         upto,
-        {"sft": data.sft_feedback, "dpo": data.dpo_feedback},
-        {"sft": len(data.sft), "dpo": len(data.dpo)},
+        {"sft": data.sft_feedback, "dpo": data.dpo_feedback, "kto": data.kto_feedback},
+        {"sft": len(data.sft), "dpo": len(data.dpo), "kto": len(data.kto)},
+        asdict(quality),
     )
     store.set_run_dir(run_id, str(run_dir))
-    return run_id, run_dir, data
+    return run_id, run_dir, data, quality
 
 
 def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
@@ -213,7 +223,7 @@ def publish(
             "base_model": model.name,
             "base_model_path": model.path,
             "run_id": run_id,
-            "method": method_of(data),
+            "method": data.method,
             "learn_config": config.to_dict(),
         },
     )
@@ -222,11 +232,12 @@ def publish(
         id=version_id,
         parent=parent,
         run_id=run_id,
-        method=method_of(data),
+        method=data.method,
         base_model=model.name,
         adapter_path=str(target),
         sft_count=len(data.sft),
         dpo_count=len(data.dpo),
+        kto_count=len(data.kto),
         metrics=metrics,
         created_at=datetime.now(),
     )
@@ -244,7 +255,7 @@ def run_cycle(
 ) -> CycleResult:
     """Run one whole learning cycle; raise NothingToLearn or CycleFailed if none results."""
     started = time.perf_counter()
-    run_id, run_dir, data = prepare_run(store, model, config)
+    run_id, run_dir, data, quality = prepare_run(store, model, config)
     store.release()  # other processes may use the database while the child trains
     try:
         metrics = train_in_child(run_dir, progress)
@@ -262,7 +273,9 @@ def run_cycle(
         method=version.method,
         sft_examples=len(data.sft),
         dpo_pairs=len(data.dpo),
-        feedback_used=len(set(data.sft_feedback) | set(data.dpo_feedback)),
+        kto_rows=len(data.kto),
+        feedback_used=len(set(data.sft_feedback) | set(data.dpo_feedback) | set(data.kto_feedback)),
+        quality=quality,
         metrics=metrics,
         adapter_path=version.adapter_path,
         seconds=time.perf_counter() - started,

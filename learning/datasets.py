@@ -39,7 +39,13 @@ class Datasets:
 
     @property
     def empty(self) -> bool:
+        """Nothing to train on. KTO rows alone do not count: KTO needs both good and bad
+        answers, and a good answer is also an SFT row."""
         return not self.sft and not self.dpo
+
+    @property
+    def method(self) -> str:
+        return "+".join(name for name in ("sft", "dpo", "kto") if getattr(self, name))
 
     def content_hash(self) -> str:
         blob = json.dumps(
@@ -121,6 +127,33 @@ def build_datasets(examples: list[FeedbackExample]) -> Datasets:
     dpo, dpo_ids = build_dpo(examples)
     kto, kto_ids = build_kto(examples)
     return Datasets(sft, dpo, sft_ids, dpo_ids, kto, kto_ids)
+
+
+def choose_method(data: Datasets, method: str, min_pairs: int) -> Datasets:
+    """Keep the datasets the method trains on (auto: SFT, then DPO when there are at least
+    ``min_pairs`` pairs, else KTO when both good and bad thumbs exist); raise ValueError
+    with the reason when the chosen method has nothing to train on."""
+    kto_usable = {row["label"] for row in data.kto} == {True, False}
+    if method == "auto":
+        use_dpo = len(data.dpo) >= min_pairs
+        use_kto = not use_dpo and kto_usable
+        if not data.sft and not use_dpo and not use_kto:
+            use_dpo = bool(data.dpo)  # a few pairs beat nothing
+        keep = {"sft": True, "dpo": use_dpo, "kto": use_kto}
+    else:
+        keep = {name: name == method for name in ("sft", "dpo", "kto")}
+        if method == "kto" and not kto_usable:
+            raise ValueError("KTO needs both thumbs-up and thumbs-down answers")
+        if not getattr(data, method):
+            raise ValueError(f"there is no {method.upper()} data in the feedback so far")
+    return Datasets(
+        sft=data.sft if keep["sft"] else [],
+        dpo=data.dpo if keep["dpo"] else [],
+        sft_feedback=data.sft_feedback if keep["sft"] else [],
+        dpo_feedback=data.dpo_feedback if keep["dpo"] else [],
+        kto=data.kto if keep["kto"] else [],
+        kto_feedback=data.kto_feedback if keep["kto"] else [],
+    )
 
 
 def why_empty(examples: list[FeedbackExample]) -> str:

@@ -79,6 +79,7 @@ OUTPUT_DIR = "trl-output"
 
 SFT_KEYS = ("prompt", "completion")
 DPO_KEYS = ("prompt", "chosen", "rejected")
+KTO_KEYS = ("prompt", "completion", "label")
 DPO_FINAL_KEYS = ("rewards/accuracies", "rewards/margins")
 
 Row = dict[str, Any]
@@ -94,6 +95,7 @@ class Request:
     config: LearnConfig
     sft: list[Row]
     dpo: list[Row]
+    kto: list[Row]
 
 
 # --- reading the request (no heavy imports: bad input fails fast) -----------------------
@@ -118,9 +120,10 @@ def read_request(run_dir: Path) -> Request:
         raise TrainerError(f"{REQUEST_FILE} config: {exc}") from exc
     sft = read_rows(run_dir, raw.get("sft"), SFT_KEYS)
     dpo = read_rows(run_dir, raw.get("dpo"), DPO_KEYS)
-    if not sft and not dpo:
-        raise TrainerError("no training rows: the SFT and DPO files are both missing or empty")
-    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo)
+    kto = read_rows(run_dir, raw.get("kto"), KTO_KEYS)
+    if not sft and not dpo and not kto:
+        raise TrainerError("no training rows: the SFT, DPO and KTO files are all missing or empty")
+    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo, kto=kto)
 
 
 def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:
@@ -148,7 +151,11 @@ def parse_row(line: str, keys: tuple[str, ...], where: str) -> Row:
     if not isinstance(row, dict):
         raise TrainerError(f"{where}: expected a JSON object")
     for key in keys:
-        check_messages(row.get(key), f"{where}: {key!r}")
+        if key == "label":
+            if not isinstance(row.get(key), bool):
+                raise TrainerError(f"{where}: 'label' must be true or false")
+        else:
+            check_messages(row.get(key), f"{where}: {key!r}")
     # TRL infers the dataset type from the columns, so stray columns are dropped.
     return {key: row[key] for key in keys}
 
@@ -338,6 +345,41 @@ def train_dpo(
     return metrics
 
 
+def train_kto(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    config: LearnConfig,
+    run_dir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    desirable = sum(1 for r in rows if r["label"])
+    undesirable = len(rows) - desirable
+    # Weigh the two sides so that their total contributions are about equal (TRL's advice
+    # for imbalanced feedback), within the range TRL considers sane.
+    weight = min(4.0, max(0.25, undesirable / desirable)) if desirable and undesirable else 1.0
+    args = KTOConfig(
+        **common_args(config, run_dir, "kto"),
+        learning_rate=config.kto_learning_rate,
+        num_train_epochs=config.kto_epochs,
+        beta=config.kto_beta,
+        desirable_weight=weight,
+        undesirable_weight=1.0,
+    )
+    # Like DPO, TRL freezes a copy of the current adapter as "ref"; dropped after training.
+    trainer = KTOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    metrics = fit(trainer, "kto", len(rows), progress)
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)
+    return metrics
+
+
 def fit(trainer: Trainer, stage: str, examples: int, progress: Progress) -> dict[str, Any]:
     """Train one stage with our progress lines instead of printed logs."""
     from transformers import PrinterCallback
@@ -393,11 +435,13 @@ def run(run_dir: Path) -> dict[str, Any]:
     stage_args = (request.config, run_dir, progress)
     sft = train_sft(model, tokenizer, request.sft, *stage_args) if request.sft else None
     dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo else None
+    kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
     progress.write("save")
     save_adapter(model, run_dir)
     metrics = {
         "sft": sft,
         "dpo": dpo,
+        "kto": kto,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "seconds": round(time.monotonic() - started, 3),
         "trainable_params": trainable,

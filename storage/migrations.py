@@ -136,6 +136,15 @@ def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m002_kto_and_quality(db: duckdb.DuckDBPyConnection) -> None:
+    """Cycles can train KTO on unpaired thumbs, and clean the feedback first (duplicates,
+    per-user cap): record the KTO row counts and the quality report with each snapshot."""
+    db.execute("ALTER TABLE snapshots ADD COLUMN kto_count INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE snapshots ADD COLUMN quality JSON")
+    db.execute("ALTER TABLE versions ADD COLUMN kto_count INTEGER NOT NULL DEFAULT 0")
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -81,6 +81,7 @@ class Version:
     dpo_count: int
     metrics: dict[str, Any]
     created_at: datetime
+    kto_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,17 @@ class Run:
     error: str | None
     started_at: datetime
     finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One switch of the active version: who made it and why."""
+
+    id: int
+    version_id: str
+    who: str
+    why: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import duckdb
 from storage.home import db_path, ensure_data_root
 from storage.migrations import migrate
 from storage.records import (
+    Activation,
     FeedbackExample,
     FeedbackRow,
     Run,
@@ -55,7 +56,7 @@ _TURN_COLUMNS = (
 )
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
-    "created_at"
+    "created_at, kto_count"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
@@ -310,14 +311,24 @@ class Store:
         upto: int,
         rows: dict[str, list[int]],
         counts: dict[str, int],
+        quality: dict[str, Any] | None = None,
     ) -> int:
         """Record which feedback rows went into which dataset of a run's snapshot; ``upto``
-        is the newest feedback id the cycle considered, ``counts`` the dataset sizes."""
+        is the newest feedback id the cycle considered, ``counts`` the dataset sizes,
+        ``quality`` the report of the cleaning before the builders."""
         with self.transaction() as db:
             row = db.execute(
                 """INSERT INTO snapshots (run_id, content_hash, upto_feedback_id, sft_count,
-                       dpo_count) VALUES (?, ?, ?, ?, ?) RETURNING id""",
-                [run_id, content_hash, upto, counts.get("sft", 0), counts.get("dpo", 0)],
+                       dpo_count, kto_count, quality) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                [
+                    run_id,
+                    content_hash,
+                    upto,
+                    counts.get("sft", 0),
+                    counts.get("dpo", 0),
+                    counts.get("kto", 0),
+                    json.dumps(quality) if quality is not None else None,
+                ],
             ).fetchone()
             assert row is not None
             snapshot_id = int(row[0])
@@ -379,7 +390,7 @@ class Store:
         and make it active, all in one transaction."""
         with self.transaction() as db:
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 11)})",
                 [
                     version.id,
                     version.parent,
@@ -391,6 +402,7 @@ class Store:
                     version.dpo_count,
                     json.dumps(version.metrics),
                     version.created_at,
+                    version.kto_count,
                 ],
             )
             db.execute(
@@ -409,7 +421,19 @@ class Store:
             f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY created_at, id"
         ).fetchall()
         return [
-            Version(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9])
+            Version(
+                id=r[0],
+                parent=r[1],
+                run_id=r[2],
+                method=r[3],
+                base_model=r[4],
+                adapter_path=r[5],
+                sft_count=r[6],
+                dpo_count=r[7],
+                metrics=json.loads(r[8]),
+                created_at=r[9],
+                kto_count=r[10],
+            )
             for r in rows
         ]
 
@@ -423,6 +447,21 @@ class Store:
         return (
             self._one("SELECT version_id FROM activations ORDER BY id DESC LIMIT 1") or BASE_VERSION
         )
+
+    def activate(self, version_id: str, *, who: str, why: str) -> None:
+        """Make ``version_id`` ('base' or a registered version) active, recording the switch."""
+        if version_id != BASE_VERSION:
+            self.get_version(version_id)  # raises NotFound
+        self.db.execute(
+            "INSERT INTO activations (version_id, who, why) VALUES (?, ?, ?)",
+            [version_id, who, why],
+        )
+
+    def activations(self) -> list[Activation]:
+        rows = self.db.execute(
+            "SELECT id, version_id, who, why, created_at FROM activations ORDER BY id"
+        ).fetchall()
+        return [Activation(*r) for r in rows]
 
     # -- overview ------------------------------------------------------------------------
 

@@ -86,6 +86,13 @@ def test_database_from_a_newer_schema_is_refused(home: Path) -> None:
     assert (home / "learnloop.duckdb").read_bytes() == before
 
 
+def test_activate_unknown_version_and_rollback_from_base(one_turn: dict) -> None:
+    before = snapshot_rows()
+    one_line_error(run_cli(None, "activate", "v9"), "no version 'v9'")
+    one_line_error(run_cli(None, "rollback"), "nothing to roll back to")
+    assert snapshot_rows() == before
+
+
 @pytest.mark.parametrize("spec", ["/no/such/model", "./missing.gguf", "not a model id"])
 def test_model_that_does_not_exist(spec: str) -> None:
     result = run_cli(Path(spec), "ask", "hi")

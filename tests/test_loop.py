@@ -47,8 +47,6 @@ def rated_turns(tiny_model_dir: Path) -> list[dict]:
         "4",
         "--comment",
         "arithmetic",
-        "--user",
-        "ada",
     )
     assert fixed.exit_code == 0, fixed.output
     return turns
@@ -61,6 +59,10 @@ def test_ask_reports_turn_thread_answer_and_base_version(tiny_model_dir: Path) -
     follow = run_json(tiny_model_dir, "ask", "And then?", "--thread", out["thread_id"], *FAST)
     assert follow["thread_id"] == out["thread_id"]
     assert follow["turn_id"] == out["turn_id"] + 1
+    rated = run_json(tiny_model_dir, "feedback", str(follow["turn_id"]), "up", "--user", "ada")
+    assert rated["rating"] == "up"
+    [logged] = run_json(tiny_model_dir, "log", "-n", "1")
+    assert logged["feedback"][0]["user"] == "ada"
 
 
 def test_turn_is_logged_as_a_full_trajectory(tiny_model_dir: Path) -> None:
@@ -84,9 +86,11 @@ def test_feedback_learn_and_the_new_version_answers(
     base_digest = _digest(tiny_model_dir)
     learned = run_json(tiny_model_dir, "learn", *FAST_LEARN)
     assert learned["version"] == "v1" and learned["parent"] == "base"
-    # up answer + correction -> 2 SFT examples; correction vs. its answer -> 1 DPO pair
-    assert (learned["sft_examples"], learned["dpo_pairs"]) == (2, 1)
-    assert learned["method"] == "sft+dpo"
+    # up answer + correction -> 2 SFT examples; one pair is too few for DPO (--min-pairs 4),
+    # so auto adds KTO on the thumbs alone: up, down, down+correction, the correction itself
+    assert (learned["sft_examples"], learned["dpo_pairs"], learned["kto_rows"]) == (2, 0, 4)
+    assert learned["method"] == "sft+kto"
+    assert learned["quality"]["up"] == 1 and learned["quality"]["down"] == 2
 
     after = run_json(tiny_model_dir, "ask", "What is the capital of France?", *FAST)
     assert after["version"] == "v1"
@@ -95,8 +99,8 @@ def test_feedback_learn_and_the_new_version_answers(
     versions = run_json(tiny_model_dir, "versions")
     assert [v["id"] for v in versions] == ["base", "v1"]
     assert versions[1]["active"] and not versions[0]["active"]
-    assert versions[1]["metrics"]["sft"]["steps"] == 3
-    assert versions[1]["sft_examples"] == 2 and versions[1]["dpo_pairs"] == 1
+    assert versions[1]["metrics"]["sft"]["steps"] == versions[1]["metrics"]["kto"]["steps"] == 3
+    assert versions[1]["sft_examples"] == 2 and versions[1]["kto_rows"] == 4
 
     adapter = Path(learned["adapter_path"])
     assert (
@@ -120,6 +124,28 @@ def test_feedback_learn_and_the_new_version_answers(
     status = run_json(tiny_model_dir, "status")
     assert status["active_version"] == "v1"
     assert (status["turns"], status["feedback"], status["unlearned_feedback"]) == (4, 3, 0)
+
+    assert run_json(tiny_model_dir, "rollback", "--why", "worse on my questions") == {
+        "previous": "v1",
+        "active": "base",
+    }
+    assert run_json(tiny_model_dir, "ask", "Hi", *FAST)["version"] == "base"
+    run_json(tiny_model_dir, "activate", "v1", "--user", "ada")
+    assert run_json(tiny_model_dir, "ask", "Hi", *FAST)["version"] == "v1"
+    switches = [(h["version"], h["why"]) for h in run_json(tiny_model_dir, "history")]
+    assert switches == [
+        ("v1", "learning run 1"),
+        ("base", "worse on my questions"),
+        ("v1", "activated by hand"),
+    ]
+
+
+def test_method_flag_picks_what_trains(tiny_model_dir: Path, rated_turns: list[dict]) -> None:
+    learned = run_json(tiny_model_dir, "learn", "--method", "dpo", *FAST_LEARN)
+    assert (learned["method"], learned["dpo_pairs"], learned["sft_examples"]) == ("dpo", 1, 0)
+    assert learned["metrics"]["sft"] is None and learned["metrics"]["dpo"]["steps"] == 3
+    bad = run_cli(tiny_model_dir, "learn", "--method", "ppo")
+    assert bad.exit_code == 1 and "--method must be one of auto, sft, dpo, kto" in bad.stderr
 
 
 def test_learn_with_no_feedback_says_why_and_writes_no_version(tiny_model_dir: Path) -> None:

@@ -3,7 +3,9 @@ counted, up/down balance reported, and a thread-level train / held-out split."""
 
 from __future__ import annotations
 
-from learning.datasets import build_kto
+import pytest
+
+from learning.datasets import Datasets, build_datasets, build_kto, choose_method
 from learning.quality import clean, is_held_out, split_by_thread
 from storage.records import FeedbackExample
 
@@ -109,3 +111,29 @@ class TestKto:
             ("ok", True),
         ]
         assert set(rows[0]) == {"prompt", "completion", "label"} and len(ids) == 4
+
+
+class TestChooseMethod:
+    @staticmethod
+    def data(pairs: int, ups: int = 1, downs: int = 1) -> Datasets:
+        examples = [ex(f"up {i}", "good", "up") for i in range(ups)]
+        examples += [ex(f"down {i}", "bad", "down") for i in range(downs)]
+        examples += [ex(f"fix {i}", "bad", "down", correction="good") for i in range(pairs)]
+        return build_datasets(examples)
+
+    def test_auto_uses_dpo_with_enough_pairs(self) -> None:
+        assert choose_method(self.data(pairs=4), "auto", 4).method == "sft+dpo"
+
+    def test_auto_falls_back_to_kto_with_too_few_pairs(self) -> None:
+        chosen = choose_method(self.data(pairs=1), "auto", 4)
+        assert chosen.method == "sft+kto" and not chosen.dpo_feedback
+
+    def test_auto_keeps_sft_alone_without_bad_answers(self) -> None:
+        assert choose_method(self.data(pairs=0, downs=0), "auto", 4).method == "sft"
+
+    def test_explicit_method_without_its_data_says_why(self) -> None:
+        with pytest.raises(ValueError, match="no DPO data"):
+            choose_method(self.data(pairs=0), "dpo", 4)
+        with pytest.raises(ValueError, match="both thumbs-up and thumbs-down"):
+            choose_method(self.data(pairs=0, downs=0), "kto", 4)
+        assert choose_method(self.data(pairs=2), "kto", 4).method == "kto"

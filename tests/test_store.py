@@ -167,7 +167,7 @@ def store() -> Any:
 class TestAFreshDatabaseMigrates:
     def test_the_migrations_table_records_the_initial_migration(self, store: Store) -> None:
         rows = store.db.execute("SELECT number, name FROM migrations ORDER BY number").fetchall()
-        assert rows == [(1, "m001_initial")]
+        assert rows == [(1, "m001_initial"), (2, "m002_kto_and_quality")]
         assert store.path == db_path()
         assert store.path.is_file()
 
@@ -273,12 +273,12 @@ class TestADatabaseFromANewerLearnloop:
 
 class TestAMigrationFailingHalfWay:
     def test_leaves_neither_its_tables_nor_its_migrations_row(self, tmp_path: Path) -> None:
-        def m002_broken(db: duckdb.DuckDBPyConnection) -> None:
+        def m999_broken(db: duckdb.DuckDBPyConnection) -> None:
             db.execute("CREATE TABLE half_done (x INTEGER)")
             db.execute("INSERT INTO half_done VALUES (1)")
-            raise RuntimeError("boom in the middle of m002")
+            raise RuntimeError("boom in the middle of m999")
 
-        entry = (latest_known() + 1, "m002_broken", m002_broken)
+        entry = (latest_known() + 1, "m999_broken", m999_broken)
         path = tmp_path / "new.duckdb"
         migrations.MIGRATIONS.append(entry)
         try:
@@ -287,7 +287,10 @@ class TestAMigrationFailingHalfWay:
         finally:
             migrations.MIGRATIONS.remove(entry)
 
-        assert raw_rows(path, "SELECT number, name FROM migrations") == [(1, "m001_initial")]
+        assert raw_rows(path, "SELECT number, name FROM migrations ORDER BY number") == [
+            (1, "m001_initial"),
+            (2, "m002_kto_and_quality"),
+        ]
         tables = {
             r[0]
             for r in raw_rows(
@@ -671,3 +674,23 @@ class TestUnknownIds:
         with pytest.raises(NotFound, match="`learnloop versions`") as err:
             store.get_version("v9")
         assert "v9" in str(err.value)
+
+
+class TestAnOlderDatabaseMigratesForward:
+    def test_a_version_1_file_gains_the_kto_columns_and_keeps_its_rows(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "old.duckdb"
+        db = duckdb.connect(str(path))
+        db.execute(
+            "CREATE TABLE migrations (number INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+            "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        )
+        migrations.m001_initial(db)
+        db.execute("INSERT INTO migrations (number, name) VALUES (1, 'm001_initial')")
+        db.execute("INSERT INTO threads (id) VALUES ('old-thread')")
+        db.close()
+        with Store(path) as s:
+            assert s.thread_exists("old-thread")
+            columns = {r[0] for r in s.db.execute("DESCRIBE versions").fetchall()}
+            assert "kto_count" in columns
