@@ -196,6 +196,7 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     """Run one learning cycle now: train on all feedback, activate the new version."""
     from agent.models import resolve_model
     from agent.progress import CycleProgress
+    from agent.report import cycle_summary
     from agent.runtime import UsageError
     from learning.cycle import NothingToLearn, run_cycle
 
@@ -215,11 +216,7 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     _emit(
         as_json,
         result.to_dict(),
-        lambda: click.echo(
-            f"version {result.version} is active ({result.method}: {result.sft_examples} SFT "
-            f"examples, {result.dpo_pairs} DPO pairs from {result.feedback_used} feedback items; "
-            f"{result.seconds:.0f} s)"
-        ),
+        lambda: click.echo(cycle_summary(result)),
     )
 
 
@@ -243,6 +240,8 @@ def versions(as_json: bool) -> None:
                 "sft_examples": v.sft_count,
                 "dpo_pairs": v.dpo_count,
                 "kto_rows": v.kto_count,
+                "status": v.status,
+                "gate": v.gate,
                 "metrics": v.metrics,
                 "adapter_path": v.adapter_path,
                 "active": v.id == active,
@@ -289,6 +288,49 @@ def _switched(as_json: bool, previous: str, active: str) -> None:
         as_json,
         {"previous": previous, "active": active},
         lambda: click.echo(f"active version: {active} (was {previous})"),
+    )
+
+
+@cli.group()
+def control() -> None:
+    """The control set: prompts with known good answers that no new version may get worse
+    on. learnloop ships a default set; add your own."""
+
+
+@control.command("add")
+@click.argument("prompt")
+@click.argument("answer")
+@click.option("--expect", default=None, help="text a correct answer must contain [default: ANSWER]")
+def control_add(prompt: str, answer: str, expect: str | None) -> None:
+    """Add PROMPT with its good ANSWER to the control set."""
+    from agent.runtime import UsageError
+    from storage.records import ControlPrompt
+
+    if not prompt.strip() or not answer.strip() or (expect is not None and not expect.strip()):
+        raise UsageError("the prompt, the answer and --expect must not be empty")
+    with _store() as store:
+        store.add_control_prompt(
+            ControlPrompt(prompt.strip(), answer.strip(), (expect or answer).strip())
+        )
+    click.echo("added to the control set; the next learning cycle checks it")
+
+
+@control.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
+def control_list(as_json: bool) -> None:
+    """Show the control set: the shipped prompts and your own."""
+    from learning.snapshot import control_set
+
+    with _store() as store:
+        items = control_set(store)
+    _emit(
+        as_json,
+        items,
+        lambda: click.echo(
+            "\n".join(
+                f"{i['prompt']}  →  {i['answer']}  (must contain: {i['expect']})" for i in items
+            )
+        ),
     )
 
 

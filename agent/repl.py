@@ -13,6 +13,7 @@ from collections.abc import Callable
 import click
 
 from agent.progress import CycleProgress
+from agent.report import cycle_summary
 from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
 from learning.cycle import CycleFailed, NothingToLearn, run_cycle
@@ -24,6 +25,7 @@ HELP = """commands:
   /fix TEXT        TEXT is a better answer to your last message
   /regen           answer your last message again (logged as its own turn)
   /learn           run a learning cycle now
+  /activate V      make version V (or base) the one that answers
   /status          model, version, feedback counts
   /new             start a new thread
   /quit            leave (Ctrl-D works too); Ctrl-C stops an answer or a /learn"""
@@ -42,6 +44,7 @@ class Repl:
             "/fix": self.fix,
             "/regen": lambda arg: self.answer("", regen=True),
             "/learn": lambda arg: self.learn(),
+            "/activate": self.activate,
             "/status": lambda arg: self.status(),
             "/new": lambda arg: self.new(),
             "/help": lambda arg: click.echo(HELP),
@@ -148,11 +151,17 @@ class Repl:
         except KeyboardInterrupt:
             click.echo("\nlearning interrupted; the active version is unchanged", err=True)
             return
-        click.echo(
-            f"   version {result.version} trained in {result.seconds:.0f} s "
-            f"({result.sft_examples} SFT examples, {result.dpo_pairs} DPO pairs); "
-            "it answers from your next message"
-        )
+        click.echo("   " + cycle_summary(result).replace("\n", "\n   "))
+        if result.promoted:
+            click.echo("   it answers from your next message")
+        else:
+            click.echo(f"   /activate {result.version} uses it anyway")
+
+    def activate(self, version: str) -> None:
+        if not version:
+            raise UsageError("/activate needs a version, e.g. /activate v2 or /activate base")
+        self.agent.store.activate(version, who=f"chat:{self.user}", why="/activate in chat")
+        click.echo(f"   {version} is active; it answers from your next message")
 
     def status(self) -> None:
         s = self.agent.store.status()

@@ -68,7 +68,7 @@ def turns_text(turns: list[Turn]) -> str:
 
 def _metric(v: Version) -> str:
     parts = []
-    for stage in ("sft", "dpo"):
+    for stage in ("sft", "dpo", "kto"):
         m = v.metrics.get(stage)
         if m and m.get("train_loss") is not None:
             parts.append(f"{stage} loss {m['train_loss']:.3f}")
@@ -77,14 +77,28 @@ def _metric(v: Version) -> str:
 
 def versions_table(versions: list[Version], active: str) -> str:
     lines = [
-        f"{'':2}{'version':8} {'parent':7} {'created':16} {'method':8} "
-        f"{'sft':>4} {'dpo':>4}  metrics"
+        f"{'':2}{'version':8} {'parent':7} {'created':16} {'status':9} {'method':12} "
+        f"{'sft':>4} {'dpo':>4} {'kto':>4}  metrics"
     ]
     lines.append(f"{'*' if active == 'base' else ' ':2}{'base':8} {'-':7}")
     for v in versions:
         lines.append(
             f"{'*' if v.id == active else ' ':2}{v.id:8} {v.parent:7} "
-            f"{v.created_at:%Y-%m-%d %H:%M} {v.method:8} {v.sft_count:>4} {v.dpo_count:>4}  "
-            f"{_metric(v)}"
+            f"{v.created_at:%Y-%m-%d %H:%M} {v.status:9} {v.method:12} {v.sft_count:>4} "
+            f"{v.dpo_count:>4} {v.kto_count:>4}  {_metric(v)}"
         )
+        for reason in (v.gate or {}).get("reasons", []):
+            lines.append(f"{'':11}gate: {reason}")
+    return "\n".join(lines)
+
+
+def cycle_summary(result: Any) -> str:
+    """What a finished learning cycle did, in two or three lines (a CycleResult)."""
+    verdict = "promoted and active" if result.promoted else "rejected by the gate"
+    lines = [
+        f"version {result.version} {verdict} ({result.method}: {result.sft_examples} SFT "
+        f"examples, {result.dpo_pairs} DPO pairs, {result.kto_rows} KTO rows; "
+        f"{result.heldout} feedback items held out; {result.seconds:.0f} s)"
+    ]
+    lines += [f"gate: {reason}" for reason in result.reasons]
     return "\n".join(lines)

@@ -45,6 +45,30 @@ class LearnConfig:
     dpo_beta: float = field(
         default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"}
     )
+    held_out_share: float = field(
+        default=0.2,
+        metadata={"help": "share of threads whose feedback is held out to judge the candidate"},
+    )
+    gate: bool = field(
+        default=True, metadata={"help": "compare the candidate with the active version first"}
+    )
+    gate_metric: str = field(
+        default="preference_accuracy",
+        metadata={"help": "held-out metric to win on: preference_accuracy | correction_match"},
+    )
+    promote_without_heldout: bool = field(
+        default=False, metadata={"help": "promote when there is no held-out feedback at all"}
+    )
+    control_max_drop: float = field(
+        default=0.1, metadata={"help": "largest allowed drop in control-set accuracy"}
+    )
+    control_max_logp_drop: float = field(
+        default=0.25,
+        metadata={"help": "largest allowed drop in the control answers' log-prob per token"},
+    )
+    gate_max_new_tokens: int = field(
+        default=48, metadata={"help": "answer length when the gate compares greedy answers"}
+    )
     kto_epochs: float = field(default=2.0, metadata={"help": "passes over the KTO rows"})
     kto_learning_rate: float = field(default=5e-5, metadata={"help": "KTO learning rate"})
     kto_beta: float = field(default=0.1, metadata={"help": "KTO beta"})
@@ -62,6 +86,10 @@ class LearnConfig:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if not 0 < self.max_user_share <= 1:
             raise ValueError("--max-user-share must be in (0, 1]")
+        if not 0 <= self.held_out_share < 1:
+            raise ValueError("--held-out-share must be in [0, 1)")
+        if self.gate_metric not in ("preference_accuracy", "correction_match"):
+            raise ValueError("--gate-metric must be preference_accuracy or correction_match")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

@@ -1,15 +1,17 @@
-"""One learning cycle: feedback -> snapshot -> trainer child process -> new active version.
+"""One learning cycle: feedback -> snapshot -> trainer child -> gate -> new version.
 
 Steps, each leaving the system consistent if the process is killed right after it:
 
-1. build the datasets from all feedback so far (pure builders, learning/datasets.py);
+1. clean the feedback, split it by thread into train and held-out parts, build the
+   datasets the method trains on (pure, learning/snapshot.py);
 2. record the run and its snapshot (which feedback rows went into which dataset, a
-   content hash) and write the snapshot files into ``runs/run-N/``;
-3. train in a child process (``python -m learning.trainer``), in its own session so a
-   crash, OOM or Ctrl-C there never reaches the chat; the database is released meanwhile
-   so other learnloop commands can use it;
-4. move the finished adapter into ``adapters/<version>/`` with its config and metrics
-   beside it, then register the version and make it active in one transaction.
+   content hash, the quality report) and write the snapshot files into ``runs/run-N/``;
+3. train and measure in a child process (``python -m learning.trainer``), in its own
+   session so a crash, OOM or Ctrl-C there never reaches the chat; the database is
+   released meanwhile so other learnloop commands can use it;
+4. let the gate decide (learning/gate.py), move the adapter into ``adapters/<version>/``
+   with its config, metrics and gate results beside it, then register the version as
+   promoted (and make it active) or rejected, in one transaction.
 
 A kill before step 4 commits leaves the active version unchanged; the run stays
 'running' until the next cycle finds its process gone and records it as failed.
@@ -31,17 +33,24 @@ from typing import Any
 
 from agent.models import ResolvedModel
 from learning.config import LearnConfig
-from learning.datasets import Datasets, build_datasets, choose_method, why_empty
-from learning.quality import QualityReport, clean
+from learning.gate import Decision, decide
+from learning.quality import QualityReport
+from learning.snapshot import (
+    NothingToLearn,
+    Snapshot,
+    build_snapshot,
+    control_set,
+    gate_request,
+    write_json,
+    write_snapshot,
+)
 from storage.home import adapters_dir, runs_dir
 from storage.records import Version
 from storage.store import Store
 
+__all__ = ["CycleFailed", "CycleResult", "NothingToLearn", "run_cycle"]
+
 Progress = Callable[[dict[str, Any]], None]
-
-
-class NothingToLearn(RuntimeError):
-    """No cycle ran: the message says why."""
 
 
 class CycleFailed(RuntimeError):
@@ -54,30 +63,23 @@ class CycleResult:
     parent: str
     run_id: int
     method: str
+    promoted: bool
+    reasons: list[str]
     sft_examples: int
     dpo_pairs: int
     kto_rows: int
+    heldout: int
     feedback_used: int
     quality: QualityReport
     metrics: dict[str, Any]
+    gate: dict[str, Any] | None
     adapter_path: str
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "parent": self.parent,
-            "run_id": self.run_id,
-            "method": self.method,
-            "sft_examples": self.sft_examples,
-            "dpo_pairs": self.dpo_pairs,
-            "kto_rows": self.kto_rows,
-            "feedback_used": self.feedback_used,
-            "quality": asdict(self.quality),
-            "metrics": self.metrics,
-            "adapter_path": self.adapter_path,
-            "seconds": round(self.seconds, 2),
-        }
+        out = asdict(self)
+        out["seconds"] = round(self.seconds, 2)
+        return out
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -92,66 +94,40 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def prepare_run(
     store: Store, model: ResolvedModel, config: LearnConfig
-) -> tuple[int, Path, Datasets, QualityReport]:
-    """Steps 1-2: build datasets, record run + snapshot, write the snapshot files."""
+) -> tuple[int, Path, Snapshot]:
+    """Steps 1-2: build the snapshot, record run + snapshot, write the snapshot files."""
     store.fail_stale_runs(pid_alive)
     running = store.running_run()
     if running is not None:
         raise NothingToLearn(f"learning run {running} is still running; wait for it to finish")
-    examples = store.feedback_examples()
-    cleaned, quality = clean(examples, max_user_share=config.max_user_share)
-    built = build_datasets(cleaned)
-    if built.empty:
-        raise NothingToLearn(why_empty(examples))
-    try:
-        data = choose_method(built, config.method, config.min_pairs)
-    except ValueError as exc:
-        raise NothingToLearn(f"nothing to train with --method {config.method}: {exc}") from exc
+    snap = build_snapshot(store.feedback_examples(), config)
+    data = snap.data
     root = runs_dir()
     root.mkdir(parents=True, exist_ok=True)
     run_id = store.start_run(data.method, config.to_dict(), "", os.getpid())
     run_dir = root / f"run-{run_id}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
-    _write_jsonl(run_dir / "sft.jsonl", data.sft)
-    _write_jsonl(run_dir / "dpo.jsonl", data.dpo)
-    _write_jsonl(run_dir / "kto.jsonl", data.kto)
-    _write_json(run_dir / "quality.json", asdict(quality))
-    _write_json(
-        run_dir / "request.json",
-        {
-            "base_model": model.path,
-            "config": config.to_dict(),
-            "sft": "sft.jsonl",
-            "dpo": "dpo.jsonl",
-            "kto": "kto.jsonl",
-        },
+    write_snapshot(
+        run_dir, snap, model, config, gate_request(store, model, config), control_set(store)
     )
-    upto = max(e.feedback_id for e in examples)
     store.record_snapshot(
         run_id,
         data.content_hash(),
-        upto,
-        {"sft": data.sft_feedback, "dpo": data.dpo_feedback, "kto": data.kto_feedback},
+        snap.upto,
+        {
+            "sft": data.sft_feedback,
+            "dpo": data.dpo_feedback,
+            "kto": data.kto_feedback,
+            "heldout": snap.heldout_ids,
+        },
         {"sft": len(data.sft), "dpo": len(data.dpo), "kto": len(data.kto)},
-        asdict(quality),
+        asdict(snap.quality),
     )
     store.set_run_dir(run_id, str(run_dir))
-    return run_id, run_dir, data, quality
+    return run_id, run_dir, snap
 
 
 def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
@@ -197,17 +173,30 @@ def _relay(path: Path, seen: int, progress: Progress | None) -> int:
     return seen
 
 
+def _gate_record(measured: dict[str, Any] | None, decision: Decision) -> dict[str, Any]:
+    """The gate's numbers without the control answers (those get their own table)."""
+    summary: dict[str, Any] = {**decision.to_dict()}
+    if measured is not None:
+        summary["active_version"] = measured["active_version"]
+        for side in ("candidate", "active"):
+            summary[side] = {k: v for k, v in measured[side].items() if k != "control_answers"}
+    return summary
+
+
 def publish(
     store: Store,
     model: ResolvedModel,
     config: LearnConfig,
     run_id: int,
     run_dir: Path,
-    data: Datasets,
+    snap: Snapshot,
     metrics: dict[str, Any],
     who: str,
-) -> Version:
-    """Step 4: move the adapter into its version folder, register it, make it active."""
+) -> tuple[Version, Decision]:
+    """Step 4: gate, move the adapter into its version folder, register it."""
+    measured_path = run_dir / "gate.json"
+    measured = json.loads(measured_path.read_text()) if measured_path.exists() else None
+    decision = decide(measured, config)
     parent = store.active_version()
     version_id = store.next_version_id()
     target = adapters_dir() / version_id
@@ -215,7 +204,8 @@ def publish(
     if target.exists():  # left by a cycle killed before it registered: never active
         shutil.rmtree(target)
     os.replace(run_dir / "adapter", target)
-    _write_json(
+    data, gate = snap.data, _gate_record(measured, decision)
+    write_json(
         target / "learnloop-config.json",
         {
             "version": version_id,
@@ -227,7 +217,8 @@ def publish(
             "learn_config": config.to_dict(),
         },
     )
-    _write_json(target / "metrics.json", metrics)
+    write_json(target / "metrics.json", metrics)
+    write_json(target / "gate.json", gate)
     version = Version(
         id=version_id,
         parent=parent,
@@ -240,9 +231,17 @@ def publish(
         kto_count=len(data.kto),
         metrics=metrics,
         created_at=datetime.now(),
+        status="promoted" if decision.promote else "rejected",
+        gate=gate,
     )
-    store.add_version(version, activate=True, who=who, why=f"learning run {run_id}")
-    return version
+    store.add_version(version, activate=decision.promote, who=who, why=f"learning run {run_id}")
+    if measured is not None:
+        store.record_control_answers(version_id, measured["candidate"]["control_answers"])
+        if not store.control_answers(measured["active_version"]):
+            store.record_control_answers(
+                measured["active_version"], measured["active"]["control_answers"]
+            )
+    return version, decision
 
 
 def run_cycle(
@@ -255,7 +254,7 @@ def run_cycle(
 ) -> CycleResult:
     """Run one whole learning cycle; raise NothingToLearn or CycleFailed if none results."""
     started = time.perf_counter()
-    run_id, run_dir, data, quality = prepare_run(store, model, config)
+    run_id, run_dir, snap = prepare_run(store, model, config)
     store.release()  # other processes may use the database while the child trains
     try:
         metrics = train_in_child(run_dir, progress)
@@ -265,18 +264,23 @@ def run_cycle(
     except CycleFailed as exc:
         store.fail_run(run_id, str(exc))
         raise
-    version = publish(store, model, config, run_id, run_dir, data, metrics, who)
+    version, decision = publish(store, model, config, run_id, run_dir, snap, metrics, who)
+    data = snap.data
     return CycleResult(
         version=version.id,
         parent=version.parent,
         run_id=run_id,
         method=version.method,
+        promoted=decision.promote,
+        reasons=decision.reasons,
         sft_examples=len(data.sft),
         dpo_pairs=len(data.dpo),
         kto_rows=len(data.kto),
+        heldout=len(snap.heldout_ids),
         feedback_used=len(set(data.sft_feedback) | set(data.dpo_feedback) | set(data.kto_feedback)),
-        quality=quality,
+        quality=snap.quality,
         metrics=metrics,
+        gate=version.gate,
         adapter_path=version.adapter_path,
         seconds=time.perf_counter() - started,
     )

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 REQUEST_FILE = "request.json"
+GATE_FILE = "gate.json"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
 ADAPTER_DIR = "adapter"
@@ -96,6 +97,7 @@ class Request:
     sft: list[Row]
     dpo: list[Row]
     kto: list[Row]
+    gate: dict[str, Any] | None  # what learning/evaluate.py needs, or None: no gate
 
 
 # --- reading the request (no heavy imports: bad input fails fast) -----------------------
@@ -123,7 +125,10 @@ def read_request(run_dir: Path) -> Request:
     kto = read_rows(run_dir, raw.get("kto"), KTO_KEYS)
     if not sft and not dpo and not kto:
         raise TrainerError("no training rows: the SFT, DPO and KTO files are all missing or empty")
-    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo, kto=kto)
+    gate = raw.get("gate")
+    if gate is not None and not isinstance(gate, dict):
+        raise TrainerError(f'{REQUEST_FILE}: "gate" must be an object or null')
+    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo, kto=kto, gate=gate)
 
 
 def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:
@@ -398,6 +403,24 @@ def fit(trainer: Trainer, stage: str, examples: int, progress: Progress) -> dict
     }
 
 
+def measure_gate(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, request: Request, run_dir: Path
+) -> dict[str, Any]:
+    """Candidate vs. active version on the held-out feedback and the control set."""
+    from learning.evaluate import compare
+
+    gate = request.gate or {}
+    pairs = read_rows(run_dir, gate.get("pairs"), DPO_KEYS)
+    fixes = read_rows(run_dir, gate.get("fixes"), SFT_KEYS)
+    control_path = run_dir / str(gate.get("control"))
+    control = (
+        [json.loads(line) for line in control_path.read_text().splitlines() if line.strip()]
+        if gate.get("control") and control_path.is_file()
+        else []
+    )
+    return compare(model, tokenizer, gate, pairs, fixes, control)
+
+
 def save_adapter(model: PeftModel, run_dir: Path) -> Path:
     """Write the adapter under a temporary name, then rename it into place."""
     tmp, final = run_dir / (ADAPTER_DIR + ".tmp"), run_dir / ADAPTER_DIR
@@ -438,6 +461,9 @@ def run(run_dir: Path) -> dict[str, Any]:
     kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
     progress.write("save")
     save_adapter(model, run_dir)
+    if request.gate is not None:
+        progress.write("gate")
+        write_json_atomic(run_dir / GATE_FILE, measure_gate(model, tokenizer, request, run_dir))
     metrics = {
         "sft": sft,
         "dpo": dpo,

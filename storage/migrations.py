@@ -145,6 +145,34 @@ def m002_kto_and_quality(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE versions ADD COLUMN kto_count INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m003_gate(db: duckdb.DuckDBPyConnection) -> None:
+    """The promotion gate: a version is 'promoted' or 'rejected' with the measured numbers
+    and reasons; users keep their own control prompts; each version's answers on the
+    control set are stored so they can be compared later."""
+    db.execute("ALTER TABLE versions ADD COLUMN status VARCHAR NOT NULL DEFAULT 'promoted'")
+    db.execute("ALTER TABLE versions ADD COLUMN gate JSON")
+    db.execute("CREATE SEQUENCE control_ids START 1")
+    db.execute(
+        """CREATE TABLE control_prompts (
+            id BIGINT PRIMARY KEY DEFAULT nextval('control_ids'),
+            prompt VARCHAR NOT NULL,
+            answer VARCHAR NOT NULL,     -- a known good answer
+            expect VARCHAR NOT NULL,     -- a greedy answer must contain this to count
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE control_answers (
+            version_id VARCHAR NOT NULL,
+            prompt VARCHAR NOT NULL,
+            answer VARCHAR NOT NULL,
+            correct BOOLEAN NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -82,6 +82,17 @@ class Version:
     metrics: dict[str, Any]
     created_at: datetime
     kto_count: int = 0
+    status: str = "promoted"  # or "rejected" by the gate
+    gate: dict[str, Any] | None = None  # measured numbers, decision and reasons
+
+
+@dataclass(frozen=True)
+class ControlPrompt:
+    """A prompt with a known good answer that a new version must not get worse on."""
+
+    prompt: str
+    answer: str
+    expect: str  # a greedy answer counts as correct when it contains this
 
 
 @dataclass(frozen=True)

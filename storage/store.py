@@ -29,6 +29,7 @@ from storage.home import db_path, ensure_data_root
 from storage.migrations import migrate
 from storage.records import (
     Activation,
+    ControlPrompt,
     FeedbackExample,
     FeedbackRow,
     Run,
@@ -56,7 +57,7 @@ _TURN_COLUMNS = (
 )
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
-    "created_at, kto_count"
+    "created_at, kto_count, status, gate"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
@@ -390,7 +391,7 @@ class Store:
         and make it active, all in one transaction."""
         with self.transaction() as db:
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 13)})",
                 [
                     version.id,
                     version.parent,
@@ -403,6 +404,8 @@ class Store:
                     json.dumps(version.metrics),
                     version.created_at,
                     version.kto_count,
+                    version.status,
+                    json.dumps(version.gate) if version.gate is not None else None,
                 ],
             )
             db.execute(
@@ -433,6 +436,8 @@ class Store:
                 metrics=json.loads(r[8]),
                 created_at=r[9],
                 kto_count=r[10],
+                status=r[11],
+                gate=json.loads(r[12]) if r[12] else None,
             )
             for r in rows
         ]
@@ -462,6 +467,41 @@ class Store:
             "SELECT id, version_id, who, why, created_at FROM activations ORDER BY id"
         ).fetchall()
         return [Activation(*r) for r in rows]
+
+    # -- the control set ---------------------------------------------------------------
+
+    def add_control_prompt(self, item: ControlPrompt) -> int:
+        row = self.db.execute(
+            "INSERT INTO control_prompts (prompt, answer, expect) VALUES (?, ?, ?) RETURNING id",
+            [item.prompt, item.answer, item.expect],
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def control_prompts(self) -> list[ControlPrompt]:
+        """The users' own control prompts (the shipped default set lives in learning/)."""
+        rows = self.db.execute(
+            "SELECT prompt, answer, expect FROM control_prompts ORDER BY id"
+        ).fetchall()
+        return [ControlPrompt(*r) for r in rows]
+
+    def record_control_answers(self, version_id: str, answers: list[dict[str, Any]]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM control_answers WHERE version_id = ?", [version_id])
+            if answers:
+                db.executemany(
+                    "INSERT INTO control_answers (version_id, prompt, answer, correct) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(version_id, a["prompt"], a["answer"], a["correct"]) for a in answers],
+                )
+
+    def control_answers(self, version_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT prompt, answer, correct FROM control_answers WHERE version_id = ? "
+            "ORDER BY rowid",
+            [version_id],
+        ).fetchall()
+        return [{"prompt": r[0], "answer": r[1], "correct": r[2]} for r in rows]
 
     # -- overview ------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def test_running_agent_swaps_in_a_new_version_without_reloading_the_base(
     base_model = agent.backend.model
     answer = agent.ask("What is 2 + 2?")
     store.add_feedback(answer.turn_id, "down", correction="4")
-    config = LearnConfig(max_steps=2)
+    config = LearnConfig(max_steps=2, gate=False)
     result = run_cycle(store, resolve_model(str(tiny_model_dir)), config)
     switch = agent.sync_version()
     assert switch is not None and switch.version == result.version == "v1"

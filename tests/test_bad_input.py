@@ -149,7 +149,7 @@ def test_killed_learn_is_recorded_as_failed_on_the_next_cycle(
     while "is gone" not in trainer_log.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    learned = run_json(tiny_model_dir, "learn", "--max-steps", "1")
+    learned = run_json(tiny_model_dir, "learn", "--max-steps", "1", "--gate", "false")
     assert learned["version"] == "v1" and learned["run_id"] == 2
     runs = snapshot_rows()["runs"]
     assert runs[0][1] == "failed" and "ended before it finished" in runs[0][9]

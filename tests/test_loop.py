@@ -20,7 +20,17 @@ from transformers import AutoModelForCausalLM
 from tests.helpers import run_cli, run_json
 
 FAST = ("--max-new-tokens", "8")
-FAST_LEARN = ("--max-steps", "3", "--sft-learning-rate", "1e-2", "--dpo-learning-rate", "1e-2")
+# The gate has its own tests (test_gate.py); here every cycle is promoted.
+FAST_LEARN = (
+    "--max-steps",
+    "3",
+    "--sft-learning-rate",
+    "1e-2",
+    "--dpo-learning-rate",
+    "1e-2",
+    "--gate",
+    "false",
+)
 
 
 def _digest(folder: Path) -> str:

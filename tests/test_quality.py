@@ -137,3 +137,24 @@ class TestChooseMethod:
         with pytest.raises(ValueError, match="both thumbs-up and thumbs-down"):
             choose_method(self.data(pairs=0, downs=0), "kto", 4)
         assert choose_method(self.data(pairs=2), "kto", 4).method == "kto"
+
+
+class TestSnapshotSplit:
+    def test_the_gate_off_holds_nothing_out(self) -> None:
+        from learning.config import LearnConfig
+        from learning.snapshot import build_snapshot
+
+        examples = [ex(f"q{i}", thread=f"thread-{i}") for i in range(40)]
+        gated = build_snapshot(examples, LearnConfig(held_out_share=0.5))
+        assert 0 < len(gated.heldout_ids) < 40
+        assert len(gated.data.sft) == 40 - len(gated.heldout_ids)
+        ungated = build_snapshot(examples, LearnConfig(held_out_share=0.5, gate=False))
+        assert ungated.heldout_ids == [] and len(ungated.data.sft) == 40
+
+    def test_feedback_all_in_held_out_threads_trains_rather_than_nothing(self) -> None:
+        from learning.config import LearnConfig
+        from learning.snapshot import build_snapshot
+
+        held = next(f"t{i}" for i in range(1000) if is_held_out(f"t{i}", 0.2))
+        snap = build_snapshot([ex("q", thread=held)], LearnConfig())
+        assert snap.heldout_ids == [] and len(snap.data.sft) == 1

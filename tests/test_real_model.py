@@ -36,6 +36,8 @@ def test_default_model_converts_learns_a_correction_and_answers_with_it(home: Pa
         "2e-3",
         "--dpo-learning-rate",
         "2e-4",
+        "--gate",
+        "false",  # one thread: no held-out feedback; the gate is tested in test_gate.py
     )
     assert learned["version"] == "v1"
     assert learned["metrics"]["sft"]["losses"][-1] < learned["metrics"]["sft"]["losses"][0]

@@ -49,6 +49,8 @@ TABLES = {
     "snapshot_feedback",
     "versions",
     "activations",
+    "control_prompts",
+    "control_answers",
 }
 
 TURN_COLUMNS = [
@@ -167,7 +169,7 @@ def store() -> Any:
 class TestAFreshDatabaseMigrates:
     def test_the_migrations_table_records_the_initial_migration(self, store: Store) -> None:
         rows = store.db.execute("SELECT number, name FROM migrations ORDER BY number").fetchall()
-        assert rows == [(1, "m001_initial"), (2, "m002_kto_and_quality")]
+        assert rows == [(1, "m001_initial"), (2, "m002_kto_and_quality"), (3, "m003_gate")]
         assert store.path == db_path()
         assert store.path.is_file()
 
@@ -290,6 +292,7 @@ class TestAMigrationFailingHalfWay:
         assert raw_rows(path, "SELECT number, name FROM migrations ORDER BY number") == [
             (1, "m001_initial"),
             (2, "m002_kto_and_quality"),
+            (3, "m003_gate"),
         ]
         tables = {
             r[0]

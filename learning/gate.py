@@ -1,0 +1,99 @@
+"""The promotion gate: does the candidate beat the active version without breaking things?
+
+Pure: it reads the numbers ``learning/evaluate.py`` measured for both versions on the
+same data and the thresholds in :class:`~learning.config.LearnConfig`, and says promote or
+reject, always with the reasons and the numbers.
+
+Rules, in order:
+
+1. ``--gate false`` promotes without looking (the reason says so).
+2. The candidate must *win* on the held-out feedback of its snapshot: strictly better on
+   ``--gate-metric`` (preference accuracy by default), or equal there and strictly better
+   on the other held-out metric. Feedback from held-out threads never trains the
+   candidate, so this is a fair test.
+3. Without held-out data there is nothing to judge by: rejected, unless
+   ``--promote-without-heldout true``.
+4. The control set must not get worse beyond the thresholds: accuracy may drop by at most
+   ``--control-max-drop``, the good answers' log-probability per token by at most
+   ``--control-max-logp-drop``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from learning.config import LearnConfig
+
+HELDOUT_METRICS = ("preference_accuracy", "correction_match")
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "reasons": self.reasons}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _heldout(
+    cand: dict[str, Any], act: dict[str, Any], config: LearnConfig
+) -> tuple[bool | None, str]:
+    """(won, reason); won is None when there is no held-out data at all."""
+    order = [config.gate_metric, *(m for m in HELDOUT_METRICS if m != config.gate_metric)]
+    usable = [m for m in order if cand.get(m) is not None and act.get(m) is not None]
+    if not usable:
+        return None, "no held-out feedback to judge the candidate by"
+    first = usable[0]
+    c, a = cand[first], act[first]
+    text = f"{first} {_fmt(c)} vs {_fmt(a)} for the active version"
+    if c > a:
+        return True, f"wins on {text}"
+    if c == a and len(usable) > 1 and cand[usable[1]] > act[usable[1]]:
+        second = usable[1]
+        return True, (
+            f"ties on {text}, wins on {second} {_fmt(cand[second])} vs {_fmt(act[second])}"
+        )
+    return False, f"does not win on {text}"
+
+
+def _control(cand: dict[str, Any], act: dict[str, Any], config: LearnConfig) -> list[str]:
+    """The ways the candidate breaks the control set (empty when it does not)."""
+    broken = []
+    ca, aa = cand.get("control_accuracy"), act.get("control_accuracy")
+    if ca is not None and aa is not None and ca < aa - config.control_max_drop:
+        broken.append(
+            f"control accuracy drops from {_fmt(aa)} to {_fmt(ca)} "
+            f"(allowed: {config.control_max_drop})"
+        )
+    cl, al = cand.get("control_logp_per_token"), act.get("control_logp_per_token")
+    if cl is not None and al is not None and cl < al - config.control_max_logp_drop:
+        broken.append(
+            f"control log-prob per token drops from {_fmt(al)} to {_fmt(cl)} "
+            f"(allowed: {config.control_max_logp_drop})"
+        )
+    return broken
+
+
+def decide(result: dict[str, Any] | None, config: LearnConfig) -> Decision:
+    """Promote or reject a candidate from the measured ``result`` (see evaluate.compare)."""
+    if not config.gate:
+        return Decision(True, ["gate off (--gate false): promoted without comparison"])
+    if result is None:
+        return Decision(False, ["the candidate was not measured"])
+    cand, act = result["candidate"], result["active"]
+    won, reason = _heldout(cand, act, config)
+    broken = _control(cand, act, config)
+    reasons = [reason, *broken]
+    if won is None:
+        if config.promote_without_heldout and not broken:
+            return Decision(True, [*reasons, "promoted anyway (--promote-without-heldout)"])
+        return Decision(False, [*reasons, "not promoted blindly"] if not broken else reasons)
+    if not broken:
+        reasons.append("control set holds")
+    return Decision(bool(won) and not broken, reasons)

@@ -1,0 +1,149 @@
+"""A learning run's frozen inputs: what the cycle hands the trainer child, as files.
+
+``runs/run-N/`` receives the training datasets (``sft.jsonl``, ``dpo.jsonl``,
+``kto.jsonl``), the gate's inputs (held-out pairs and corrections, the control set), the
+quality report and ``request.json`` tying them together. The store records which
+feedback rows went into which dataset ('heldout' included) and a content hash.
+
+The split is by thread: feedback from a held-out thread is only ever used to judge the
+candidate, never to train it. When all feedback sits in held-out threads, or the gate is
+off, nothing is held out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from agent.models import ResolvedModel
+from learning.config import LearnConfig
+from learning.datasets import Datasets, build_datasets, build_dpo, choose_method, why_empty
+from learning.quality import QualityReport, clean, split_by_thread
+from storage.records import FeedbackExample
+from storage.store import BASE_VERSION, Store
+
+
+class NothingToLearn(RuntimeError):
+    """No cycle ran: the message says why."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    data: Datasets
+    quality: QualityReport
+    heldout_pairs: list[dict[str, Any]]
+    heldout_fixes: list[dict[str, Any]]
+    heldout_ids: list[int]
+    upto: int  # the newest feedback id considered
+
+
+def default_control_set() -> list[dict[str, str]]:
+    text = resources.files("learning").joinpath("control.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def control_set(store: Store) -> list[dict[str, str]]:
+    """The shipped control prompts plus the users' own."""
+    return default_control_set() + [asdict(c) for c in store.control_prompts()]
+
+
+def fixes_of(examples: list[FeedbackExample]) -> list[dict[str, Any]]:
+    return [
+        {"prompt": e.messages, "completion": [{"role": "assistant", "content": e.correction}]}
+        for e in examples
+        if e.correction
+    ]
+
+
+def build_snapshot(examples: list[FeedbackExample], config: LearnConfig) -> Snapshot:
+    """Pure: clean, split by thread, build the datasets the method trains on."""
+    cleaned, quality = clean(examples, max_user_share=config.max_user_share)
+    # Held-out feedback only serves the gate: without a gate, all of it trains.
+    train, held = split_by_thread(cleaned, config.held_out_share if config.gate else 0.0)
+    if not train:
+        train, held = cleaned, []
+    built = build_datasets(train)
+    if built.empty:
+        raise NothingToLearn(why_empty(train))
+    try:
+        data = choose_method(built, config.method, config.min_pairs)
+    except ValueError as exc:
+        raise NothingToLearn(f"nothing to train with --method {config.method}: {exc}") from exc
+    pairs, _ = build_dpo(held)
+    return Snapshot(
+        data=data,
+        quality=quality,
+        heldout_pairs=pairs,
+        heldout_fixes=fixes_of(held),
+        heldout_ids=[e.feedback_id for e in held],
+        upto=max(e.feedback_id for e in examples),
+    )
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def gate_request(store: Store, model: ResolvedModel, config: LearnConfig) -> dict[str, Any] | None:
+    """What the trainer needs to measure the candidate against the active version."""
+    if not config.gate:
+        return None
+    active, adapter = store.active_version(), None
+    if active != BASE_VERSION:
+        version = store.get_version(active)
+        if version.base_model == model.name:
+            adapter = version.adapter_path
+        else:
+            active = BASE_VERSION  # trained on another base: compare with this base
+    return {
+        "active_version": active,
+        "active_adapter": adapter,
+        "max_new_tokens": config.gate_max_new_tokens,
+        "pairs": "heldout_pairs.jsonl",
+        "fixes": "heldout_fixes.jsonl",
+        "control": "control.jsonl",
+    }
+
+
+def write_snapshot(
+    run_dir: Path,
+    snap: Snapshot,
+    model: ResolvedModel,
+    config: LearnConfig,
+    gate: dict[str, Any] | None,
+    control: list[dict[str, str]],
+) -> None:
+    data = snap.data
+    for name, rows in (
+        ("sft", data.sft),
+        ("dpo", data.dpo),
+        ("kto", data.kto),
+        ("heldout_pairs", snap.heldout_pairs),
+        ("heldout_fixes", snap.heldout_fixes),
+        ("control", control),
+    ):
+        _write_jsonl(run_dir / f"{name}.jsonl", rows)
+    write_json(run_dir / "quality.json", asdict(snap.quality))
+    write_json(
+        run_dir / "request.json",
+        {
+            "base_model": model.path,
+            "config": config.to_dict(),
+            "sft": "sft.jsonl",
+            "dpo": "dpo.jsonl",
+            "kto": "kto.jsonl",
+            "gate": gate,
+        },
+    )
