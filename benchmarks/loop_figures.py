@@ -624,8 +624,15 @@ def run_learn(root: Path, learn_args: list[str]) -> Row:
         "method": result.get("method"),
         "sft_examples": result.get("sft_examples"),
         "dpo_pairs": result.get("dpo_pairs"),
+        "kto_rows": result.get("kto_rows"),
+        "heldout": result.get("heldout"),
+        "promoted": result.get("promoted"),
+        "gate_reasons": result.get("reasons"),
         "feedback_used": result.get("feedback_used"),
         "trainer_s": metrics.get("seconds"),
+        "gate_s": metrics.get("gate_seconds"),
+        "kto_s": (metrics.get("kto") or {}).get("seconds"),
+        "kto_steps": (metrics.get("kto") or {}).get("steps"),
         "sft_s": (metrics.get("sft") or {}).get("seconds"),
         "sft_steps": (metrics.get("sft") or {}).get("steps"),
         "dpo_s": (metrics.get("dpo") or {}).get("seconds"),
@@ -654,6 +661,9 @@ def run_learn(root: Path, learn_args: list[str]) -> Row:
 
 def measure_swap(agent: Any, work: Path, reps: int) -> Row:
     backend = agent.backend
+    newest = agent.store.versions()[-1].id
+    if agent.store.active_version() != newest:  # the gate rejected it: `learnloop activate`
+        agent.store.activate(newest, who="benchmark", why="measure the swap")
     t = time.perf_counter()
     switch = agent.sync_version()
     sync_s = time.perf_counter() - t
@@ -827,13 +837,21 @@ def build_table(f: Row) -> list[Row]:
             f"<= {GOALS['cycle_s']:.0f} s {verdict(v, GOALS['cycle_s'])}",
             f"command wall; cycle {lr['cycle_s']} s, trainer child {lr['trainer_s']} s "
             f"(SFT {lr['sft_s']} s/{lr['sft_steps']} steps, DPO {lr['dpo_s']} s/"
-            f"{lr['dpo_steps']} steps)",
+            f"{lr['dpo_steps']} steps, KTO {lr['kto_s']} s/{lr['kto_steps']} steps, "
+            f"gate {lr['gate_s']} s)",
         )
         add(
             "4 training data",
-            f"{lr['sft_examples']} SFT / {lr['dpo_pairs']} DPO",
+            f"{lr['sft_examples']} SFT / {lr['dpo_pairs']} DPO / {lr['kto_rows']} KTO",
             "-",
-            f"from {lr['feedback_used']} feedback items; method {lr['method']}",
+            f"from {lr['feedback_used']} feedback items, {lr['heldout']} held out; method "
+            f"{lr['method']}",
+        )
+        add(
+            "4 gate verdict",
+            "promoted" if lr["promoted"] else "rejected",
+            "-",
+            "; ".join(lr["gate_reasons"] or []),
         )
         mem_goal = GOALS["memory_bytes"]
         tr = lr.get("trainer_peak_rss_mib_self_reported")

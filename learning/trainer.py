@@ -461,15 +461,18 @@ def run(run_dir: Path) -> dict[str, Any]:
     kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
     progress.write("save")
     save_adapter(model, run_dir)
+    gate_started = time.monotonic()
     if request.gate is not None:
         progress.write("gate")
         write_json_atomic(run_dir / GATE_FILE, measure_gate(model, tokenizer, request, run_dir))
+    gate_seconds = round(time.monotonic() - gate_started, 3) if request.gate else None
     metrics = {
         "sft": sft,
         "dpo": dpo,
         "kto": kto,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "seconds": round(time.monotonic() - started, 3),
+        "gate_seconds": gate_seconds,
         "trainable_params": trainable,
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
