@@ -305,9 +305,11 @@ def run_until_json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple
     return answered, wall, buf.decode()
 
 
-def measure_ask(work: Path, models: Path, reps: int, tokens: int) -> Row:
-    root = work / "ask"
-    seed_models(root, models)
+def measure_ask(work: Path, models: Path, reps: int, tokens: int, root_name: str = "ask") -> Row:
+    """`learnloop ask` in ``work/root_name``: a fresh root (base active) or an existing one."""
+    root = work / root_name
+    if not root.exists():
+        seed_models(root, models)
     before = sorted(p.name for p in (root / "models").iterdir())
     env = root_env(root)
     cmd = [learnloop_bin(), "ask", ASK_QUESTION, "--json", "--max-new-tokens", str(tokens)]
@@ -702,7 +704,7 @@ def measure_swap(agent: Any, work: Path, reps: int) -> Row:
 
 
 def measure_cycle_and_swap(
-    work: Path, models: Path, n: int, learn_args: list[str], reps: int
+    work: Path, models: Path, n: int, learn_args: list[str], reps: int, ask_tokens: int
 ) -> tuple[Row, Row, Row]:
     from agent.config import GenerationConfig
     from agent.runtime import load_agent
@@ -720,6 +722,7 @@ def measure_cycle_and_swap(
     store.release()  # as the chat REPL does between answers: `learnloop learn` needs the file
     learn = run_learn(root, learn_args)
     swap = measure_swap(agent, work, reps)
+    swap["ask_with_version"] = measure_ask(work, models, reps, ask_tokens, root_name="cycle")
     return turns, learn, swap
 
 
@@ -765,6 +768,16 @@ def build_table(f: Row) -> list[Row]:
             "context",
             f"the logged turn's total_ms, {a['generation_s']} s for {a['completion_tokens']} "
             f"tokens; the rest before the answer {a['other_before_answer_s_median']:.2f} s",
+        )
+    av = (f.get("swap") or {}).get("ask_with_version")
+    if av:
+        v = av["wall_s_median"]
+        add(
+            "2 the same with a learned version active",
+            f"{v:.2f} s",
+            f"<= {GOALS['ask_s']:.0f} s {verdict(v, GOALS['ask_s'])}",
+            f"in the cycle's data root after step 5 (PEFT + adapter load), median of "
+            f"{av['wall_s']}",
         )
     imp = f.get("import_floor")
     if imp:
@@ -993,7 +1006,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_cycle:
             mark("cycle")
             turns, learn, swap = measure_cycle_and_swap(
-                work, models, args.feedback, shlex.split(args.learn_args), args.reps
+                work,
+                models,
+                args.feedback,
+                shlex.split(args.learn_args),
+                args.reps,
+                args.ask_tokens,
             )
             figures.update(turns=turns, learn=learn, swap=swap)
     finally:
