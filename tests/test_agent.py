@@ -81,3 +81,22 @@ def test_empty_message_and_unknown_thread_are_refused(store: Store, tiny_model_d
     with pytest.raises(NotFound, match="no thread"):
         agent.ask("hi", thread_id="nope")
     assert store.status().turns == 0
+
+
+def test_backend_tokenizer_matches_the_one_training_uses(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from agent.backend import load_tokenizer
+
+    fast, auto = load_tokenizer(str(tiny_model_dir)), AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Héllo  wörld, what's 2+2?\n\nOK 🙂"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "and 3+3?"},
+    ]
+    text = fast.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = fast(text, add_special_tokens=False)["input_ids"]
+    assert ids == auto(text, add_special_tokens=False)["input_ids"]
+    assert (fast.eos_token, fast.pad_token) == (auto.eos_token, auto.pad_token)
