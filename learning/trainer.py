@@ -60,17 +60,24 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from learning.config import LearnConfig
+from learning.request import (
+    DPO_KEYS,
+    SFT_KEYS,
+    Request,
+    Row,
+    TrainerError,
+    read_request,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
-REQUEST_FILE = "request.json"
 GATE_FILE = "gate.json"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
@@ -78,103 +85,7 @@ ADAPTER_DIR = "adapter"
 LOG_FILE = "trainer.log"
 OUTPUT_DIR = "trl-output"
 
-SFT_KEYS = ("prompt", "completion")
-DPO_KEYS = ("prompt", "chosen", "rejected")
-KTO_KEYS = ("prompt", "completion", "label")
 DPO_FINAL_KEYS = ("rewards/accuracies", "rewards/margins")
-
-Row = dict[str, Any]
-
-
-class TrainerError(Exception):
-    """A problem with the run folder or request, reported as one line (exit status 2)."""
-
-
-@dataclass(frozen=True)
-class Request:
-    base_model: Path
-    config: LearnConfig
-    sft: list[Row]
-    dpo: list[Row]
-    kto: list[Row]
-    gate: dict[str, Any] | None  # what learning/evaluate.py needs, or None: no gate
-
-
-# --- reading the request (no heavy imports: bad input fails fast) -----------------------
-
-
-def read_request(run_dir: Path) -> Request:
-    path = run_dir / REQUEST_FILE
-    if not path.is_file():
-        raise TrainerError(f"no {REQUEST_FILE} in {run_dir}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TrainerError(f"{REQUEST_FILE} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("base_model"), str):
-        raise TrainerError(f'{REQUEST_FILE} must be an object with a "base_model" path')
-    base_model = Path(raw["base_model"])
-    if not (base_model / "config.json").is_file():
-        raise TrainerError(f"base model {base_model} is not a checkpoint folder (no config.json)")
-    try:
-        config = LearnConfig(**(raw.get("config") or {}))
-    except TypeError as exc:
-        raise TrainerError(f"{REQUEST_FILE} config: {exc}") from exc
-    sft = read_rows(run_dir, raw.get("sft"), SFT_KEYS)
-    dpo = read_rows(run_dir, raw.get("dpo"), DPO_KEYS)
-    kto = read_rows(run_dir, raw.get("kto"), KTO_KEYS)
-    if not sft and not dpo and not kto:
-        raise TrainerError("no training rows: the SFT, DPO and KTO files are all missing or empty")
-    gate = raw.get("gate")
-    if gate is not None and not isinstance(gate, dict):
-        raise TrainerError(f'{REQUEST_FILE}: "gate" must be an object or null')
-    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo, kto=kto, gate=gate)
-
-
-def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:
-    """Rows of one JSON-lines file; a missing name or file means no rows."""
-    if name is None:
-        return []
-    if not isinstance(name, str):
-        raise TrainerError(f"{REQUEST_FILE}: dataset file names must be strings, got {name!r}")
-    path = run_dir / name
-    if not path.is_file():
-        return []
-    rows: list[Row] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                rows.append(parse_row(line, keys, f"{name} line {number}"))
-    return rows
-
-
-def parse_row(line: str, keys: tuple[str, ...], where: str) -> Row:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TrainerError(f"{where}: not valid JSON ({exc})") from exc
-    if not isinstance(row, dict):
-        raise TrainerError(f"{where}: expected a JSON object")
-    for key in keys:
-        if key == "label":
-            if not isinstance(row.get(key), bool):
-                raise TrainerError(f"{where}: 'label' must be true or false")
-        else:
-            check_messages(row.get(key), f"{where}: {key!r}")
-    # TRL infers the dataset type from the columns, so stray columns are dropped.
-    return {key: row[key] for key in keys}
-
-
-def check_messages(value: object, where: str) -> None:
-    if not isinstance(value, list) or not value:
-        raise TrainerError(f"{where} must be a non-empty list of messages")
-    for message in value:
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
-        ):
-            raise TrainerError(f'{where} holds a message without string "role" and "content"')
 
 
 # --- progress and metrics files ---------------------------------------------------------
