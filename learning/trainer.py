@@ -246,14 +246,10 @@ def train_dpo(
         num_train_epochs=config.dpo_epochs,
         beta=config.dpo_beta,
     )
-    # No ref_model: TRL freezes a copy of the current adapter as adapter "ref" (see the
-    # module docstring); it is dropped again so that only the trained adapter is saved.
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
-    metrics = fit(trainer, "dpo", len(rows), progress)
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
+    metrics = fit_against_reference(model, trainer, "dpo", len(rows), progress)
     last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
     for key in DPO_FINAL_KEYS:
         if key in last:
@@ -285,14 +281,23 @@ def train_kto(
         desirable_weight=weight,
         undesirable_weight=1.0,
     )
-    # Like DPO, TRL freezes a copy of the current adapter as "ref"; dropped after training.
     trainer = KTOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
-    metrics = fit(trainer, "kto", len(rows), progress)
+    metrics = fit_against_reference(model, trainer, "kto", len(rows), progress)
+    metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)
+    return metrics
+
+
+def fit_against_reference(
+    model: PeftModel, trainer: Trainer, stage: str, examples: int, progress: Progress
+) -> dict[str, Any]:
+    """Train a DPO / KTO stage. Given no ref_model, TRL freezes a copy of the current
+    adapter as adapter "ref" (see the module docstring); it is dropped afterwards so that
+    only the trained adapter is saved."""
+    metrics = fit(trainer, stage, examples, progress)
     if "ref" in model.peft_config:
         model.delete_adapter("ref")
-    metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)
     return metrics
 
 
