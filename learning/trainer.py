@@ -7,27 +7,32 @@ chat process or the database. This module never opens the database: files in, fi
 Input, ``RUN_DIR/request.json``::
 
     {"base_model": "/abs/path/to/checkpoint", "config": {...LearnConfig fields...},
-     "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
+     "sft": "sft.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl", "gate": {...} | null}
 
-``sft`` / ``dpo`` name JSON-lines files inside ``RUN_DIR`` in TRL's conversational
-shapes: SFT rows are prompt-completion (``{"prompt": [messages], "completion":
-[assistant message]}``), DPO rows are preference pairs (``{"prompt": [...], "chosen":
-[...], "rejected": [...]}``). A missing or empty file skips that stage; at least one
-stage must have rows.
+``sft`` / ``dpo`` / ``kto`` name JSON-lines files inside ``RUN_DIR`` in TRL's
+conversational shapes: SFT rows are prompt-completion (``{"prompt": [messages],
+"completion": [assistant message]}``), DPO rows are preference pairs (``{"prompt":
+[...], "chosen": [...], "rejected": [...]}``), KTO rows are unpaired
+(``{"prompt", "completion", "label": bool}``). A missing or empty file skips that stage;
+at least one stage must have rows (learning/request.py checks all this). ``gate`` names
+the held-out pairs and corrections, the control set and the active version's adapter
+(learning/snapshot.py writes them).
 
 Output, all inside ``RUN_DIR``:
 
 - ``progress.jsonl``: one flushed JSON line per event, ``{"stage": "load" | "sft" |
-  "dpo" | "save" | "done", "step": int, "total": int, "loss": float | null, "t": unix
-  time}``; the parent tails it to draw a progress bar. Training stages write a line when
-  they start (step 0) and one per optimizer step.
+  "dpo" | "kto" | "save" | "gate" | "done", "step": int, "total": int, "loss": float |
+  null, "t": unix time}``; the parent tails it to draw a progress bar. Training stages
+  write a line when they start (step 0) and one per optimizer step.
 - ``adapter/``: the PEFT LoRA adapter (``adapter_config.json`` +
   ``adapter_model.safetensors``). It is written to ``adapter.tmp`` and renamed, so a
   folder named ``adapter`` is always complete; a killed run leaves none.
 - ``metrics.json`` (written after the adapter, also by rename): per stage examples,
   steps, train_loss, seconds and the per-step losses (DPO adds the last logged
   ``rewards/accuracies`` and ``rewards/margins``); a skipped stage is ``null``. Plus
-  ``peak_rss_mb``, total ``seconds`` and ``trainable_params``.
+  ``peak_rss_mb``, total ``seconds``, ``gate_seconds`` and ``trainable_params``.
+- ``gate.json`` when a gate was asked for: the candidate and the active version measured
+  on the same held-out feedback and control set (learning/evaluate.py).
 - ``trainer.log``: everything the libraries print, and the traceback of a failure.
 
 Exit status 0 on success. On failure exactly one line goes to stderr, ``learnloop
@@ -39,9 +44,10 @@ Invariants:
 - Every cycle trains a fresh LoRA adapter from the base checkpoint on the cumulative
   data; adapters are never trained further. That sidesteps the DPO-on-an-existing-adapter
   reference pitfall (TRL issue 4723) across cycles.
-- Within a cycle, SFT runs first, then DPO on the same PeftModel. TRL 1.16's DPOTrainer,
+- Within a cycle, SFT runs first, then DPO (or KTO) on the same PeftModel. TRL 1.16's DPOTrainer,
   given a PeftModel and no ``ref_model``, freezes a copy of the current adapter as a
-  second adapter named ``ref`` and computes reference log-probs with it: the DPO
+  second adapter named ``ref`` and computes reference log-probs with it (KTOTrainer does
+  the same): the DPO
   reference is the policy as SFT left it (the standard SFT-then-DPO recipe), and equals
   the base model when there was no SFT stage (fresh adapter, B = 0). Only the trained
   ``default`` adapter is saved.
