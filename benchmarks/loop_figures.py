@@ -729,6 +729,11 @@ def measure_cycle_and_swap(
 # --- report -------------------------------------------------------------------------------
 
 
+def goal_s(value: float | None, key: str, op: str = "<=") -> str:
+    """The goal column for a figure whose goal is in seconds."""
+    return f"{op} {GOALS[key]:.0f} s {verdict(value, GOALS[key])}"
+
+
 def verdict(value: float | None, goal: float) -> str:
     if value is None:
         return "n/a"
@@ -747,7 +752,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "1 first-run GGUF->safetensors conversion",
             f"{v:.1f} s",
-            f"<= {GOALS['convert_s']:.0f} s {verdict(v, GOALS['convert_s'])}",
+            goal_s(v, "convert_s", "<="),
             f"subprocess resolve_model(None), fresh root, wall incl. python start "
             f"(in-process {c['in_process_s'][0]:.1f} s; runs {c['wall_s']})",
         )
@@ -757,7 +762,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "2 `learnloop ask --json --max-new-tokens 32`, warm",
             f"{v:.2f} s",
-            f"<= {GOALS['ask_s']:.0f} s {verdict(v, GOALS['ask_s'])}",
+            goal_s(v, "ask_s", "<="),
             f"whole command wall, median of {a['wall_s']}; JSON answer on stdout after "
             f"{a['answer_printed_s_median']:.2f} s, then {a['exit_after_answer_s_median']:.2f} s "
             "until exit",
@@ -775,7 +780,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "2 the same with a learned version active",
             f"{v:.2f} s",
-            f"<= {GOALS['ask_s']:.0f} s {verdict(v, GOALS['ask_s'])}",
+            goal_s(v, "ask_s", "<="),
             f"in the cycle's data root after step 5 (PEFT + adapter load), median of "
             f"{av['wall_s']}",
         )
@@ -793,7 +798,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "2 base model load from safetensors",
             f"{v * 1000:.0f} ms",
-            f"< {GOALS['load_s']:.0f} s {verdict(v, GOALS['load_s'])}",
+            goal_s(v, "load_s", "<"),
             f"TransformersBackend(...) in a process with transformers/trl/peft imported, "
             f"median of {ld['load_s']} s",
         )
@@ -803,7 +808,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "  first load in a fresh process",
             f"{v * 1000:.0f} ms",
-            f"< {GOALS['load_s']:.0f} s {verdict(v, GOALS['load_s'])}",
+            goal_s(v, "load_s", "<"),
             f"after `import torch, transformers` ({lc['imports_s']} s): first construction "
             f"{lc['first_s']} s (lazy imports), second {lc['second_s']} s",
         )
@@ -847,7 +852,7 @@ def build_table(f: Row) -> list[Row]:
         add(
             "4 learning cycle `learnloop learn --json`",
             f"{v:.1f} s",
-            f"<= {GOALS['cycle_s']:.0f} s {verdict(v, GOALS['cycle_s'])}",
+            goal_s(v, "cycle_s", "<="),
             f"command wall; cycle {lr['cycle_s']} s, trainer child {lr['trainer_s']} s "
             f"(SFT {lr['sft_s']} s/{lr['sft_steps']} steps, DPO {lr['dpo_s']} s/"
             f"{lr['dpo_steps']} steps, KTO {lr['kto_s']} s/{lr['kto_steps']} steps, "
