@@ -13,19 +13,24 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from agent.config import GenerationConfig
-from agent.options import build_config, dataclass_options, pop_config_values
+from agent.options import build_config, dataclass_options, parse_settings, pop_config_values
 from learning.config import LearnConfig
+from learning.triggers import TriggerConfig
+
+T = TypeVar("T")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from agent.models import ModelNotFound
     from agent.runtime import UsageError
     from learning.cycle import CycleFailed, NothingToLearn
+    from learning.tasks import TaskFileError
     from storage.home import DataRootError
     from storage.migrations import SchemaTooNew
     from storage.store import StoreError
@@ -38,6 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DataRootError,
         SchemaTooNew,
         StoreError,
+        TaskFileError,
     )
 
 
@@ -71,6 +77,16 @@ def _emit(as_json: bool, value: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def _config(cls: type[T], values: dict[str, Any]) -> T:
+    """A config from CLI values; a value it refuses becomes a one-line usage error."""
+    from agent.runtime import UsageError
+
+    try:
+        return build_config(cls, values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _store() -> Any:
     from storage.store import Store
 
@@ -101,19 +117,25 @@ def cli(ctx: click.Context, model: str | None) -> None:
 @cli.command()
 @click.option("--thread", "thread_id", default=None, help="resume this thread (see `log`)")
 @dataclass_options(GenerationConfig)
+@dataclass_options(TriggerConfig)
 @click.pass_context
 def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
-    """Chat in the terminal; /help inside lists the commands (/up /down /fix /learn ...)."""
+    """Chat in the terminal; /help inside lists the commands (/up /down /fix /learn ...).
+
+    Learning starts by itself in the background once --learn-after new feedback items
+    wait and --learn-every-minutes passed since the last cycle (--auto-learn false: off).
+    """
     from agent.repl import Repl
     from agent.runtime import load_agent
 
     _quiet_libraries()
+    trigger = _config(TriggerConfig, pop_config_values(TriggerConfig, values))
     generation = build_config(GenerationConfig, values)
     with _store() as store:
         agent = load_agent(store, ctx.obj["model"], generation)
         if thread_id is not None:
             agent.check_thread(thread_id)
-        Repl(agent, ctx.obj["model"], thread_id).run()
+        Repl(agent, ctx.obj["model"], thread_id, trigger).run()
 
 
 @cli.command()
@@ -158,17 +180,27 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
 @click.option("--comment", default=None, help="a free-text note kept with the feedback")
 @click.option("--user", "user_name", default=None, help="who gives the feedback [default: $USER]")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@dataclass_options(TriggerConfig)
+@click.pass_context
 def feedback(
+    ctx: click.Context,
     turn_id: int,
     rating: tuple[str, ...],
     correction: str | None,
     comment: str | None,
     user_name: str | None,
     as_json: bool,
+    **values: Any,
 ) -> None:
-    """Rate turn TURN_ID: `up` or `down`, optionally with a corrected answer."""
-    from agent.runtime import UsageError
+    """Rate turn TURN_ID: `up` or `down`, optionally with a corrected answer.
 
+    When enough new feedback waits (--learn-after, --learn-every-minutes), a learning
+    cycle starts in the background; `learnloop status` shows its progress.
+    """
+    from agent.runtime import UsageError
+    from learning.triggers import maybe_start
+
+    trigger = _config(TriggerConfig, values)
     if len(rating) != 1:
         raise UsageError("give exactly one rating: up or down")
     if correction is not None and not correction.strip():
@@ -181,10 +213,17 @@ def feedback(
             comment=comment,
             user_name=user_name or getpass.getuser(),
         )
+        due, started = maybe_start(
+            store, trigger, ctx.obj["model"], LearnConfig(), f"trigger:{getpass.getuser()}"
+        )
+    learning = due.reason if started else None
     _emit(
         as_json,
-        {"feedback_id": fid, "turn_id": turn_id, "rating": rating[0]},
-        lambda: click.echo(f"feedback {fid} recorded for turn {turn_id}: {rating[0]}"),
+        {"feedback_id": fid, "turn_id": turn_id, "rating": rating[0], "learning_started": learning},
+        lambda: click.echo(
+            f"feedback {fid} recorded for turn {turn_id}: {rating[0]}"
+            + (f"\nlearning started in the background ({learning})" if learning else "")
+        ),
     )
 
 
@@ -197,13 +236,9 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     from agent.models import resolve_model
     from agent.progress import CycleProgress
     from agent.report import cycle_summary
-    from agent.runtime import UsageError
     from learning.cycle import NothingToLearn, run_cycle
 
-    try:
-        config = build_config(LearnConfig, pop_config_values(LearnConfig, values))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    config = _config(LearnConfig, pop_config_values(LearnConfig, values))
     with _store() as store:
         try:
             model = resolve_model(ctx.obj["model"])
@@ -354,6 +389,87 @@ def history(as_json: bool) -> None:
     )
 
 
+@cli.command("export")
+@click.option(
+    "--run",
+    "run_id",
+    type=int,
+    default=None,
+    metavar="N",
+    help="export learning run N's snapshot [default: the latest run that has one]",
+)
+@click.option(
+    "--current",
+    is_flag=True,
+    help="export the current feedback instead, as the next `learn` with default settings "
+    "would snapshot it (nothing is recorded)",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="jsonl",
+    show_default=True,
+    metavar="jsonl|parquet",
+    help="file format of the datasets",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="folder to write into (required; new or empty)",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="write into a non-empty folder: replaces an earlier export there, keeps other files",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+def export(
+    run_id: int | None,
+    current: bool,
+    fmt: str,
+    out_dir: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write a learning snapshot as TRL conversational datasets, for use outside learnloop.
+
+    Writes sft, dpo and kto (the datasets the run trains on, for TRL's SFTTrainer,
+    DPOTrainer and KTOTrainer; empty ones are left out), heldout_pairs and heldout_fixes
+    (the held-out feedback the gate judges with, never trained on) as NAME.jsonl or
+    NAME.parquet, and manifest.json (source, content hash, rows, trainer per file). With
+    no run recorded yet, the current feedback is exported.
+    """
+    from agent.runtime import UsageError
+    from learning.export import ExportError, export_current, export_run, pick_run
+
+    if run_id is not None and current:
+        raise UsageError("give --run N or --current, not both")
+    if out_dir is None:
+        raise UsageError("give --out DIR: the folder to write the export into")
+    try:
+        with _store() as store:
+            run = None if current else pick_run(store.runs(), run_id)
+            examples = store.feedback_examples() if run is None else []
+        # The store is closed before writing: an export never holds the database.
+        if run is not None:
+            manifest = export_run(run, out_dir, fmt, force=force)
+        else:
+            manifest = export_current(examples, out_dir, fmt, force=force)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from exc
+    _emit(as_json, {**manifest, "out": str(out_dir)}, lambda: _export_summary(manifest, out_dir))
+
+
+def _export_summary(manifest: dict[str, Any], out_dir: Path) -> None:
+    click.echo(f"exported {manifest['source']} as {manifest['format']} into {out_dir}:")
+    for f in manifest["files"]:
+        click.echo(f"  {f['file']:24} {f['rows']:5} rows  {f['trainer']} ({f['split']})")
+    click.echo(f"  {'manifest.json':24} content hash {manifest['content_hash'][:12]}")
+
+
 @cli.command()
 @click.option("-n", "limit", default=10, show_default=True, help="how many recent turns")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
@@ -372,10 +488,15 @@ def log(limit: int, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Model, data root, active version, counts of turns and feedback."""
     from agent.models import model_spec_from_env
+    from agent.report import running_text
+    from learning.cycle import latest_progress, pid_alive
     from storage.home import data_root
 
     with _store() as store:
+        store.fail_stale_runs(pid_alive)
         s = store.status()
+        running = s.running_run
+        progress = latest_progress(Path(store.run_dir_of(running))) if running else None
     data = {
         "model": model_spec_from_env(ctx.obj["model"]),
         "data_root": str(data_root()),
@@ -388,13 +509,119 @@ def status(ctx: click.Context, as_json: bool) -> None:
         "feedback_down": s.feedback_down,
         "corrections": s.corrections,
         "unlearned_feedback": s.unlearned_feedback,
-        "running_run": s.running_run,
+        "running_run": running,
+        "learning": {"run": running, **(progress or {"stage": "prepare"})} if running else None,
     }
+    shown = {**data, "learning": running_text(running, progress) if running else "idle"}
     _emit(
         as_json,
         data,
-        lambda: click.echo("\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in data.items())),
+        lambda: click.echo("\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in shown.items())),
     )
+
+
+@cli.command()
+@click.option(
+    "--train",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSONL rows {text, label} the simulated user sends, one per interaction",
+)
+@click.option(
+    "--eval",
+    "eval_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSONL rows {text, label} every version is measured on (never trained on)",
+)
+@click.option("--instruction", required=True, help="sent before each text, as a person would")
+@click.option("--labels", required=True, help="comma-separated label words")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="new folder: results.json, learning_curve.png, and the bench's data root",
+)
+@click.option("--interactions", default=600, show_default=True, help="texts to send")
+@click.option(
+    "--cycle-every",
+    default=150,
+    show_default=True,
+    help="new feedback items that trigger a learning cycle (the chat's --learn-after)",
+)
+@click.option(
+    "--feedback",
+    "mode",
+    type=click.Choice(["correct", "thumbs"]),
+    default="correct",
+    show_default=True,
+    help="correct: a miss gets the gold label as a correction; "
+    "thumbs: only up/down, plus --regen regenerations after a miss",
+)
+@click.option(
+    "--regen",
+    type=click.IntRange(0, 3),
+    default=0,
+    show_default=True,
+    help="thumbs mode: regenerations asked (and rated) after a miss",
+)
+@click.option("--seed", default=0, show_default=True, help="order of the texts, sampling")
+@click.option(
+    "--gate-rows",
+    default=100,
+    show_default=True,
+    help="training rows set aside as the gate's labelled --eval-file",
+)
+@click.option(
+    "--eval-limit",
+    default=0,
+    show_default=True,
+    help="measure on the first N eval rows only (0 = all)",
+)
+@click.option("--temperature", default=0.7, show_default=True, help="chat sampling temperature")
+@click.option("--max-new-tokens", default=16, show_default=True, help="longest answer, in tokens")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="a learning setting (a `learnloop learn` flag, with _), e.g. --set sft_epochs=3",
+)
+@click.option("--json", "as_json", is_flag=True, help="print results.json instead of a table")
+@click.pass_context
+def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **values: Any) -> None:
+    """Measure learning: a simulated user teaches the agent a labelled task.
+
+    Every interaction goes through the real agent (graph, turn log, feedback, trigger,
+    gate, reload). --set overrides the bench's training defaults. Example:
+
+    \b
+    learnloop bench --train ../shared/data/financial_phrasebank/train.jsonl \\
+      --eval ../shared/data/financial_phrasebank/dev.jsonl \\
+      --instruction "Classify the sentiment ... Answer with one word." \\
+      --labels positive,negative,neutral --feedback correct --out bench-correct
+    """
+    from agent.runtime import UsageError
+    from benchmarks.report import bench_table
+    from benchmarks.simulated_user import BENCH_LEARN, BenchConfig, run_bench
+
+    _quiet_libraries()
+    try:
+        settings = parse_settings(LearnConfig, overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    learn = _config(LearnConfig, {**BENCH_LEARN, **settings})
+    values["eval"] = values.pop("eval_path")
+    values["feedback"] = values.pop("mode")
+    config = _config(BenchConfig, values)
+    quiet = as_json and not sys.stderr.isatty()
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
+    results = run_bench(config, learn, ctx.obj["model"], say)
+    _emit(as_json, results, lambda: click.echo(bench_table(results)))
 
 
 def main() -> None:

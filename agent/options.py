@@ -49,3 +49,23 @@ def pop_config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Remove and return the entries of ``values`` that belong to ``cls``'s fields."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: values.pop(k) for k in list(values) if k in names}
+
+
+def parse_settings(cls: type, items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as typed values for ``cls``'s fields (ValueError if bad)."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in names:
+            raise ValueError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}"
+            )
+        kind = hints[name]
+        try:
+            values[name] = click.BOOL(raw) if kind is bool else kind(raw)
+        except (ValueError, click.BadParameter) as exc:
+            raise ValueError(f"--set {item!r}: {raw!r} is not a {kind.__name__}") from exc
+    return values

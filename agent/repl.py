@@ -3,20 +3,26 @@
 The database is released while the REPL waits for input, so ``learnloop learn`` or
 ``feedback`` in another terminal can run; a version made active meanwhile is loaded
 before the next answer and announced in one line.
+
+After each piece of feedback the trigger (learning/triggers.py) may start a learning
+cycle in the background; chatting goes on, and the REPL says when that cycle ended.
 """
 
 from __future__ import annotations
 
 import getpass
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from agent.progress import CycleProgress
-from agent.report import cycle_summary
+from agent.report import cycle_summary, running_text
 from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
-from learning.cycle import CycleFailed, NothingToLearn, run_cycle
+from learning.cycle import CycleFailed, NothingToLearn, latest_progress, run_cycle
+from learning.triggers import TriggerConfig, maybe_start
 from storage.store import StoreError
 
 HELP = """commands:
@@ -24,7 +30,8 @@ HELP = """commands:
   /down            the last answer was bad
   /fix TEXT        TEXT is a better answer to your last message
   /regen           answer your last message again (logged as its own turn)
-  /learn           run a learning cycle now
+  /learn           run a learning cycle now (cycles also start by themselves: see
+                   chat --help, --learn-after and --learn-every-minutes)
   /activate V      make version V (or base) the one that answers
   /status          model, version, feedback counts
   /new             start a new thread
@@ -32,8 +39,16 @@ HELP = """commands:
 
 
 class Repl:
-    def __init__(self, agent: Agent, model_spec: str | None, thread_id: str | None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        model_spec: str | None,
+        thread_id: str | None,
+        trigger: TriggerConfig | None = None,
+    ) -> None:
         self.agent = agent
+        self.trigger = trigger or TriggerConfig()
+        self.background: subprocess.Popen[bytes] | None = None
         self.model_spec = model_spec
         self.thread_id = thread_id  # None until the first answer creates the thread
         self.last_turn: int | None = None
@@ -68,6 +83,7 @@ class Repl:
         store.release()
         while True:
             try:
+                self.report_background()
                 line = input("you> ").strip()
             except EOFError:
                 click.echo()
@@ -125,6 +141,7 @@ class Repl:
         turn = self._need_turn()
         self.agent.store.add_feedback(turn, rating, user_name=self.user)
         click.echo(f"   noted: turn {turn} {'👍' if rating == 'up' else '👎'}")
+        self.after_feedback()
 
     def fix(self, text: str) -> None:
         turn = self._need_turn()
@@ -132,6 +149,38 @@ class Repl:
             raise UsageError("the correction is empty: /fix followed by the better answer")
         self.agent.store.add_feedback(turn, "down", correction=text, user_name=self.user)
         click.echo(f"   noted: a better answer for turn {turn}")
+        self.after_feedback()
+
+    def after_feedback(self) -> None:
+        if self.background is not None and self.background.poll() is None:
+            return  # ours is still running
+        due, started = maybe_start(
+            self.agent.store, self.trigger, self.model_spec, LearnConfig(), f"trigger:{self.user}"
+        )
+        if started is not None:
+            self.background = started
+            click.echo(
+                f"   learning started in the background ({due.reason}); keep chatting: "
+                "/status shows its progress"
+            )
+
+    def report_background(self) -> None:
+        """Say once how the background cycle this chat started ended."""
+        if self.background is None or self.background.poll() is None:
+            return
+        self.background = None
+        run = self.agent.store.runs()[-1]
+        if run.status == "failed":
+            click.echo(f"   background learning run {run.id} failed: {run.error}")
+            return
+        version = self.agent.store.get_version(run.version_id or "")
+        reasons = "; ".join((version.gate or {}).get("reasons", []))
+        verdict = (
+            "promoted: it answers from your next message"
+            if version.status == ("promoted")
+            else "rejected by the gate"
+        )
+        click.echo(f"   background learning run {run.id}: {version.id} {verdict} ({reasons})")
 
     def learn(self) -> None:
         from agent.models import resolve_model
@@ -172,6 +221,9 @@ class Repl:
             f"({s.feedback_up} up, {s.feedback_down} down, {s.corrections} corrections), "
             f"{s.unlearned_feedback} not learned from yet, {s.versions} versions"
         )
+        if s.running_run is not None:
+            progress = latest_progress(Path(self.agent.store.run_dir_of(s.running_run)))
+            click.echo(f"   learning: {running_text(s.running_run, progress)}")
 
     def new(self) -> None:
         self.thread_id = None

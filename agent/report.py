@@ -102,3 +102,15 @@ def cycle_summary(result: Any) -> str:
     ]
     lines += [f"gate: {reason}" for reason in result.reasons]
     return "\n".join(lines)
+
+
+def running_text(run_id: int, progress: dict[str, Any] | None) -> str:
+    """One line on a running cycle from its latest progress event: stage, step, loss."""
+    if progress is None:
+        return f"run {run_id} is preparing"
+    text = f"run {run_id} · {progress['stage']}"
+    if progress.get("total"):
+        text += f" step {progress['step']}/{progress['total']}"
+    if progress.get("loss") is not None:
+        text += f" · loss {progress['loss']:.3f}"
+    return text

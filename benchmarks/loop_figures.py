@@ -285,7 +285,8 @@ def run_until_json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     err: list[bytes] = []
-    drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    stderr = proc.stderr
+    drain = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
     drain.start()
     buf, answered = b"", None
     while chunk := os.read(proc.stdout.fileno(), 65536):

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 METHODS = ("auto", "sft", "dpo", "kto")
+GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ class LearnConfig:
     )
     gate_metric: str = field(
         default="preference_accuracy",
-        metadata={"help": "held-out metric to win on: preference_accuracy | correction_match"},
+        metadata={
+            "help": "metric the candidate must win on: preference_accuracy | correction_match "
+            "(held-out feedback) | task_accuracy (--eval-file)"
+        },
     )
     promote_without_heldout: bool = field(
         default=False, metadata={"help": "promote when there is no held-out feedback at all"}
@@ -68,6 +72,30 @@ class LearnConfig:
     )
     gate_max_new_tokens: int = field(
         default=48, metadata={"help": "answer length when the gate compares greedy answers"}
+    )
+    eval_file: str = field(
+        default="",
+        metadata={
+            "help": "labelled JSONL file (text, label per line) the gate measures task "
+            "accuracy on; '' = none"
+        },
+    )
+    eval_instruction: str = field(
+        default="", metadata={"help": "instruction put before each --eval-file text, as in chat"}
+    )
+    eval_labels: str = field(
+        default="",
+        metadata={"help": "comma-separated label words of --eval-file ('' = those in the file)"},
+    )
+    eval_limit: int = field(
+        default=200, metadata={"help": "use at most this many rows of --eval-file"}
+    )
+    eval_max_new_tokens: int = field(
+        default=16, metadata={"help": "answer length when the gate answers --eval-file texts"}
+    )
+    task_max_drop: float = field(
+        default=0.0,
+        metadata={"help": "largest allowed drop in task accuracy on --eval-file"},
     )
     kto_epochs: float = field(default=2.0, metadata={"help": "passes over the KTO rows"})
     kto_learning_rate: float = field(default=5e-5, metadata={"help": "KTO learning rate"})
@@ -88,8 +116,10 @@ class LearnConfig:
             raise ValueError("--max-user-share must be in (0, 1]")
         if not 0 <= self.held_out_share < 1:
             raise ValueError("--held-out-share must be in [0, 1)")
-        if self.gate_metric not in ("preference_accuracy", "correction_match"):
-            raise ValueError("--gate-metric must be preference_accuracy or correction_match")
+        if self.gate_metric not in GATE_METRICS:
+            raise ValueError(f"--gate-metric must be one of {', '.join(GATE_METRICS)}")
+        if self.gate_metric == "task_accuracy" and not self.eval_file:
+            raise ValueError("--gate-metric task_accuracy needs --eval-file")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

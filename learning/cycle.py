@@ -41,6 +41,7 @@ from learning.snapshot import (
     build_snapshot,
     control_set,
     gate_request,
+    task_rows,
     write_json,
     write_snapshot,
 )
@@ -103,6 +104,7 @@ def prepare_run(
     if running is not None:
         raise NothingToLearn(f"learning run {running} is still running; wait for it to finish")
     snap = build_snapshot(store.feedback_examples(), config)
+    task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
     data = snap.data
     root = runs_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def prepare_run(
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir()
     write_snapshot(
-        run_dir, snap, model, config, gate_request(store, model, config), control_set(store)
+        run_dir, snap, model, config, gate_request(store, model, config), control_set(store), task
     )
     store.record_snapshot(
         run_id,
@@ -157,6 +159,20 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
         raise CycleFailed(f"training failed (exit {child.returncode}): {last}")
     metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
     return metrics
+
+
+def latest_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The last complete line of a run's progress.jsonl (stage, step, total, loss)."""
+    path = run_dir / "progress.jsonl"
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            value: dict[str, Any] = json.loads(line)
+            return value
+        except json.JSONDecodeError:
+            continue  # a line still being written
+    return None
 
 
 def _relay(path: Path, seen: int, progress: Progress | None) -> int:

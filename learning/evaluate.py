@@ -6,12 +6,15 @@ adapter is disabled when the base model is active), so both are measured on the 
 data in the same process:
 
 - held-out preference accuracy: the share of held-out pairs where
-  log p(chosen | prompt) > log p(rejected | prompt), summed over the answer's tokens;
+  log p(chosen | prompt) > log p(rejected | prompt), summed over the answer's tokens,
+  and the mean margin between the two (a tie-breaker that does not saturate);
 - held-out corrections: the share of held-out corrected turns whose greedy answer now
   matches the correction (equal after normalising case, punctuation and whitespace);
 - the control set: prompts with known good answers; per version the mean log-probability
   per token of the good answer and the share of greedy answers containing it, plus the
-  greedy answers themselves (stored with the version).
+  greedy answers themselves (stored with the version);
+- with ``--eval-file``: task accuracy, the share of labelled rows whose greedy answer
+  names exactly the gold label (learning/tasks.py).
 
 Deciding what the numbers mean is not done here: see ``learning/gate.py``.
 """
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from learning.quality import normalise
+from learning.tasks import is_correct
 
 Row = dict[str, Any]
 
@@ -65,20 +69,31 @@ def greedy(model: Any, tokenizer: Any, prompt: list[dict[str, str]], max_new_tok
     return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
+def task_accuracy(model: Any, tokenizer: Any, task: list[Row], max_new_tokens: int) -> float:
+    """Share of labelled rows answered correctly (learning/tasks.py judges)."""
+    hits = 0
+    for row in task:
+        answer = greedy(model, tokenizer, row["prompt"], max_new_tokens)
+        hits += is_correct(answer, row["label"], row["labels"])
+    return hits / len(task)
+
+
 def measure(
     model: Any,
     tokenizer: Any,
-    pairs: list[Row],
-    fixes: list[Row],
-    control: list[Row],
+    data: dict[str, list[Row]],
     max_new_tokens: int,
+    task_max_new_tokens: int,
 ) -> dict[str, Any]:
-    """All gate metrics for whichever adapter is current on ``model``."""
-    wins = 0
+    """All gate metrics for whichever adapter is current on ``model``; ``data`` holds the
+    "pairs", "fixes", "control" and "task" rows (each possibly empty)."""
+    pairs, fixes, control, task = data["pairs"], data["fixes"], data["control"], data["task"]
+    wins, margins = 0, []
     for pair in pairs:
         chosen, _ = answer_logp(model, tokenizer, pair["prompt"], pair["chosen"][0]["content"])
         rejected, _ = answer_logp(model, tokenizer, pair["prompt"], pair["rejected"][0]["content"])
         wins += chosen > rejected
+        margins.append(chosen - rejected)
     matched = 0
     for fix in fixes:
         answer = greedy(model, tokenizer, fix["prompt"], max_new_tokens)
@@ -95,12 +110,17 @@ def measure(
     return {
         "heldout_pairs": len(pairs),
         "preference_accuracy": wins / len(pairs) if pairs else None,
+        "preference_margin": sum(margins) / len(margins) if margins else None,
         "heldout_corrections": len(fixes),
         "correction_match": matched / len(fixes) if fixes else None,
         "control_prompts": len(control),
         "control_logp_per_token": sum(per_token) / len(per_token) if per_token else None,
         "control_accuracy": hits / len(control) if control else None,
         "control_answers": answers,
+        "task_rows": len(task),
+        "task_accuracy": task_accuracy(model, tokenizer, task, task_max_new_tokens)
+        if task
+        else None,
     }
 
 
@@ -119,19 +139,17 @@ def as_version(model: Any, adapter: str | None) -> Iterator[None]:
         model.set_adapter(previous)
 
 
-def compare(
-    model: Any, tokenizer: Any, gate: Row, pairs: list[Row], fixes: list[Row], control: list[Row]
-) -> dict[str, Any]:
+def compare(model: Any, tokenizer: Any, gate: Row, data: dict[str, list[Row]]) -> dict[str, Any]:
     """Measure the candidate ("default" adapter) and the active version on the same data."""
     model.eval()
     active_adapter = gate.get("active_adapter")
     if active_adapter:
         model.load_adapter(active_adapter, adapter_name="active")
-    tokens = int(gate.get("max_new_tokens", 48))
+    tokens = int(gate.get("max_new_tokens", 48)), int(gate.get("task_max_new_tokens", 16))
     with as_version(model, "default"):
-        candidate = measure(model, tokenizer, pairs, fixes, control, tokens)
+        candidate = measure(model, tokenizer, data, *tokens)
     with as_version(model, "active" if active_adapter else None):
-        active = measure(model, tokenizer, pairs, fixes, control, tokens)
+        active = measure(model, tokenizer, data, *tokens)
     if active_adapter:
         model.delete_adapter("active")
     return {

@@ -7,15 +7,15 @@ reject, always with the reasons and the numbers.
 Rules, in order:
 
 1. ``--gate false`` promotes without looking (the reason says so).
-2. The candidate must *win* on the held-out feedback of its snapshot: strictly better on
-   ``--gate-metric`` (preference accuracy by default), or equal there and strictly better
-   on the other held-out metric. Feedback from held-out threads never trains the
-   candidate, so this is a fair test.
-3. Without held-out data there is nothing to judge by: rejected, unless
-   ``--promote-without-heldout true``.
-4. The control set must not get worse beyond the thresholds: accuracy may drop by at most
-   ``--control-max-drop``, the good answers' log-probability per token by at most
-   ``--control-max-logp-drop``.
+2. The candidate must *win*: strictly better on ``--gate-metric`` (preference accuracy
+   by default), or equal there and better on the next measured metric of
+   :data:`WIN_METRICS`, and so on. Held-out feedback and ``--eval-file`` rows never
+   train the candidate, so this is a fair test.
+3. With neither held-out feedback nor task rows there is nothing to judge by: rejected,
+   unless ``--promote-without-heldout true``.
+4. Nothing may get worse beyond its threshold: control-set accuracy by at most
+   ``--control-max-drop``, the good control answers' log-probability per token by at
+   most ``--control-max-logp-drop``, task accuracy by at most ``--task-max-drop``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from typing import Any
 
 from learning.config import LearnConfig
 
-HELDOUT_METRICS = ("preference_accuracy", "correction_match")
+# Compared in this order after --gate-metric; a tie moves on to the next measured one.
+# The mean log-prob margin comes last: it breaks ties that small held-out sets produce
+# (both versions at 1.000) without ever outranking a real win or loss.
+WIN_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "preference_margin")
 
 
 @dataclass(frozen=True)
@@ -41,25 +44,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _heldout(
+def _wins(
     cand: dict[str, Any], act: dict[str, Any], config: LearnConfig
 ) -> tuple[bool | None, str]:
-    """(won, reason); won is None when there is no held-out data at all."""
-    order = [config.gate_metric, *(m for m in HELDOUT_METRICS if m != config.gate_metric)]
+    """(won, reason); won is None when nothing was measured to judge by."""
+    order = [config.gate_metric, *(m for m in WIN_METRICS if m != config.gate_metric)]
     usable = [m for m in order if cand.get(m) is not None and act.get(m) is not None]
     if not usable:
-        return None, "no held-out feedback to judge the candidate by"
-    first = usable[0]
-    c, a = cand[first], act[first]
-    text = f"{first} {_fmt(c)} vs {_fmt(a)} for the active version"
-    if c > a:
-        return True, f"wins on {text}"
-    if c == a and len(usable) > 1 and cand[usable[1]] > act[usable[1]]:
-        second = usable[1]
-        return True, (
-            f"ties on {text}, wins on {second} {_fmt(cand[second])} vs {_fmt(act[second])}"
-        )
-    return False, f"does not win on {text}"
+        return None, "no held-out feedback or task rows to judge the candidate by"
+    ties: list[str] = []
+    for metric in usable:
+        c, a = cand[metric], act[metric]
+        text = f"{metric} {_fmt(c)} vs {_fmt(a)} for the active version"
+        if c != a:
+            prefix = f"ties on {', '.join(ties)}; " if ties else ""
+            return (True, f"{prefix}wins on {text}") if c > a else (False, f"does not win: {text}")
+        ties.append(f"{metric} {_fmt(c)}")
+    return False, f"does not win: ties on {', '.join(ties)}"
 
 
 def _control(cand: dict[str, Any], act: dict[str, Any], config: LearnConfig) -> list[str]:
@@ -77,6 +78,11 @@ def _control(cand: dict[str, Any], act: dict[str, Any], config: LearnConfig) -> 
             f"control log-prob per token drops from {_fmt(al)} to {_fmt(cl)} "
             f"(allowed: {config.control_max_logp_drop})"
         )
+    ct, at = cand.get("task_accuracy"), act.get("task_accuracy")
+    if ct is not None and at is not None and ct < at - config.task_max_drop:
+        broken.append(
+            f"task accuracy drops from {_fmt(at)} to {_fmt(ct)} (allowed: {config.task_max_drop})"
+        )
     return broken
 
 
@@ -87,7 +93,7 @@ def decide(result: dict[str, Any] | None, config: LearnConfig) -> Decision:
     if result is None:
         return Decision(False, ["the candidate was not measured"])
     cand, act = result["candidate"], result["active"]
-    won, reason = _heldout(cand, act, config)
+    won, reason = _wins(cand, act, config)
     broken = _control(cand, act, config)
     reasons = [reason, *broken]
     if won is None:

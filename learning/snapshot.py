@@ -1,7 +1,8 @@
 """A learning run's frozen inputs: what the cycle hands the trainer child, as files.
 
 ``runs/run-N/`` receives the training datasets (``sft.jsonl``, ``dpo.jsonl``,
-``kto.jsonl``), the gate's inputs (held-out pairs and corrections, the control set), the
+``kto.jsonl``), the gate's inputs (held-out pairs and corrections, the control set, the
+labelled task rows of ``--eval-file``), the
 quality report and ``request.json`` tying them together. The store records which
 feedback rows went into which dataset ('heldout' included) and a content hash.
 
@@ -23,6 +24,7 @@ from agent.models import ResolvedModel
 from learning.config import LearnConfig
 from learning.datasets import Datasets, build_datasets, build_dpo, choose_method, why_empty
 from learning.quality import QualityReport, clean, split_by_thread
+from learning.tasks import labels_of, read_labelled, task_message
 from storage.records import FeedbackExample
 from storage.store import BASE_VERSION, Store
 
@@ -96,6 +98,24 @@ def write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def task_rows(config: LearnConfig) -> list[dict[str, Any]]:
+    """The gate's labelled task rows as chat prompts (raises TaskFileError on a bad file)."""
+    if not (config.gate and config.eval_file):
+        return []
+    given = [w.strip().lower() for w in config.eval_labels.split(",") if w.strip()]
+    examples = read_labelled(Path(config.eval_file).expanduser(), given or None)
+    examples = examples[: config.eval_limit]
+    labels = given or labels_of(examples)
+    return [
+        {
+            "prompt": [{"role": "user", "content": task_message(config.eval_instruction, e.text)}],
+            "label": e.label,
+            "labels": labels,
+        }
+        for e in examples
+    ]
+
+
 def gate_request(store: Store, model: ResolvedModel, config: LearnConfig) -> dict[str, Any] | None:
     """What the trainer needs to measure the candidate against the active version."""
     if not config.gate:
@@ -114,6 +134,8 @@ def gate_request(store: Store, model: ResolvedModel, config: LearnConfig) -> dic
         "pairs": "heldout_pairs.jsonl",
         "fixes": "heldout_fixes.jsonl",
         "control": "control.jsonl",
+        "task": "task.jsonl",
+        "task_max_new_tokens": config.eval_max_new_tokens,
     }
 
 
@@ -124,6 +146,7 @@ def write_snapshot(
     config: LearnConfig,
     gate: dict[str, Any] | None,
     control: list[dict[str, str]],
+    task: list[dict[str, Any]],
 ) -> None:
     data = snap.data
     for name, rows in (
@@ -133,6 +156,7 @@ def write_snapshot(
         ("heldout_pairs", snap.heldout_pairs),
         ("heldout_fixes", snap.heldout_fixes),
         ("control", control),
+        ("task", task),
     ):
         _write_jsonl(run_dir / f"{name}.jsonl", rows)
     write_json(run_dir / "quality.json", asdict(snap.quality))

@@ -332,15 +332,21 @@ def measure_gate(
     from learning.evaluate import compare
 
     gate = request.gate or {}
-    pairs = read_rows(run_dir, gate.get("pairs"), DPO_KEYS)
-    fixes = read_rows(run_dir, gate.get("fixes"), SFT_KEYS)
-    control_path = run_dir / str(gate.get("control"))
-    control = (
-        [json.loads(line) for line in control_path.read_text().splitlines() if line.strip()]
-        if gate.get("control") and control_path.is_file()
-        else []
-    )
-    return compare(model, tokenizer, gate, pairs, fixes, control)
+    data = {
+        "pairs": read_rows(run_dir, gate.get("pairs"), DPO_KEYS),
+        "fixes": read_rows(run_dir, gate.get("fixes"), SFT_KEYS),
+        "control": read_plain(run_dir, gate.get("control")),
+        "task": read_plain(run_dir, gate.get("task")),
+    }
+    return compare(model, tokenizer, gate, data)
+
+
+def read_plain(run_dir: Path, name: object) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file learnloop wrote itself (control set, task rows)."""
+    path = run_dir / str(name)
+    if not name or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def save_adapter(model: PeftModel, run_dir: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from storage.connection import BASE_VERSION, Connection, NotFound
@@ -92,6 +93,13 @@ class Registry(Connection):
 
     def running_run(self) -> int | None:
         return self._one("SELECT max(id) FROM runs WHERE status = 'running'")
+
+    def last_run_start(self) -> datetime | None:
+        """When the newest learning run started, whatever became of it."""
+        return self._one("SELECT max(started_at) FROM runs")
+
+    def run_dir_of(self, run_id: int) -> str:
+        return str(self._one("SELECT run_dir FROM runs WHERE id = ?", [run_id]) or "")
 
     def runs(self) -> list[Run]:
         rows = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id").fetchall()

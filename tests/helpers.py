@@ -9,6 +9,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from agent.cli import cli
+from storage.records import TurnLog
 
 
 def run_cli(model: Path | None, *args: str, input: str | None = None) -> Result:
@@ -21,3 +22,35 @@ def run_json(model: Path | None, *args: str) -> Any:
     result = run_cli(model, *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def make_log(
+    user_message: str = "hello",
+    answer: str = "hi there",
+    *,
+    thread_id: str = "t1",
+    regen_of: int | None = None,
+    **overrides: Any,
+) -> TurnLog:
+    fields: dict[str, Any] = {
+        "thread_id": thread_id,
+        "user_message": user_message,
+        "messages": [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": user_message},
+        ],
+        "prompt": f"<|system|>You are helpful.<|user|>{user_message}<|assistant|>",
+        "answer": answer,
+        "version": "base",
+        "model": "SmolLM2-135M-Instruct",
+        "settings": {"temperature": 0.7, "max_new_tokens": 64, "stop": ["</s>"]},
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "first_token_ms": 41.5,
+        "total_ms": 230.25,
+        "nodes": ["load_history", "respond", "log_turn"],
+        "regen_of": regen_of,
+        "interrupted": False,
+    }
+    fields.update(overrides)
+    return TurnLog(**fields)

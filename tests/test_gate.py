@@ -23,7 +23,7 @@ from learning.quality import is_held_out
 from learning.snapshot import default_control_set
 from storage.records import ControlPrompt
 from storage.store import Store
-from tests.helpers import run_cli, run_json
+from tests.helpers import make_log, run_cli, run_json
 
 
 def side(
@@ -69,13 +69,36 @@ class TestDecide:
     def test_no_held_out_data_does_not_promote_blindly_unless_asked(self) -> None:
         empty = result(side(pref=None), side(pref=None))
         d = decide(empty, LearnConfig())
-        assert not d.promote and d.reasons[0] == "no held-out feedback to judge the candidate by"
+        assert not d.promote
+        assert d.reasons[0] == "no held-out feedback or task rows to judge the candidate by"
         assert decide(empty, LearnConfig(promote_without_heldout=True)).promote
 
     def test_the_configured_metric_comes_first(self) -> None:
         config = LearnConfig(gate_metric="correction_match")
         d = decide(result(side(pref=0.0, fix=1.0), side(pref=1.0, fix=0.5)), config)
         assert d.promote and d.reasons[0].startswith("wins on correction_match")
+
+    def test_the_log_prob_margin_breaks_a_tie_that_small_held_out_sets_produce(self) -> None:
+        cand, act = side(pref=1.0), side(pref=1.0)
+        cand["preference_margin"], act["preference_margin"] = 4.5, 3.0
+        d = decide(result(cand, act), LearnConfig())
+        assert d.promote
+        assert d.reasons[0] == (
+            "ties on preference_accuracy 1.000; "
+            "wins on preference_margin 4.500 vs 3.000 for the active version"
+        )
+        assert not decide(result(act, cand), LearnConfig()).promote
+
+    def test_task_accuracy_can_be_the_metric_and_always_guards(self) -> None:
+        config = LearnConfig(gate_metric="task_accuracy", eval_file="tasks.jsonl")
+        cand, act = side(pref=0.0), side(pref=1.0)
+        cand["task_accuracy"], act["task_accuracy"] = 0.9, 0.6
+        d = decide(result(cand, act), config)
+        assert d.promote and d.reasons[0].startswith("wins on task_accuracy 0.900 vs 0.600")
+        # Winning on preferences does not excuse a drop in task accuracy.
+        d = decide(result(act, cand), LearnConfig(eval_file="tasks.jsonl"))
+        assert not d.promote
+        assert "task accuracy drops from 0.900 to 0.600 (allowed: 0.0)" in d.reasons
 
     def test_gate_off_promotes_and_says_so(self) -> None:
         d = decide(None, LearnConfig(gate=False))
@@ -87,7 +110,16 @@ def threads(held_out: bool, count: int) -> list[str]:
     return [n for n in names if is_held_out(n, 0.2) == held_out][:count]
 
 
-def test_a_cycle_measures_both_versions_and_records_the_verdict(tiny_model_dir: Path) -> None:
+def test_a_cycle_measures_both_versions_and_records_the_verdict(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        '{"text": "Profit rose.", "label": "positive"}\n'
+        '{"text": "Sales fell.", "label": "negative"}\n'
+        '{"text": "The firm met.", "label": "neutral"}\n'
+    )
+    config = LearnConfig(max_steps=2, eval_file=str(tasks), eval_instruction="Sentiment?")
     with Store() as store:
         store.add_control_prompt(ControlPrompt("Name a fruit.", "An apple.", "apple"))
         agent = Agent(
@@ -104,7 +136,7 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(tiny_model_dir: 
         up = agent.ask("Say hello.", thread_id=threads(False, 1)[0])
         store.add_feedback(up.turn_id, "up")
 
-        cycle = run_cycle(store, resolve_model(str(tiny_model_dir)), LearnConfig(max_steps=2))
+        cycle = run_cycle(store, resolve_model(str(tiny_model_dir)), config)
         assert cycle.heldout == 1 and cycle.sft_examples == 3
         gate = cycle.gate
         assert gate is not None and gate["active_version"] == "base"
@@ -112,6 +144,7 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(tiny_model_dir: 
             assert measured["heldout_pairs"] == measured["heldout_corrections"] == 1
             assert measured["control_prompts"] == len(default_control_set()) + 1
             assert measured["preference_accuracy"] in (0.0, 1.0)
+            assert measured["task_rows"] == 3 and 0 <= measured["task_accuracy"] <= 1
         assert cycle.reasons == gate["reasons"] and cycle.promoted == gate["promote"]
 
         version = store.get_version("v1")
@@ -138,7 +171,30 @@ def test_control_prompts_can_be_added_and_listed() -> None:
     assert bad.exit_code == 1 and "must not be empty" in bad.stderr
 
 
-@pytest.mark.parametrize("flag", [("--held-out-share", "1.5"), ("--gate-metric", "vibes")])
+def test_a_bad_eval_file_is_refused_naming_the_line_and_records_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"text": "Profit rose.", "label": "positive"}\nnot json\n')
+    with Store() as store:
+        store.create_thread("t")
+        turn = store.add_turn(make_log(thread_id="t"))
+        store.add_feedback(turn, "down", correction="Hello!")
+    result = run_cli(tiny_model_dir, "learn", "--eval-file", str(tasks))
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(f"{tasks} line 2: not valid JSON (Expecting value)")
+    with Store() as store:
+        assert store.runs() == []
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--held-out-share", "1.5"),
+        ("--gate-metric", "vibes"),
+        ("--gate-metric", "task_accuracy"),
+    ],
+)
 def test_bad_gate_settings_are_refused(flag: tuple[str, str]) -> None:
     result = run_cli(None, "learn", *flag)
     assert result.exit_code == 1 and flag[0] in result.stderr

@@ -37,8 +37,9 @@ import pytest
 from storage import migrations
 from storage.home import DataRootError, db_path
 from storage.migrations import SchemaTooNew, latest_known, migrate
-from storage.records import TurnLog, Version
+from storage.records import Version
 from storage.store import NotFound, Store, StoreError
+from tests.helpers import make_log
 
 TABLES = {
     "threads",
@@ -85,38 +86,6 @@ FEEDBACK_COLUMNS = [
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def make_log(
-    user_message: str = "hello",
-    answer: str = "hi there",
-    *,
-    thread_id: str = "t1",
-    regen_of: int | None = None,
-    **overrides: Any,
-) -> TurnLog:
-    fields: dict[str, Any] = {
-        "thread_id": thread_id,
-        "user_message": user_message,
-        "messages": [
-            {"role": "system", "content": "You are helpful."},
-            {"role": "user", "content": user_message},
-        ],
-        "prompt": f"<|system|>You are helpful.<|user|>{user_message}<|assistant|>",
-        "answer": answer,
-        "version": "base",
-        "model": "SmolLM2-135M-Instruct",
-        "settings": {"temperature": 0.7, "max_new_tokens": 64, "stop": ["</s>"]},
-        "prompt_tokens": 12,
-        "completion_tokens": 3,
-        "first_token_ms": 41.5,
-        "total_ms": 230.25,
-        "nodes": ["load_history", "respond", "log_turn"],
-        "regen_of": regen_of,
-        "interrupted": False,
-    }
-    fields.update(overrides)
-    return TurnLog(**fields)
 
 
 def make_version(version_id: str, run_id: int, **overrides: Any) -> Version:

@@ -1,0 +1,51 @@
+"""The bench's learning curve: accuracy (and macro-F1, exact format) against interactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def curve_points(results: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(interactions, scores) for the base model and after every cycle."""
+    return [(0, results["base"])] + [(c["interactions"], c) for c in results["cycles"]]
+
+
+def plot_learning_curve(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server or in CI
+    import matplotlib.pyplot as plt
+
+    points = curve_points(results)
+    xs = [x for x, _ in points]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for key, label, style in (
+        ("accuracy", "accuracy", "o-"),
+        ("macro_f1", "macro-F1", "s--"),
+        ("exact_format", "exact one-word format", "^:"),
+    ):
+        ax.plot(xs, [p[key] for _, p in points], style, label=label)
+    for x, cycle in zip(xs[1:], results["cycles"], strict=True):
+        mark = "promoted" if cycle["promoted"] else "rejected"
+        ax.annotate(
+            f"{cycle['version']} {mark}",
+            (x, cycle["accuracy"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+        )
+    config = results["config"]
+    mode = config["feedback"] + (f", --regen {config['regen']}" if config["regen"] else "")
+    ax.set(
+        xlabel="interactions (texts the simulated user sent)",
+        ylabel="score on the eval split",
+        ylim=(0, 1.05),
+        title=f"learnloop bench: {mode} feedback, {results['base']['answers']} eval texts",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

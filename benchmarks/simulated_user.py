@@ -1,0 +1,377 @@
+"""``learnloop bench``: a simulated user teaches the real agent a labelled task.
+
+The user sends one training text per interaction (the instruction, a blank line, the
+text) to the agent, exactly as a person would in a chat: the answer comes from the
+LangGraph agent and is logged as a turn, the rating goes into the feedback table, and
+the trigger (learning/triggers.py) starts each learning cycle in the background once
+``--cycle-every`` new feedback items wait. The cycle's gate decides, and the next answer
+comes from whatever version is active then. Nothing goes around those parts.
+
+The user judges an answer correct when it names exactly one label and that is the gold
+one (learning/tasks.py). It gives a thumbs-up when correct, a thumbs-down otherwise,
+and then either the gold label as a correction (``correct`` mode), or up to ``--regen``
+regenerations, each rated the same way, stopping at the first correct one (``thumbs``).
+
+Measurement: the base model and, after each cycle, the active version answer every
+eval text greedily, each in a fresh thread that never gets feedback, so eval turns never
+train anything. ``--gate-rows`` rows of the (shuffled) training file are set aside
+before the interactions start and become the gate's labelled ``--eval-file``: the gate
+judges candidates on task accuracy there, never on the eval split.
+
+Invariant: the bench writes only under ``--out`` (its data root is ``OUT/home``).
+The bench waits for each cycle to finish before the next interaction, so that on a
+small machine training and chatting do not share the cores and each cycle's numbers
+stand on their own; a person could go on chatting meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from learning.config import LearnConfig
+from learning.tasks import (
+    Example,
+    TaskFileError,
+    exact_format,
+    is_correct,
+    macro_f1,
+    named_labels,
+    read_labelled,
+    task_message,
+)
+
+MODES = ("correct", "thumbs")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    train: str = field(metadata={"help": "JSONL file of {text, label} rows the user sends"})
+    eval: str = field(metadata={"help": "JSONL file of {text, label} rows to measure on"})
+    instruction: str = field(metadata={"help": "instruction sent before each text"})
+    labels: str = field(metadata={"help": "comma-separated label words, e.g. positive,negative"})
+    out: str = field(metadata={"help": "folder for results.json, the plot and the data root"})
+    interactions: int = field(default=600, metadata={"help": "training texts to send"})
+    cycle_every: int = field(
+        default=150, metadata={"help": "new feedback items that trigger a cycle (--learn-after)"}
+    )
+    feedback: str = field(default="correct", metadata={"help": "correct | thumbs"})
+    regen: int = field(default=0, metadata={"help": "thumbs mode: regenerations after a miss"})
+    seed: int = field(default=0, metadata={"help": "shuffles the texts and seeds sampling"})
+    gate_rows: int = field(
+        default=100, metadata={"help": "training rows set aside as the gate's --eval-file"}
+    )
+    eval_limit: int = field(default=0, metadata={"help": "measure on at most this many (0 = all)"})
+    temperature: float = field(
+        default=0.7, metadata={"help": "sampling temperature of the chat (evals are greedy)"}
+    )
+    max_new_tokens: int = field(default=16, metadata={"help": "longest answer, in tokens"})
+
+    def __post_init__(self) -> None:
+        if self.feedback not in MODES:
+            raise ValueError(f"--feedback must be correct or thumbs, not {self.feedback!r}")
+        if not 0 <= self.regen <= 3:
+            raise ValueError("--regen must be 0, 1, 2 or 3")
+        if self.interactions < 1 or self.cycle_every < 1:
+            raise ValueError("--interactions and --cycle-every must be at least 1")
+        if not self.instruction.strip():
+            raise ValueError("--instruction is empty; say what the model should answer")
+        if len(self.label_list) < 2:
+            raise ValueError("--labels needs at least two comma-separated label words")
+
+    @property
+    def label_list(self) -> list[str]:
+        return [w.strip().lower() for w in self.labels.split(",") if w.strip()]
+
+
+# Training defaults for the bench: many short examples, retrained from scratch each cycle
+# on all feedback so far, within 30 minutes of training over 600 interactions on 2 cores.
+BENCH_LEARN = {
+    "sft_epochs": 2.0,
+    "dpo_epochs": 1.0,
+    "kto_epochs": 1.0,
+    "held_out_share": 0.1,
+    "max_length": 256,
+    "gate_max_new_tokens": 32,
+}
+
+
+@dataclass
+class Tally:
+    up: int = 0
+    down: int = 0
+    corrections: int = 0
+    regenerations: int = 0
+    correct_first_try: int = 0
+
+
+@dataclass
+class Data:
+    interactions: list[Example]
+    eval: list[Example]
+    gate: list[Example]
+
+
+def load_data(config: BenchConfig) -> Data:
+    """Read and check both files (errors name the file and line); split off the gate rows."""
+    labels = config.label_list
+    train = read_labelled(Path(config.train), labels)
+    evaluation = read_labelled(Path(config.eval), labels)
+    if len(train) <= config.gate_rows:
+        raise TaskFileError(
+            f"{config.train}: {len(train)} rows, but --gate-rows {config.gate_rows} are set "
+            "aside for the gate; give more rows or a smaller --gate-rows"
+        )
+    # The file may be sorted (this one is, by label): shuffle before setting rows aside.
+    random.Random(config.seed).shuffle(train)
+    gate, pool = train[: config.gate_rows], train[config.gate_rows :]
+    # More interactions than texts: the user goes through them again, in the same order.
+    sent = [pool[i % len(pool)] for i in range(config.interactions)]
+    if 0 < config.eval_limit < len(evaluation):  # a quick look: a sample, not the head
+        evaluation = random.Random(config.seed).sample(evaluation, config.eval_limit)
+    return Data(interactions=sent, eval=evaluation, gate=gate)
+
+
+def score(answers: list[str], rows: list[Example], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and exact-format share of ``answers`` to ``rows``."""
+    predictions = []
+    for answer in answers:
+        named = named_labels(answer, labels)
+        predictions.append(named[0] if len(named) == 1 else None)
+    golds = [r.label for r in rows]
+    n = len(rows)
+    return {
+        "answers": n,
+        "accuracy": round(sum(p == g for p, g in zip(predictions, golds, strict=True)) / n, 4),
+        "macro_f1": round(macro_f1(golds, predictions, labels), 4),
+        "exact_format": round(sum(exact_format(a, labels) for a in answers) / n, 4),
+        "predicted": {label: predictions.count(label) for label in labels}
+        | {"none": predictions.count(None)},
+    }
+
+
+class Bench:
+    """One benchmark run; see the module docstring."""
+
+    def __init__(self, config: BenchConfig, learn: LearnConfig, model_spec: str | None) -> None:
+        self.config = config
+        self.learn = learn
+        self.model_spec = model_spec
+        self.labels = config.label_list
+        self.tally = Tally()
+
+    def run(self, data: Data, say: Say) -> dict[str, Any]:
+        from agent.config import GenerationConfig
+        from agent.runtime import Agent, load_agent
+        from learning.triggers import TriggerConfig
+        from storage.store import Store
+
+        started = time.perf_counter()
+        chat_settings = GenerationConfig(
+            max_new_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature,
+            seed=self.config.seed,
+        )
+        store = Store()
+        self.chat = load_agent(store, self.model_spec, chat_settings)
+        greedy = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0)
+        self.judge = Agent(store, self.chat.backend, greedy)  # same model, greedy answers
+        trigger = TriggerConfig(learn_after=self.config.cycle_every, learn_every_minutes=0)
+        base = self.measure(data.eval, say, "base")
+        cycles: list[dict[str, Any]] = []
+        last = base
+        for done, row in enumerate(data.interactions, start=1):
+            self.interact(row)
+            cycle = self.maybe_learn(trigger, say)
+            if cycle is not None:
+                last = self.after_cycle(last, data.eval, say)
+                scores = {k: last[k] for k in score_keys(last)}
+                cycles.append(
+                    {"interactions": done, **cycle, "active_version": last["version"], **scores}
+                )
+            if done % 25 == 0:
+                say(f"{done}/{len(data.interactions)} interactions · {self.tally}")
+            store.release()
+        store.release()
+        final = {"version": last["version"], **{k: last[k] for k in score_keys(last)}}
+        return {
+            "base": base,
+            "cycles": cycles,
+            "final": final,
+            "feedback": asdict(self.tally),
+            "interactions": len(data.interactions),
+            "train_seconds": round(sum(c["train_seconds"] for c in cycles), 1),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def interact(self, row: Example) -> None:
+        """One user message, the rating, and a correction or regenerations after a miss."""
+        answer = self.chat.ask(task_message(self.config.instruction, row.text))
+        right = self.rate(answer.turn_id, answer.answer, row)
+        self.tally.correct_first_try += right
+        if right:
+            return
+        if self.config.feedback == "correct":
+            return
+        for _ in range(self.config.regen):
+            self.tally.regenerations += 1
+            again = self.chat.ask("", regen_of=answer.turn_id)
+            if self.rate(again.turn_id, again.answer, row):
+                return
+
+    def rate(self, turn_id: int, answer: str, row: Example) -> bool:
+        store = self.chat.store
+        if is_correct(answer, row.label, self.labels):
+            store.add_feedback(turn_id, "up", user_name="bench")
+            self.tally.up += 1
+            return True
+        if self.config.feedback == "correct":
+            store.add_feedback(turn_id, "down", correction=row.label, user_name="bench")
+            self.tally.corrections += 1
+        else:
+            store.add_feedback(turn_id, "down", user_name="bench")
+        self.tally.down += 1
+        return False
+
+    def maybe_learn(self, trigger: Any, say: Say) -> dict[str, Any] | None:
+        """Ask the trigger; when it starts a cycle, wait for it and read its outcome."""
+        from learning.triggers import maybe_start
+
+        store = self.chat.store
+        before = len(store.runs())
+        due, child = maybe_start(store, trigger, self.model_spec, self.learn, "bench")
+        if child is None:
+            return None
+        say(f"learning cycle started ({due.reason})")
+        child.wait()
+        runs = store.runs()
+        if len(runs) == before:
+            say("no cycle ran: see runs/background.log")
+            return None
+        run = runs[-1]
+        if run.status != "succeeded" or run.version_id is None:
+            raise RuntimeError(f"learning run {run.id} {run.status}: {run.error}")
+        version = store.get_version(run.version_id)
+        metrics, gate = version.metrics, version.gate or {}
+        stages = [metrics.get(s) or {} for s in ("sft", "dpo", "kto")]
+        say(f"{version.id} {version.status}: " + "; ".join(gate.get("reasons", [])))
+        return {
+            "version": version.id,
+            "promoted": version.status == "promoted",
+            "reasons": gate.get("reasons", []),
+            "method": version.method,
+            "examples": {
+                "sft": version.sft_count,
+                "dpo": version.dpo_count,
+                "kto": version.kto_count,
+            },
+            "feedback": asdict(self.tally),
+            "train_seconds": round(sum(s.get("seconds", 0.0) for s in stages), 1),
+            "gate_seconds": metrics.get("gate_seconds"),
+            "peak_rss_mb": metrics.get("peak_rss_mb"),
+            "gate": {side: _gate_numbers(gate.get(side)) for side in ("candidate", "active")},
+        }
+
+    def after_cycle(self, last: dict[str, Any], rows: list[Example], say: Say) -> dict[str, Any]:
+        """Score the active version (reloaded the way a chat reloads it)."""
+        self.chat.sync_version()
+        active = self.chat.backend.version
+        if active == last["version"]:
+            return last  # same weights, greedy answers: the same scores
+        return self.measure(rows, say, active)
+
+    def measure(self, rows: list[Example], say: Say, version: str) -> dict[str, Any]:
+        self.chat.sync_version()
+        answers = []
+        for row in rows:
+            answers.append(self.judge.ask(task_message(self.config.instruction, row.text)).answer)
+            self.judge.store.release()
+        result = {"version": self.chat.backend.version, **score(answers, rows, self.labels)}
+        say(
+            f"{version}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}, "
+            f"exact format {result['exact_format']:.3f} on {len(rows)} eval texts"
+        )
+        return result
+
+
+def score_keys(result: dict[str, Any]) -> list[str]:
+    return [
+        k for k in ("answers", "accuracy", "macro_f1", "exact_format", "predicted") if k in result
+    ]
+
+
+def _gate_numbers(side: dict[str, Any] | None) -> dict[str, Any] | None:
+    if side is None:
+        return None
+    keep = (
+        "task_accuracy",
+        "preference_accuracy",
+        "correction_match",
+        "control_accuracy",
+        "control_logp_per_token",
+    )
+    return {k: side.get(k) for k in keep}
+
+
+def control_check(results: dict[str, Any], learn: LearnConfig) -> dict[str, Any] | None:
+    """The final version's control-set numbers against the base's, with the gate's limits."""
+    cycles = results["cycles"]
+    final = results["final"]["version"]
+    base = next((c["gate"]["active"] for c in cycles if c["gate"]["active"]), None)
+    mine = next((c["gate"]["candidate"] for c in cycles if c["version"] == final), None)
+    if base is None or mine is None:
+        return None
+    held = (
+        mine["control_accuracy"] >= base["control_accuracy"] - learn.control_max_drop
+        and mine["control_logp_per_token"]
+        >= base["control_logp_per_token"] - learn.control_max_logp_drop
+    )
+    return {
+        "base_accuracy": base["control_accuracy"],
+        "final_accuracy": mine["control_accuracy"],
+        "base_logp_per_token": base["control_logp_per_token"],
+        "final_logp_per_token": mine["control_logp_per_token"],
+        "within_threshold": held,
+    }
+
+
+def run_bench(
+    config: BenchConfig, learn: LearnConfig, model_spec: str | None, say: Say
+) -> dict[str, Any]:
+    """Check the inputs, run the bench in ``OUT/home``, write results.json and the plot."""
+    from agent.runtime import UsageError
+    from benchmarks.curve import plot_learning_curve
+
+    data = load_data(config)
+    out = Path(config.out)
+    if (out / "results.json").exists() or (out / "home").exists():
+        raise UsageError(f"{out} holds an earlier bench run; give a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    gate_file = out / "gate-rows.jsonl"
+    with gate_file.open("w") as f:
+        for row in data.gate:
+            f.write(json.dumps({"text": row.text, "label": row.label}) + "\n")
+    if data.gate:
+        learn = replace(
+            learn,
+            eval_file=str(gate_file),
+            eval_instruction=config.instruction,
+            eval_labels=config.labels,
+            gate_metric="task_accuracy",
+        )
+    else:
+        learn = replace(learn, gate_metric="correction_match")
+    os.environ["LEARNLOOP_HOME"] = str(out / "home")
+    results = Bench(config, learn, model_spec).run(data, say)
+    results = {"config": asdict(config), "learn_config": learn.to_dict(), **results}
+    results["control"] = control_check(results, learn)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_learning_curve(results, out / "learning_curve.png")
+    return results

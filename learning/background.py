@@ -1,0 +1,44 @@
+"""``python -m learning.background JOB``: one learning cycle, started by a trigger.
+
+``JOB`` is a JSON object ``{"model": spec | null, "config": {LearnConfig fields},
+"who": str}``. The cycle is exactly the one ``learnloop learn`` runs (learning/cycle.py),
+so it records its run, trains in its own child, and publishes through the gate. One
+line per event goes to stdout (the caller points it at ``runs/background.log``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+
+from learning.config import LearnConfig
+
+
+def say(text: str) -> None:
+    print(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from agent.models import resolve_model
+    from learning.cycle import CycleFailed, NothingToLearn, run_cycle
+    from storage.store import Store
+
+    job = json.loads(argv[0])
+    config = LearnConfig(**job["config"])
+    with Store() as store:
+        try:
+            result = run_cycle(store, resolve_model(job["model"]), config, who=job["who"])
+        except NothingToLearn as exc:
+            say(f"no cycle: {exc}")
+            return 0
+        except CycleFailed as exc:
+            say(f"cycle failed: {exc}")
+            return 1
+    verdict = "promoted" if result.promoted else "rejected"
+    say(f"run {result.run_id}: {result.version} {verdict}; " + "; ".join(result.reasons))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""Labelled task data: reading it, turning a row into a chat message, judging an answer.
+
+One definition serves the gate's task accuracy (``--eval-file``) and ``learnloop bench``,
+so the benchmark's simulated user and the gate judge answers the same way:
+
+- an answer *names* a label when the label occurs in it as a whole word (any case);
+- it is *correct* when it names exactly one label and that label is the gold one;
+- it has the *exact format* when, stripped of case, whitespace and end punctuation, it
+  is a label word and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TaskFileError(ValueError):
+    """A labelled file that cannot be used; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    line: int
+
+
+def read_labelled(path: Path, labels: list[str] | None = None) -> list[Example]:
+    """Every row of a JSONL file of ``{"text", "label"}`` objects (other keys ignored).
+
+    With ``labels`` given, a row whose label is not one of them is an error."""
+    if not path.is_file():
+        raise TaskFileError(f"{path}: no such file")
+    known = {label.lower() for label in labels} if labels else None
+    rows: list[Example] = []
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                rows.append(_parse(line, f"{path} line {number}", number, known))
+    if not rows:
+        raise TaskFileError(f"{path}: no rows")
+    return rows
+
+
+def _parse(line: str, where: str, number: int, known: set[str] | None) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TaskFileError(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(row, dict):
+        raise TaskFileError(f"{where}: expected a JSON object with text and label")
+    for key in ("text", "label"):
+        value = row.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise TaskFileError(f'{where}: "{key}" is missing or not a non-empty string')
+    label = row["label"].strip().lower()
+    if known is not None and label not in known:
+        raise TaskFileError(
+            f"{where}: unknown label {row['label']!r} (expected one of {', '.join(sorted(known))})"
+        )
+    return Example(text=row["text"].strip(), label=label, line=number)
+
+
+def labels_of(rows: list[Example]) -> list[str]:
+    return sorted({r.label for r in rows})
+
+
+def task_message(instruction: str, text: str) -> str:
+    """The user message for one row: the instruction, a blank line, the text."""
+    return f"{instruction.strip()}\n\n{text}" if instruction.strip() else text
+
+
+def named_labels(answer: str, labels: list[str]) -> list[str]:
+    lowered = answer.lower()
+    return [label for label in labels if re.search(rf"\b{re.escape(label)}\b", lowered)]
+
+
+def is_correct(answer: str, gold: str, labels: list[str]) -> bool:
+    return named_labels(answer, labels) == [gold]
+
+
+def exact_format(answer: str, labels: list[str]) -> bool:
+    return answer.strip().strip(".!").strip().lower() in labels
+
+
+def macro_f1(golds: list[str], predictions: list[str | None], labels: list[str]) -> float:
+    """Mean F1 over ``labels``; a prediction of None (no single label) is wrong for all."""
+    scores = []
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in zip(golds, predictions, strict=True))
+        fp = sum(g != label and p == label for g, p in zip(golds, predictions, strict=True))
+        fn = sum(g == label and p != label for g, p in zip(golds, predictions, strict=True))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
