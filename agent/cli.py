@@ -20,6 +20,7 @@ import click
 
 from agent.config import GenerationConfig
 from agent.options import build_config, dataclass_options, parse_settings, pop_config_values
+from benchmarks.simulated_user import BenchConfig
 from learning.config import LearnConfig
 from learning.triggers import TriggerConfig
 
@@ -521,65 +522,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--train",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="JSONL rows {text, label} the simulated user sends, one per interaction",
-)
-@click.option(
-    "--eval",
-    "eval_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="JSONL rows {text, label} every version is measured on (never trained on)",
-)
-@click.option("--instruction", required=True, help="sent before each text, as a person would")
-@click.option("--labels", required=True, help="comma-separated label words")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="new folder: results.json, learning_curve.png, and the bench's data root",
-)
-@click.option("--interactions", default=600, show_default=True, help="texts to send")
-@click.option(
-    "--cycle-every",
-    default=150,
-    show_default=True,
-    help="new feedback items that trigger a learning cycle (the chat's --learn-after)",
-)
-@click.option(
-    "--feedback",
-    "mode",
-    type=click.Choice(["correct", "thumbs"]),
-    default="correct",
-    show_default=True,
-    help="correct: a miss gets the gold label as a correction; "
-    "thumbs: only up/down, plus --regen regenerations after a miss",
-)
-@click.option(
-    "--regen",
-    type=click.IntRange(0, 3),
-    default=0,
-    show_default=True,
-    help="thumbs mode: regenerations asked (and rated) after a miss",
-)
-@click.option("--seed", default=0, show_default=True, help="order of the texts, sampling")
-@click.option(
-    "--gate-rows",
-    default=100,
-    show_default=True,
-    help="training rows set aside as the gate's labelled --eval-file",
-)
-@click.option(
-    "--eval-limit",
-    default=0,
-    show_default=True,
-    help="measure on the first N eval rows only (0 = all)",
-)
-@click.option("--temperature", default=0.7, show_default=True, help="chat sampling temperature")
-@click.option("--max-new-tokens", default=16, show_default=True, help="longest answer, in tokens")
+@dataclass_options(BenchConfig)
 @click.option(
     "--set",
     "overrides",
@@ -603,7 +546,7 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
     """
     from agent.runtime import UsageError
     from benchmarks.report import bench_table
-    from benchmarks.simulated_user import BENCH_LEARN, BenchConfig, run_bench
+    from benchmarks.simulated_user import BENCH_LEARN, run_bench
 
     _quiet_libraries()
     try:
@@ -611,8 +554,6 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     learn = _config(LearnConfig, {**BENCH_LEARN, **settings})
-    values["eval"] = values.pop("eval_path")
-    values["feedback"] = values.pop("mode")
     config = _config(BenchConfig, values)
     quiet = as_json and not sys.stderr.isatty()
 

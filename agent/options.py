@@ -29,7 +29,9 @@ def dataclass_options(cls: type) -> Callable[[Callable[..., Any]], Callable[...,
         for field in reversed(dataclasses.fields(cls)):
             kind = hints[field.name]
             click_type: Any = {int: int, float: float, bool: bool}.get(kind, str)
-            help_text = f"{field.metadata.get('help', '')} [default: {field.default}]"
+            help_text = field.metadata.get("help", "")
+            if field.default != "":
+                help_text += f" [default: {field.default}]"
             fn = click.option(
                 _flag(field.name), field.name, type=click_type, default=None, help=help_text
             )(fn)

@@ -53,28 +53,60 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchConfig:
-    train: str = field(metadata={"help": "JSONL file of {text, label} rows the user sends"})
-    eval: str = field(metadata={"help": "JSONL file of {text, label} rows to measure on"})
-    instruction: str = field(metadata={"help": "instruction sent before each text"})
-    labels: str = field(metadata={"help": "comma-separated label words, e.g. positive,negative"})
-    out: str = field(metadata={"help": "folder for results.json, the plot and the data root"})
+    train: str = field(
+        default="", metadata={"help": "JSONL file of {text, label} rows the user sends (required)"}
+    )
+    eval: str = field(
+        default="",
+        metadata={
+            "help": "JSONL file of {text, label} rows every version is measured on "
+            "(never trained on; required)"
+        },
+    )
+    instruction: str = field(
+        default="", metadata={"help": "sent before each text, as a person would (required)"}
+    )
+    labels: str = field(
+        default="", metadata={"help": "comma-separated label words, e.g. yes,no (required)"}
+    )
+    out: str = field(
+        default="",
+        metadata={
+            "help": "a new folder: results.json, learning_curve.png and the bench's data "
+            "root (required)"
+        },
+    )
     interactions: int = field(default=600, metadata={"help": "training texts to send"})
     cycle_every: int = field(
-        default=150, metadata={"help": "new feedback items that trigger a cycle (--learn-after)"}
+        default=150,
+        metadata={"help": "new feedback items that trigger a cycle (the chat's --learn-after)"},
     )
-    feedback: str = field(default="correct", metadata={"help": "correct | thumbs"})
-    regen: int = field(default=0, metadata={"help": "thumbs mode: regenerations after a miss"})
+    feedback: str = field(
+        default="correct",
+        metadata={
+            "help": "correct: a miss gets the gold label as a correction; thumbs: only "
+            "up/down, plus --regen regenerations after a miss"
+        },
+    )
+    regen: int = field(
+        default=0, metadata={"help": "thumbs mode: regenerations (each rated) after a miss, 0-3"}
+    )
     seed: int = field(default=0, metadata={"help": "shuffles the texts and seeds sampling"})
     gate_rows: int = field(
         default=100, metadata={"help": "training rows set aside as the gate's --eval-file"}
     )
-    eval_limit: int = field(default=0, metadata={"help": "measure on at most this many (0 = all)"})
+    eval_limit: int = field(
+        default=0, metadata={"help": "measure on a seeded sample of this many (0 = all)"}
+    )
     temperature: float = field(
         default=0.7, metadata={"help": "sampling temperature of the chat (evals are greedy)"}
     )
     max_new_tokens: int = field(default=16, metadata={"help": "longest answer, in tokens"})
 
     def __post_init__(self) -> None:
+        for name in ("train", "eval", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name} is required")
         if self.feedback not in MODES:
             raise ValueError(f"--feedback must be correct or thumbs, not {self.feedback!r}")
         if not 0 <= self.regen <= 3:

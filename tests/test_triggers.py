@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,3 +112,27 @@ def test_status_after_the_cycles_process_died_says_idle(home: Path) -> None:
         store.start_run("sft", {}, "", 2**22 + 12345)  # no such process
     status = run_json(None, "status")
     assert status["learning"] is None and status["running_run"] is None
+
+
+def test_a_chat_starts_a_background_cycle_keeps_going_and_says_how_it_ended(
+    tiny_model_dir: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--model", str(tiny_model_dir), "chat",
+         "--max-new-tokens", "4", "--learn-after", "2", "--learn-every-minutes", "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write("Hello\n/up\n/fix Hello to you\nStill there?\n")
+        proc.stdin.flush()
+        wait_for_runs_to_end()  # the chat answered meanwhile: it never waits for learning
+        proc.stdin.write("/status\n/quit\n")
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    started = out.index("learning started in the background (2 new feedback items)")
+    assert out.index("[turn 2 · base]") > started  # answered while the cycle ran
+    assert re.search(r"background learning run 1: v1 (promoted|rejected by the gate)", out), out
