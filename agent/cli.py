@@ -546,14 +546,14 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
     """
     from agent.runtime import UsageError
     from benchmarks.report import bench_table
-    from benchmarks.simulated_user import BENCH_LEARN, run_bench
+    from benchmarks.simulated_user import learn_settings, run_bench
 
     _quiet_libraries()
     try:
         settings = parse_settings(LearnConfig, overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    learn = _config(LearnConfig, {**BENCH_LEARN, **settings})
+    learn = _config(LearnConfig, learn_settings(str(values.get("feedback") or "correct"), settings))
     config = _config(BenchConfig, values)
     quiet = as_json and not sys.stderr.isatty()
 
