@@ -22,7 +22,7 @@ from agent.report import cycle_summary, running_text
 from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
 from learning.cycle import CycleFailed, NothingToLearn, latest_progress, run_cycle
-from learning.triggers import TriggerConfig, maybe_start
+from learning.triggers import TriggerConfig, background_log, maybe_start
 from storage.store import StoreError
 
 HELP = """commands:
@@ -49,6 +49,7 @@ class Repl:
         self.agent = agent
         self.trigger = trigger or TriggerConfig()
         self.background: subprocess.Popen[bytes] | None = None
+        self.runs_before = 0  # runs recorded when our background cycle started
         self.model_spec = model_spec
         self.thread_id = thread_id  # None until the first answer creates the thread
         self.last_turn: int | None = None
@@ -154,6 +155,7 @@ class Repl:
     def after_feedback(self) -> None:
         if self.background is not None and self.background.poll() is None:
             return  # ours is still running
+        self.runs_before = len(self.agent.store.runs())
         due, started = maybe_start(
             self.agent.store, self.trigger, self.model_spec, LearnConfig(), f"trigger:{self.user}"
         )
@@ -169,17 +171,19 @@ class Repl:
         if self.background is None or self.background.poll() is None:
             return
         self.background = None
-        run = self.agent.store.runs()[-1]
-        if run.status == "failed":
-            click.echo(f"   background learning run {run.id} failed: {run.error}")
+        runs = self.agent.store.runs()[self.runs_before :]
+        if not runs:  # e.g. another process had started one meanwhile
+            click.echo(f"   background learning did not run: see {background_log()}")
             return
-        version = self.agent.store.get_version(run.version_id or "")
+        run = runs[0]
+        if run.status != "succeeded" or run.version_id is None:
+            click.echo(f"   background learning run {run.id} {run.status}: {run.error or ''}")
+            return
+        version = self.agent.store.get_version(run.version_id)
         reasons = "; ".join((version.gate or {}).get("reasons", []))
-        verdict = (
-            "promoted: it answers from your next message"
-            if version.status == ("promoted")
-            else "rejected by the gate"
-        )
+        verdict = "rejected by the gate"
+        if version.status == "promoted":
+            verdict = "promoted: it answers from your next message"
         click.echo(f"   background learning run {run.id}: {version.id} {verdict} ({reasons})")
 
     def learn(self) -> None:
