@@ -196,6 +196,7 @@ def _gate_record(measured: dict[str, Any] | None, decision: Decision) -> dict[st
         summary["active_version"] = measured["active_version"]
         for side in ("candidate", "active"):
             summary[side] = {k: v for k, v in measured[side].items() if k != "control_answers"}
+        summary["base_control"] = measured.get("base_control")
     return summary
 
 

@@ -12,7 +12,8 @@ data in the same process:
   matches the correction (equal after normalising case, punctuation and whitespace);
 - the control set: prompts with known good answers; per version the mean log-probability
   per token of the good answer and the share of greedy answers containing it, plus the
-  greedy answers themselves (stored with the version);
+  greedy answers themselves (stored with the version), and the same numbers for the base
+  model, which the gate holds the control set against;
 - with ``--eval-file``: task accuracy, the share of labelled rows whose greedy answer
   names exactly the gold label (learning/tasks.py).
 
@@ -139,6 +140,10 @@ def as_version(model: Any, adapter: str | None) -> Iterator[None]:
         model.set_adapter(previous)
 
 
+NONE: dict[str, list[Row]] = {"pairs": [], "fixes": [], "control": [], "task": []}
+CONTROL_KEYS = ("control_prompts", "control_accuracy", "control_logp_per_token")
+
+
 def compare(model: Any, tokenizer: Any, gate: Row, data: dict[str, list[Row]]) -> dict[str, Any]:
     """Measure the candidate ("default" adapter) and the active version on the same data."""
     model.eval()
@@ -152,8 +157,13 @@ def compare(model: Any, tokenizer: Any, gate: Row, data: dict[str, list[Row]]) -
         active = measure(model, tokenizer, data, *tokens)
     if active_adapter:
         model.delete_adapter("active")
+        with as_version(model, None):  # the base: the control set's fixed reference
+            base = measure(model, tokenizer, {**NONE, "control": data["control"]}, *tokens)
+    else:
+        base = active
     return {
         "active_version": gate.get("active_version", "base"),
         "candidate": candidate,
         "active": active,
+        "base_control": {k: base[k] for k in CONTROL_KEYS},
     }

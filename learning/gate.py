@@ -14,8 +14,10 @@ Rules, in order:
 3. With neither held-out feedback nor task rows there is nothing to judge by: rejected,
    unless ``--promote-without-heldout true``.
 4. Nothing may get worse beyond its threshold: control-set accuracy by at most
-   ``--control-max-drop``, the good control answers' log-probability per token by at
-   most ``--control-max-logp-drop``, task accuracy by at most ``--task-max-drop``.
+   ``--control-max-drop`` and the good control answers' log-probability per token by at
+   most ``--control-max-logp-drop``, both measured against the base model (the fixed
+   reference for general ability); task accuracy by at most ``--task-max-drop`` against
+   the active version.
 """
 
 from __future__ import annotations
@@ -63,19 +65,21 @@ def _wins(
     return False, f"does not win: ties on {', '.join(ties)}"
 
 
-def _control(cand: dict[str, Any], act: dict[str, Any], config: LearnConfig) -> list[str]:
+def _control(
+    cand: dict[str, Any], act: dict[str, Any], base: dict[str, Any], config: LearnConfig
+) -> list[str]:
     """The ways the candidate breaks the control set (empty when it does not)."""
     broken = []
-    ca, aa = cand.get("control_accuracy"), act.get("control_accuracy")
-    if ca is not None and aa is not None and ca < aa - config.control_max_drop:
+    ca, ba = cand.get("control_accuracy"), base.get("control_accuracy")
+    if ca is not None and ba is not None and ca < ba - config.control_max_drop:
         broken.append(
-            f"control accuracy drops from {_fmt(aa)} to {_fmt(ca)} "
+            f"control accuracy drops from {_fmt(ba)} (base) to {_fmt(ca)} "
             f"(allowed: {config.control_max_drop})"
         )
-    cl, al = cand.get("control_logp_per_token"), act.get("control_logp_per_token")
-    if cl is not None and al is not None and cl < al - config.control_max_logp_drop:
+    cl, bl = cand.get("control_logp_per_token"), base.get("control_logp_per_token")
+    if cl is not None and bl is not None and cl < bl - config.control_max_logp_drop:
         broken.append(
-            f"control log-prob per token drops from {_fmt(al)} to {_fmt(cl)} "
+            f"control log-prob per token drops from {_fmt(bl)} (base) to {_fmt(cl)} "
             f"(allowed: {config.control_max_logp_drop})"
         )
     ct, at = cand.get("task_accuracy"), act.get("task_accuracy")
@@ -94,7 +98,10 @@ def decide(result: dict[str, Any] | None, config: LearnConfig) -> Decision:
         return Decision(False, ["the candidate was not measured"])
     cand, act = result["candidate"], result["active"]
     won, reason = _wins(cand, act, config)
-    broken = _control(cand, act, config)
+    # The control set is held against the base model, not the active version: with a
+    # dozen prompts one lucky version would otherwise raise the bar for all that follow
+    # (measured: v2 at 0.833 vs the base's 0.667 rejected two better candidates at 0.667).
+    broken = _control(cand, act, result.get("base_control") or act, config)
     reasons = [reason, *broken]
     if won is None:
         if config.promote_without_heldout and not broken:

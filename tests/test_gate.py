@@ -60,11 +60,18 @@ class TestDecide:
     def test_breaking_the_control_set_rejects_even_a_winner(self) -> None:
         d = decide(result(side(pref=1.0, acc=0.5), side(pref=0.0, acc=0.9)), LearnConfig())
         assert not d.promote
-        assert "control accuracy drops from 0.900 to 0.500 (allowed: 0.1)" in d.reasons
+        assert "control accuracy drops from 0.900 (base) to 0.500 (allowed: 0.1)" in d.reasons
         loose = LearnConfig(control_max_drop=0.5)
         assert decide(result(side(pref=1.0, acc=0.5), side(pref=0.0, acc=0.9)), loose).promote
         d = decide(result(side(pref=1.0, logp=-3.0), side(pref=0.0, logp=-2.0)), LearnConfig())
         assert not d.promote and "log-prob per token drops" in d.reasons[1]
+
+    def test_the_control_set_is_held_against_the_base_not_a_lucky_active_version(self) -> None:
+        lucky = result(side(pref=1.0, acc=0.67), side(pref=0.5, acc=0.83))
+        lucky["base_control"] = {"control_accuracy": 0.67, "control_logp_per_token": -2.0}
+        assert decide(lucky, LearnConfig()).promote
+        lucky["base_control"]["control_accuracy"] = 0.83
+        assert not decide(lucky, LearnConfig()).promote
 
     def test_no_held_out_data_does_not_promote_blindly_unless_asked(self) -> None:
         empty = result(side(pref=None), side(pref=None))
@@ -145,6 +152,7 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
             assert measured["control_prompts"] == len(default_control_set()) + 1
             assert measured["preference_accuracy"] in (0.0, 1.0)
             assert measured["task_rows"] == 3 and 0 <= measured["task_accuracy"] <= 1
+        assert gate["base_control"]["control_accuracy"] == gate["active"]["control_accuracy"]
         assert cycle.reasons == gate["reasons"] and cycle.promoted == gate["promote"]
 
         version = store.get_version("v1")
@@ -155,6 +163,13 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
             "SELECT DISTINCT dataset FROM snapshot_feedback WHERE feedback_id = ?", [rated[held]]
         ).fetchall()
         assert in_training == [("heldout",)]  # held-out feedback never trains
+
+        # With a learned version active, the base is measured on the control set too.
+        store.activate("v1", who="test", why="a second cycle against v1")
+        second = run_cycle(store, resolve_model(str(tiny_model_dir)), config).gate
+        assert second is not None and second["active_version"] == "v1"
+        assert second["base_control"]["control_prompts"] == 13
+        assert second["base_control"]["control_accuracy"] == gate["active"]["control_accuracy"]
 
     listed = run_json(None, "versions")
     assert listed[1]["status"] == version.status and listed[1]["gate"]["reasons"]
