@@ -50,6 +50,7 @@ from typing import Any
 from agent.models import ModelNotFound, ResolvedModel, resolve_model
 from learning.config import LearnConfig
 from learning.cycle import CycleFailed, train_in_child
+from learning.tasks import TaskFileError, string_fields
 
 Row = dict[str, Any]
 
@@ -96,15 +97,9 @@ class Pair:
 def parse_pair(line: str, where: str) -> Pair:
     """One JSONL line as a Pair, or BadInput naming ``where`` (file and line)."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{where}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(row, dict):
-        raise BadInput(f"{where}: expected a JSON object")
-    for key in PAIR_FIELDS:
-        value = row.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise BadInput(f"{where}: {key!r} must be a non-empty string")
+        row = string_fields(line, where, PAIR_FIELDS)
+    except TaskFileError as exc:
+        raise BadInput(str(exc)) from exc
     return Pair(row["prompt"], row["chosen"], row["rejected"])
 
 

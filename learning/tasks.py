@@ -45,17 +45,24 @@ def read_labelled(path: Path, labels: list[str] | None = None) -> list[Example]:
     return rows
 
 
-def _parse(line: str, where: str, number: int, known: set[str] | None) -> Example:
+def string_fields(line: str, where: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """One JSON line as an object whose ``keys`` hold non-empty strings; otherwise a
+    TaskFileError naming ``where`` (the file and line)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise TaskFileError(f"{where}: not valid JSON ({exc.msg})") from exc
     if not isinstance(row, dict):
-        raise TaskFileError(f"{where}: expected a JSON object with text and label")
-    for key in ("text", "label"):
+        raise TaskFileError(f"{where}: expected a JSON object with {', '.join(keys)}")
+    for key in keys:
         value = row.get(key)
         if not isinstance(value, str) or not value.strip():
             raise TaskFileError(f'{where}: "{key}" is missing or not a non-empty string')
+    return {key: row[key] for key in keys}
+
+
+def _parse(line: str, where: str, number: int, known: set[str] | None) -> Example:
+    row = string_fields(line, where, ("text", "label"))
     label = row["label"].strip().lower()
     if known is not None and label not in known:
         raise TaskFileError(
