@@ -35,6 +35,7 @@ class TokenStream:
     prompt_tokens: int
     completion_tokens: int = 0
     interrupted: bool = False
+    truncated: bool = False  # stopped by the token limit, not by an end-of-turn token
 
     def __iter__(self) -> Iterator[str]:
         return self.pieces
@@ -188,8 +189,17 @@ class TransformersBackend:
                 result.interrupted = stop.is_set()
                 if "ids" in output:
                     result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
+                    new_ids = output["ids"][0, result.prompt_tokens :].tolist()
+                    result.truncated = stopped_by_limit(
+                        new_ids, config.max_new_tokens, self._end_ids()
+                    )
         if "error" in output:
             raise output["error"]
+
+    def _end_ids(self) -> set[int]:
+        ends = self.model.generation_config.eos_token_id
+        ids = set(ends if isinstance(ends, list) else [ends])
+        return ids | {self.tokenizer.eos_token_id}
 
 
 def load_tokenizer(checkpoint: str) -> Any:
@@ -202,6 +212,12 @@ def load_tokenizer(checkpoint: str) -> Any:
     if (Path(checkpoint) / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(checkpoint)
     return AutoTokenizer.from_pretrained(checkpoint)
+
+
+def stopped_by_limit(new_ids: list[int], limit: int, end_ids: set[int]) -> bool:
+    """Whether generation stopped because it used all ``limit`` tokens, not because the
+    model ended its turn: the answer was cut off."""
+    return len(new_ids) >= limit and bool(new_ids) and new_ids[-1] not in end_ids
 
 
 def _new_tokens(ids: Any, prompt_tokens: int) -> int:

@@ -100,6 +100,7 @@ class LocalChatModel(BaseChatModel):
                     "first_token_ms": None if first is None else (first - started) * 1000,
                     "total_ms": total * 1000,
                     "interrupted": stream.interrupted,
+                    "truncated": stream.truncated,
                 },
                 usage_metadata={
                     "input_tokens": stream.prompt_tokens,

@@ -95,6 +95,7 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
                 nodes=[*state.get("nodes", []), "log_turn"],
                 regen_of=state.get("regen_of"),
                 interrupted=bool(meta.get("interrupted", False)),
+                truncated=bool(meta.get("truncated", False)),
             )
         )
         return {"turn_id": turn_id, "nodes": ["log_turn"]}

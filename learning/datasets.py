@@ -4,7 +4,9 @@ Input is the latest feedback on each rated turn (:class:`FeedbackExample`); noth
 reads or writes anything. Output rows use TRL's *conversational* format:
 
 - SFT, prompt-completion: ``{"prompt": [messages], "completion": [assistant message]}``,
-  from answers given a thumbs-up and from corrections (the better answer to that prompt);
+  from answers given a thumbs-up and from corrections (the better answer to that prompt).
+  A thumbs-up answer that the token limit cut off is not a target: the rating endorses
+  what it says, but training on it would teach the model to stop mid-sentence;
 - DPO, preference: ``{"prompt": [messages], "chosen": [...], "rejected": [...]}``, from a
   correction vs. the answer it corrects, and from a thumbs-up answer vs. a thumbs-down
   answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings);
@@ -65,7 +67,8 @@ def _prompt_key(messages: list[Message]) -> str:
 def build_sft(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
     rows, ids = [], []
     for ex in examples:
-        target = ex.correction if ex.correction else (ex.answer if ex.rating == "up" else None)
+        endorsed = ex.rating == "up" and not ex.truncated
+        target = ex.correction if ex.correction else (ex.answer if endorsed else None)
         if target:
             rows.append({"prompt": ex.messages, "completion": _assistant(target)})
             ids.append(ex.feedback_id)
@@ -161,8 +164,10 @@ def why_empty(examples: list[FeedbackExample]) -> str:
     if not examples:
         return "there is no feedback yet: rate answers with /up, /down or /fix first"
     downs = sum(1 for e in examples if e.rating == "down" and not e.correction)
+    cut = sum(1 for e in examples if e.rating == "up" and e.truncated and not e.correction)
+    cut_text = f" ({cut} thumbs-up answer(s) were cut off by the token limit)" if cut else ""
     return (
         f"the {len(examples)} rated answer(s) make no training example: {downs} thumbs-down "
-        "without a correction and no thumbs-up answer to pair them with; add a correction "
-        "(/fix or --correction) or a thumbs-up"
+        f"without a correction and no complete thumbs-up answer to pair them with{cut_text}; "
+        "add a correction (/fix or --correction) or a thumbs-up"
     )

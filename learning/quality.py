@@ -40,6 +40,7 @@ class QualityReport:
     up: int = 0
     down: int = 0
     corrections: int = 0
+    cut_off: int = 0  # thumbs-up answers cut off by the token limit: no SFT target
 
     @property
     def up_share(self) -> float | None:
@@ -107,6 +108,7 @@ def clean(
         up=sum(1 for ex in kept if ex.rating == "up"),
         down=sum(1 for ex in kept if ex.rating == "down"),
         corrections=sum(1 for ex in kept if ex.correction),
+        cut_off=sum(1 for ex in kept if ex.rating == "up" and ex.truncated and not ex.correction),
     )
     return kept, report
 

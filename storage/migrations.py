@@ -173,6 +173,18 @@ def m003_gate(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m004_truncated_turns(db: duckdb.DuckDBPyConnection) -> None:
+    """Remember which answers were cut off by the token limit: a thumbs-up endorses what
+    such an answer says, but training on it would teach stopping mid-sentence. Turns
+    logged before this migration count as cut off when they used the whole limit."""
+    db.execute("ALTER TABLE turns ADD COLUMN truncated BOOLEAN NOT NULL DEFAULT false")
+    db.execute(
+        """UPDATE turns SET truncated = true
+           WHERE completion_tokens >= TRY_CAST(settings->>'max_new_tokens' AS INTEGER)"""
+    )
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -28,6 +28,7 @@ class TurnLog:
     nodes: list[str]
     regen_of: int | None = None
     interrupted: bool = False
+    truncated: bool = False  # the answer hit the token limit: cut off, not finished
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class FeedbackExample:
     correction: str | None
     user_name: str
     conflicts: int = 0  # earlier feedback rows on this turn that said something else
+    truncated: bool = False  # the answer was cut off by the token limit
 
 
 @dataclass(frozen=True)

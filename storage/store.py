@@ -31,7 +31,7 @@ __all__ = ["BASE_VERSION", "NotFound", "Store", "StoreError"]
 _TURN_COLUMNS = (
     "id, created_at, thread_id, user_message, messages, prompt, answer, version, model, "
     "settings, prompt_tokens, completion_tokens, first_token_ms, total_ms, nodes, regen_of, "
-    "interrupted"
+    "interrupted, truncated"
 )
 
 
@@ -67,8 +67,8 @@ class Store(Registry):
             row = db.execute(
                 """INSERT INTO turns (thread_id, regen_of, user_message, messages, prompt, answer,
                        version, model, settings, prompt_tokens, completion_tokens,
-                       first_token_ms, total_ms, nodes, interrupted)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                       first_token_ms, total_ms, nodes, interrupted, truncated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 [
                     log.thread_id,
                     regen_of,
@@ -85,6 +85,7 @@ class Store(Registry):
                     log.total_ms,
                     json.dumps(log.nodes),
                     log.interrupted,
+                    log.truncated,
                 ],
             ).fetchone()
         assert row is not None
@@ -147,6 +148,7 @@ class Store(Registry):
                     nodes=json.loads(r[14]),
                     regen_of=r[15],
                     interrupted=r[16],
+                    truncated=r[17],
                 ),
                 feedback=feedback[r[0]],
             )
@@ -184,13 +186,14 @@ class Store(Registry):
                       f.user_name,
                       (SELECT count(*) FROM feedback e WHERE e.turn_id = f.turn_id
                          AND e.id < f.id AND (e.rating != f.rating
-                         OR coalesce(e.correction, '') != coalesce(f.correction, '')))
+                         OR coalesce(e.correction, '') != coalesce(f.correction, ''))),
+                      t.truncated
                FROM feedback f JOIN turns t ON t.id = f.turn_id
                QUALIFY row_number() OVER (PARTITION BY f.turn_id ORDER BY f.id DESC) = 1
                ORDER BY t.id"""
         ).fetchall()
         return [
-            FeedbackExample(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8])
+            FeedbackExample(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
             for r in rows
         ]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backend import TransformersBackend
+from agent.backend import TransformersBackend, stopped_by_limit
 from agent.config import GenerationConfig
 from agent.models import resolve_model
 from agent.runtime import Agent, UsageError
@@ -72,6 +72,24 @@ def test_running_agent_swaps_in_a_new_version_without_reloading_the_base(
     assert agent.backend.model.get_base_model() is base_model  # adapter added, base kept
     assert agent.ask("What is 2 + 2?").version == "v1"
     assert agent.sync_version() is None  # nothing new: no reload
+
+
+def test_an_answer_stopped_by_the_token_limit_is_logged_as_cut_off(
+    store: Store, tiny_model_dir: Path
+) -> None:
+    answer = make_agent(store, tiny_model_dir).ask("Hello")  # the tiny model never ends
+    log = store.get_turn(answer.turn_id).log
+    assert (log.completion_tokens, log.truncated) == (GEN.max_new_tokens, True)
+
+
+@pytest.mark.parametrize(
+    ("new_ids", "cut"),
+    [([5, 6, 7], True), ([5, 6, 2], False), ([5, 2], False), ([5, 6], False)],
+)
+def test_only_an_answer_using_the_whole_limit_without_an_end_token_is_cut_off(
+    new_ids: list[int], cut: bool
+) -> None:
+    assert stopped_by_limit(new_ids, limit=3, end_ids={2}) is cut
 
 
 def test_empty_message_and_unknown_thread_are_refused(store: Store, tiny_model_dir: Path) -> None:

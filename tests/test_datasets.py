@@ -48,6 +48,7 @@ def example(
     correction: str | None = None,
     feedback_id: int | None = None,
     turn_id: int | None = None,
+    truncated: bool = False,
 ) -> FeedbackExample:
     fid = feedback_id if feedback_id is not None else next(_next_id)
     return FeedbackExample(
@@ -59,6 +60,7 @@ def example(
         rating=rating,
         correction=correction,
         user_name="local",
+        truncated=truncated,
     )
 
 
@@ -72,6 +74,19 @@ class TestThumbsAndCorrectionsBecomeSftRows:
         assert data.dpo == []
         assert data.sft_feedback == [ex.feedback_id]
         assert not data.empty
+
+    def test_a_cut_off_thumbs_up_is_no_sft_target_but_still_a_good_kto_answer(self) -> None:
+        cut = example("up", "The sky is blue because of", truncated=True)
+        data = build_datasets([cut])
+        assert data.sft == [] and data.empty
+        assert [row["label"] for row in data.kto] == [True]
+        assert "1 thumbs-up answer(s) were cut off by the token limit" in why_empty([cut])
+
+    def test_a_correction_of_a_cut_off_answer_is_still_an_sft_target(self) -> None:
+        fixed = example("down", "The sky is blue because of", correction="Blue.", truncated=True)
+        assert build_datasets([fixed]).sft == [
+            {"prompt": prompt("What colour is the sky?"), "completion": assistant("Blue.")}
+        ]
 
     def test_a_thumbs_down_without_correction_becomes_nothing(self) -> None:
         data = build_datasets([example("down", "Green.")])

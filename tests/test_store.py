@@ -72,6 +72,7 @@ TURN_COLUMNS = [
     "nodes",
     "interrupted",
     "created_at",
+    "truncated",  # added by m004
 ]
 
 FEEDBACK_COLUMNS = [
@@ -138,7 +139,12 @@ def store() -> Any:
 class TestAFreshDatabaseMigrates:
     def test_the_migrations_table_records_the_initial_migration(self, store: Store) -> None:
         rows = store.db.execute("SELECT number, name FROM migrations ORDER BY number").fetchall()
-        assert rows == [(1, "m001_initial"), (2, "m002_kto_and_quality"), (3, "m003_gate")]
+        assert rows == [
+            (1, "m001_initial"),
+            (2, "m002_kto_and_quality"),
+            (3, "m003_gate"),
+            (4, "m004_truncated_turns"),
+        ]
         assert store.path == db_path()
         assert store.path.is_file()
 
@@ -242,6 +248,29 @@ class TestADatabaseFromANewerLearnloop:
         assert probe.returncode == 0, probe.stderr
 
 
+class TestTurnsLoggedBeforeTheTruncatedColumn:
+    def test_count_as_cut_off_when_they_used_the_whole_token_limit(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.duckdb"
+        newer = [m for m in migrations.MIGRATIONS if m[0] > 3]
+        for entry in newer:
+            migrations.MIGRATIONS.remove(entry)
+        try:
+            with Store(path) as old:
+                for used in (64, 3):  # make_log's limit is 64 tokens
+                    old.db.execute(
+                        """INSERT INTO turns (thread_id, user_message, messages, prompt, answer,
+                               version, model, settings, completion_tokens, total_ms, nodes)
+                           VALUES ('t1', 'q', '[]', 'p', 'a', 'base', 'm',
+                                   '{"max_new_tokens": 64}', ?, 1.0, '[]')""",
+                        [used],
+                    )
+        finally:
+            migrations.MIGRATIONS.extend(newer)
+            migrations.MIGRATIONS.sort()
+        with Store(path) as store:
+            assert [t.log.truncated for t in store.recent_turns(5)] == [True, False]
+
+
 class TestAMigrationFailingHalfWay:
     def test_leaves_neither_its_tables_nor_its_migrations_row(self, tmp_path: Path) -> None:
         def m999_broken(db: duckdb.DuckDBPyConnection) -> None:
@@ -262,6 +291,7 @@ class TestAMigrationFailingHalfWay:
             (1, "m001_initial"),
             (2, "m002_kto_and_quality"),
             (3, "m003_gate"),
+            (4, "m004_truncated_turns"),
         ]
         tables = {
             r[0]
@@ -489,7 +519,7 @@ class TestFeedback:
 
     def test_feedback_examples_keep_only_the_latest_feedback_per_turn(self, store: Store) -> None:
         t1 = store.add_turn(make_log("q1", "a1"))
-        t2 = store.add_turn(make_log("q2", "a2"))
+        t2 = store.add_turn(make_log("q2", "a2 cut", truncated=True))
         store.add_turn(make_log("q3", "never rated"))
         store.add_feedback(t1, "up")
         store.add_feedback(t2, "up")
@@ -504,6 +534,7 @@ class TestFeedback:
         assert first.thread_id == "t1"
         assert first.messages == make_log("q1").messages
         assert examples[1].rating == "up"
+        assert [e.truncated for e in examples] == [False, True]
 
 
 # -- runs, snapshots, versions -----------------------------------------------------------------
