@@ -10,6 +10,11 @@ version id) into the already-loaded base model with PEFT's ``load_adapter`` and 
 current with ``set_adapter``: no reload of the base, no restart. A lock serialises
 generation and switching, so an answer in progress finishes on the version it started
 with and the next answer uses the new one.
+
+Pinning: a caller that must know which version answers (the server, where a swap can
+happen between a request's arrival and its turn at the model) passes a :class:`Pin`;
+the adapter is made current under the lock just before that answer, so the version a
+request was promised is the one that generates it, whatever was switched meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ from storage.records import Message
 from storage.store import BASE_VERSION
 
 
+@dataclass(frozen=True)
+class Pin:
+    """Answer with this version (its adapter folder; None for the base model)."""
+
+    version: str
+    adapter_path: str | None = None
+
+
 @dataclass
 class TokenStream:
     """An answer being generated: iterate for text pieces; counts are final afterwards."""
@@ -36,6 +49,7 @@ class TokenStream:
     completion_tokens: int = 0
     interrupted: bool = False
     truncated: bool = False  # stopped by the token limit, not by an end-of-turn token
+    version: str = BASE_VERSION  # the version that generated it, known once it starts
 
     def __iter__(self) -> Iterator[str]:
         return self.pieces
@@ -47,10 +61,17 @@ class Backend(Protocol):
 
     def render(self, messages: list[Message]) -> str: ...
 
-    def stream(self, messages: list[Message], config: GenerationConfig) -> TokenStream: ...
+    def stream(
+        self, messages: list[Message], config: GenerationConfig, pin: Pin | None = None
+    ) -> TokenStream: ...
 
     def switch(self, version: str, adapter_path: str | None) -> float:
         """Make ``version`` current; return the seconds it took (0 if it already was)."""
+        ...
+
+    def preload(self, pin: Pin) -> float:
+        """Load ``pin``'s adapter now, so that its first answer does not wait for it;
+        return the seconds it took."""
         ...
 
     def interrupt(self) -> None:
@@ -80,6 +101,7 @@ class TransformersBackend:
         self.model.eval()
         self._lock = threading.Lock()
         self._loaded: list[str] = []  # adapter names in load order
+        self._paths: dict[str, str] = {}  # adapter folder of every version seen
         self._stop = threading.Event()  # set to cut the current answer short
 
     # -- prompts -------------------------------------------------------------------------
@@ -97,12 +119,28 @@ class TransformersBackend:
             return 0.0
         started = time.perf_counter()
         with self._lock:
-            if version != BASE_VERSION:
-                if adapter_path is None:
-                    raise ValueError(f"version {version} needs an adapter path")
-                self._load(version, adapter_path)
+            self._use(Pin(version, adapter_path))
             self.version = version
         return time.perf_counter() - started
+
+    def preload(self, pin: Pin) -> float:
+        started = time.perf_counter()
+        with self._lock:
+            if pin.version != BASE_VERSION:
+                self._use(pin)
+        return time.perf_counter() - started
+
+    def _use(self, pin: Pin) -> str:
+        """Make ``pin``'s adapter the current one (loading it if needed); the caller holds
+        the lock. The base model needs no adapter: generation disables it."""
+        if pin.version == BASE_VERSION:
+            return BASE_VERSION
+        if pin.adapter_path is not None:
+            self._paths[pin.version] = pin.adapter_path
+        if pin.version not in self._paths:
+            raise ValueError(f"version {pin.version} needs an adapter path")
+        self._load(pin.version, self._paths[pin.version])
+        return pin.version
 
     def _load(self, name: str, path: str) -> None:
         from peft import PeftModel
@@ -116,25 +154,33 @@ class TransformersBackend:
         if name in self._loaded:
             self._loaded.remove(name)
         self._loaded.append(name)
-        # Bound memory: forget the oldest adapters, never the current one.
-        while len(self._loaded) > self.keep_adapters:
-            old = self._loaded.pop(0)
-            self.model.delete_adapter(old)
+        # Bound memory: forget the oldest adapters, never the one just made current nor
+        # the default version's (a pinned answer may load others between two answers).
+        for old in list(self._loaded[:-1]):
+            if len(self._loaded) <= self.keep_adapters:
+                break
+            if old != self.version:
+                self._loaded.remove(old)
+                self.model.delete_adapter(old)
 
     # -- generation ----------------------------------------------------------------------
 
     def interrupt(self) -> None:
         self._stop.set()
 
-    def stream(self, messages: list[Message], config: GenerationConfig) -> TokenStream:
+    def stream(
+        self, messages: list[Message], config: GenerationConfig, pin: Pin | None = None
+    ) -> TokenStream:
         prompt = self.render(messages)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = inputs.to(self.model.device)
         result = TokenStream(iter(()), prompt_tokens=int(inputs["input_ids"].shape[1]))
-        result.pieces = self._pieces(inputs, config, result)
+        result.pieces = self._pieces(inputs, config, result, pin)
         return result
 
-    def _pieces(self, inputs: Any, config: GenerationConfig, result: TokenStream) -> Iterator[str]:
+    def _pieces(
+        self, inputs: Any, config: GenerationConfig, result: TokenStream, pin: Pin | None
+    ) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -166,7 +212,7 @@ class TransformersBackend:
                 if config.seed >= 0:
                     torch.manual_seed(config.seed)
                 with torch.inference_mode():
-                    if self.version == BASE_VERSION and self._loaded:
+                    if result.version == BASE_VERSION and self._loaded:
                         with self.model.disable_adapter():
                             output["ids"] = self.model.generate(**kwargs)
                     else:
@@ -176,6 +222,7 @@ class TransformersBackend:
                 streamer.end()
 
         with self._lock:
+            result.version = self._use(pin or Pin(self.version))
             stop.clear()
             worker = threading.Thread(target=work, daemon=True)
             worker.start()

@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from agent.backend import Backend
+from agent.backend import Backend, Pin
 from agent.config import GenerationConfig
 from storage.records import Message
 
@@ -75,10 +75,12 @@ class LocalChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         backend: Backend = self.backend
         dicts = to_dicts(messages)
-        version = backend.version
+        # per call, from the graph: the version to answer with and the request's settings
+        pin: Pin | None = kwargs.get("pin")
+        generation: GenerationConfig = kwargs.get("generation") or self.generation
         started = time.perf_counter()
         first: float | None = None
-        stream = backend.stream(dicts, self.generation)
+        stream = backend.stream(dicts, generation, pin)
         for piece in stream:  # an interrupted answer ends early; it is still a turn
             if not piece:
                 continue
@@ -94,9 +96,9 @@ class LocalChatModel(BaseChatModel):
                 content="",
                 response_metadata={
                     "prompt": backend.render(dicts),
-                    "version": version,
+                    "version": stream.version,
                     "model": backend.model_name,
-                    "settings": self.generation.to_dict(),
+                    "settings": generation.to_dict(),
                     "first_token_ms": None if first is None else (first - started) * 1000,
                     "total_ms": total * 1000,
                     "interrupted": stream.interrupted,

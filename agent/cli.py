@@ -140,6 +140,41 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
 
 
 @cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on; any other than loopback requires API keys",
+)
+@click.option("--port", default=8000, show_default=True, type=int, help="port to listen on")
+@click.option(
+    "--bench-results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="a `learnloop bench` results.json for the Learning view's accuracy curve "
+    "[default: DATA_ROOT/../results.json when it exists]",
+)
+@dataclass_options(GenerationConfig)
+@dataclass_options(TriggerConfig)
+@click.pass_context
+def serve(
+    ctx: click.Context, host: str, port: int, bench_results: Path | None, **values: Any
+) -> None:
+    """Serve the web chat, the learning dashboard and an OpenAI-compatible API.
+
+    The server owns the database while it runs: `ask`, `feedback`, `learn`, `versions`,
+    `log` and `status` for the same data root go through it. Open http://HOST:PORT/ in
+    a browser; point OpenAI clients at http://HOST:PORT/v1 with model "learnloop".
+    """
+    from agent.server.run import serve as run_server
+
+    _quiet_libraries()
+    trigger = _config(TriggerConfig, pop_config_values(TriggerConfig, values))
+    generation = build_config(GenerationConfig, values)
+    run_server(ctx.obj["model"], host, port, generation, trigger, bench_results)
+
+
+@cli.command()
 @click.argument("text")
 @click.option("--thread", "thread_id", default=None, help="continue this thread")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
@@ -260,31 +295,11 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
 def versions(as_json: bool) -> None:
     """List model versions: parent, time, method, data counts, metrics, which is active."""
-    from agent.report import versions_table
+    from agent.report import versions_data, versions_table
 
     with _store() as store:
         rows, active = store.versions(), store.active_version()
-    data = [
-        {"id": "base", "parent": None, "active": active == "base"},
-        *[
-            {
-                "id": v.id,
-                "parent": v.parent,
-                "created_at": v.created_at,
-                "method": v.method,
-                "base_model": v.base_model,
-                "sft_examples": v.sft_count,
-                "dpo_pairs": v.dpo_count,
-                "kto_rows": v.kto_count,
-                "status": v.status,
-                "gate": v.gate,
-                "metrics": v.metrics,
-                "adapter_path": v.adapter_path,
-                "active": v.id == active,
-            }
-            for v in rows
-        ],
-    ]
+    data = versions_data(rows, active)
     _emit(as_json, data, lambda: click.echo(versions_table(rows, active)))
 
 
@@ -489,7 +504,7 @@ def log(limit: int, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Model, data root, active version, counts of turns and feedback."""
     from agent.models import model_spec_from_env
-    from agent.report import running_text
+    from agent.report import status_data, status_text
     from learning.cycle import latest_progress, pid_alive
     from storage.home import data_root
 
@@ -498,27 +513,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         s = store.status()
         running = s.running_run
         progress = latest_progress(Path(store.run_dir_of(running))) if running else None
-    data = {
-        "model": model_spec_from_env(ctx.obj["model"]),
-        "data_root": str(data_root()),
-        "active_version": s.active_version,
-        "versions": s.versions,
-        "threads": s.threads,
-        "turns": s.turns,
-        "feedback": s.feedback,
-        "feedback_up": s.feedback_up,
-        "feedback_down": s.feedback_down,
-        "corrections": s.corrections,
-        "unlearned_feedback": s.unlearned_feedback,
-        "running_run": running,
-        "learning": {"run": running, **(progress or {"stage": "prepare"})} if running else None,
-    }
-    shown = {**data, "learning": running_text(running, progress) if running else "idle"}
-    _emit(
-        as_json,
-        data,
-        lambda: click.echo("\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in shown.items())),
-    )
+    data = status_data(s, model_spec_from_env(ctx.obj["model"]), str(data_root()), progress)
+    _emit(as_json, data, lambda: click.echo(status_text(data)))
 
 
 @cli.command()

@@ -4,7 +4,8 @@
 
 - ``load_history`` rebuilds the conversation from the store (thread memory lives in the
   ``turns`` table, so a restarted chat resumes where it stopped); for a ``/regen`` it
-  rebuilds the context the original answer saw;
+  rebuilds the context the original answer saw; a caller that sends the whole
+  conversation itself (an OpenAI-style client) gives it as ``context`` instead;
 - ``respond`` calls the chat model (token streaming reaches ``graph.stream(...,
   stream_mode="messages")`` through LangChain callbacks);
 - ``log_turn`` writes the trajectory: messages seen, rendered prompt, answer, version,
@@ -30,10 +31,13 @@ class TurnState(TypedDict, total=False):
     thread_id: str
     user_message: str
     regen_of: int | None  # the turn to answer again, if this is a /regen
+    context: list[Message]  # earlier messages sent by the caller, instead of the thread's
     messages: list[Message]  # what the model sees, system first, user message last
+    pin: Any  # agent.backend.Pin: answer with this version (default: the current one)
+    generation: Any  # agent.config.GenerationConfig for this answer (default: the model's)
     answer: str
     meta: dict[str, Any]  # trajectory details from the model's final chunk
-    turn_id: int
+    turn_id: int  # reserved by the caller, or given by the store when logged
     nodes: Annotated[list[str], operator.add]
 
 
@@ -44,34 +48,39 @@ def _to_langchain(messages: list[Message]) -> list[BaseMessage]:
 
 def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") -> Any:
     """Compile the agent graph. Input: ``{"thread_id", "user_message"}`` and optionally
-    ``"regen_of"``; output state has ``turn_id``, ``answer`` and ``meta``."""
+    ``regen_of``, ``context``, ``pin``, ``generation`` and a reserved ``turn_id``; output
+    state has ``turn_id``, ``answer`` and ``meta``."""
     from langgraph.graph import END, START, StateGraph
 
     def load_history(state: TurnState) -> TurnState:
-        history = store.thread_history(state["thread_id"])
-        user_message = state.get("user_message", "")
         regen_of = state.get("regen_of")
-        if regen_of is not None:
+        if regen_of is not None:  # the very messages the original answer saw
             target = store.get_turn(regen_of)
-            regen_of = target.log.regen_of or target.id
-            history = [t for t in history if (t.log.regen_of or t.id) < regen_of]
-            user_message = target.log.user_message
+            return {
+                "messages": target.log.messages,
+                "user_message": target.log.user_message,
+                "regen_of": target.log.regen_of or target.id,
+                "nodes": ["load_history"],
+            }
+        context = state.get("context")
+        if context is None:
+            context = []
+            for turn in store.thread_history(state["thread_id"]):
+                context.append({"role": "user", "content": turn.log.user_message})
+                context.append({"role": "assistant", "content": turn.log.answer})
         messages: list[Message] = []
-        if system_prompt:
+        if system_prompt and not (context and context[0]["role"] == "system"):
             messages.append({"role": "system", "content": system_prompt})
-        for turn in history:
-            messages.append({"role": "user", "content": turn.log.user_message})
-            messages.append({"role": "assistant", "content": turn.log.answer})
-        messages.append({"role": "user", "content": user_message})
-        return {
-            "messages": messages,
-            "user_message": user_message,
-            "regen_of": regen_of,
-            "nodes": ["load_history"],
-        }
+        messages.extend(context)
+        messages.append({"role": "user", "content": state["user_message"]})
+        return {"messages": messages, "nodes": ["load_history"]}
 
     def respond(state: TurnState) -> TurnState:
-        reply = model.invoke(_to_langchain(state["messages"]))
+        reply = model.invoke(
+            _to_langchain(state["messages"]),
+            pin=state.get("pin"),
+            generation=state.get("generation"),
+        )
         meta = dict(reply.response_metadata)
         meta["usage"] = dict(getattr(reply, "usage_metadata", None) or {})
         return {"answer": str(reply.content), "meta": meta, "nodes": ["respond"]}
@@ -79,7 +88,8 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
     def log_turn(state: TurnState) -> TurnState:
         meta, usage = state["meta"], state["meta"].get("usage", {})
         turn_id = store.add_turn(
-            TurnLog(
+            turn_id=state.get("turn_id"),
+            log=TurnLog(
                 thread_id=state["thread_id"],
                 user_message=state["user_message"],
                 messages=state["messages"],
@@ -96,7 +106,7 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
                 regen_of=state.get("regen_of"),
                 interrupted=bool(meta.get("interrupted", False)),
                 truncated=bool(meta.get("truncated", False)),
-            )
+            ),
         )
         return {"turn_id": turn_id, "nodes": ["log_turn"]}
 

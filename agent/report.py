@@ -1,10 +1,11 @@
-"""Human-readable and JSON views of stored records for the CLI (no SQL, no printing)."""
+"""Human-readable and JSON views of stored records for the CLI and the server (no SQL, no
+printing): the server's JSON is the CLI's ``--json``, so either can render the other's."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from storage.records import Turn, Version
+from storage.records import Status, Turn, Version
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -64,6 +65,58 @@ def turns_text(turns: list[Turn]) -> str:
         if latest and latest.correction:
             lines.append(f"   fix: {_short(latest.correction)}")
     return "\n".join(lines)
+
+
+def versions_data(versions: list[Version], active: str) -> list[dict[str, Any]]:
+    return [
+        {"id": "base", "parent": None, "active": active == "base"},
+        *[
+            {
+                "id": v.id,
+                "parent": v.parent,
+                "created_at": v.created_at,
+                "method": v.method,
+                "base_model": v.base_model,
+                "sft_examples": v.sft_count,
+                "dpo_pairs": v.dpo_count,
+                "kto_rows": v.kto_count,
+                "status": v.status,
+                "gate": v.gate,
+                "metrics": v.metrics,
+                "adapter_path": v.adapter_path,
+                "active": v.id == active,
+            }
+            for v in versions
+        ],
+    ]
+
+
+def status_data(
+    s: Status, model: str, data_root: str, progress: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``learnloop status --json``; ``progress`` is the running cycle's latest event."""
+    running = s.running_run
+    return {
+        "model": model,
+        "data_root": data_root,
+        "active_version": s.active_version,
+        "versions": s.versions,
+        "threads": s.threads,
+        "turns": s.turns,
+        "feedback": s.feedback,
+        "feedback_up": s.feedback_up,
+        "feedback_down": s.feedback_down,
+        "corrections": s.corrections,
+        "unlearned_feedback": s.unlearned_feedback,
+        "running_run": running,
+        "learning": {"run": running, **(progress or {"stage": "prepare"})} if running else None,
+    }
+
+
+def status_text(data: dict[str, Any]) -> str:
+    running = data["running_run"]
+    shown = {**data, "learning": running_text(running, data["learning"]) if running else "idle"}
+    return "\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in shown.items())
 
 
 def _metric(v: Version) -> str:

@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.backend import Backend
+from agent.backend import Backend, Pin
 from agent.chat_model import LocalChatModel
 from agent.config import GenerationConfig
 from agent.graph import build_graph
+from storage.records import Message
 from storage.store import NotFound, Store
 
 MAX_MESSAGE_CHARS = 16_000
@@ -34,6 +35,9 @@ class Answer:
     answer: str
     version: str
     interrupted: bool
+    truncated: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,17 @@ class Agent:
         thread_id: str | None = None,
         regen_of: int | None = None,
         on_token: Callable[[str], Any] | None = None,
+        context: list[Message] | None = None,
+        pin: Pin | None = None,
+        generation: GenerationConfig | None = None,
+        turn_id: int | None = None,
     ) -> Answer:
-        """Answer ``text`` (or answer turn ``regen_of`` again) in a thread; log the turn."""
-        state: dict[str, Any] = {}
+        """Answer ``text`` (or answer turn ``regen_of`` again) in a thread; log the turn.
+
+        ``context`` replaces the thread's history with the caller's own earlier messages;
+        ``pin`` names the version that must answer; ``turn_id`` is one reserved with
+        ``store.new_turn_id()``."""
+        state: dict[str, Any] = {"pin": pin, "generation": generation, "turn_id": turn_id}
         if regen_of is not None:
             thread_id = self.store.get_turn(regen_of).log.thread_id
             state["regen_of"] = regen_of
@@ -115,6 +127,8 @@ class Agent:
             state["user_message"] = check_message(text)
             if thread_id is not None:
                 self.check_thread(thread_id)
+            if context is not None:
+                state["context"] = context
         state["thread_id"] = thread_id or new_thread_id()
         final: dict[str, Any] = {}
         with self._ctrl_c_stops_answer():
@@ -131,6 +145,9 @@ class Agent:
             answer=final["answer"],
             version=final["meta"]["version"],
             interrupted=bool(final["meta"].get("interrupted")),
+            truncated=bool(final["meta"].get("truncated")),
+            prompt_tokens=int(final["meta"].get("usage", {}).get("input_tokens", 0)),
+            completion_tokens=int(final["meta"].get("usage", {}).get("output_tokens", 0)),
         )
 
 

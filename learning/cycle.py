@@ -272,6 +272,25 @@ def run_cycle(
     """Run one whole learning cycle; raise NothingToLearn or CycleFailed if none results."""
     started = time.perf_counter()
     run_id, run_dir, snap = prepare_run(store, model, config)
+    return complete_cycle(
+        store, model, config, (run_id, run_dir, snap), progress=progress, who=who, since=started
+    )
+
+
+def complete_cycle(
+    store: Store,
+    model: ResolvedModel,
+    config: LearnConfig,
+    prepared: tuple[int, Path, Snapshot],
+    *,
+    progress: Progress | None = None,
+    who: str = "learnloop learn",
+    since: float | None = None,
+) -> CycleResult:
+    """Steps 3-5 of a run :func:`prepare_run` recorded: train, judge, publish. The server
+    answers with the run id after step 2 and completes the cycle in a thread."""
+    started = since if since is not None else time.perf_counter()
+    run_id, run_dir, snap = prepared
     store.release()  # other processes may use the database while the child trains
     try:
         metrics = train_in_child(run_dir, progress)

@@ -4,11 +4,16 @@ DuckDB lets one process at a time open a file for writing. The connection is the
 opened on first use, and a caller that waits on a human (the chat REPL) calls
 :meth:`Connection.release` in between so that another learnloop command can get in;
 opening retries for a while on a held lock before it gives up naming the holder.
+
+The server instead holds the file for as long as it runs (``shared=True``): every thread
+gets its own cursor on the one connection (DuckDB's rule for threads), ``release`` keeps
+the file, and write transactions take turns so that they never conflict.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,50 +60,70 @@ def _connect(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
 class Connection:
     """A lazily opened, migrated DuckDB connection; the base of :class:`Store`."""
 
-    def __init__(self, path: Path | None = None, *, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: Path | None = None, *, lock_timeout: float = 30.0, shared: bool = False
+    ) -> None:
         self.path = path or db_path()
         self.lock_timeout = lock_timeout
+        self.shared = shared
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._opening = threading.Lock()
+        self._writing = threading.RLock()
+        self._local = threading.local()
 
     # -- connection -------------------------------------------------------------------
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
         if self._db is None:
-            ensure_data_root()
-            db = _connect(self.path, self.lock_timeout)
-            try:
-                migrate(db)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-        return self._db
+            with self._opening:
+                if self._db is None:
+                    self._db = self._open()
+        if not self.shared:
+            return self._db
+        cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._db.cursor()
+        return cursor
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        ensure_data_root()
+        db = _connect(self.path, self.lock_timeout)
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def release(self) -> None:
-        """Close the connection so other processes can open the file; reopened on demand."""
+        """Close the connection so other processes can open the file; reopened on demand.
+        A shared connection (the server's) keeps the file: nobody else may write it."""
+        if not self.shared:
+            self.close()
+
+    def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    close = release
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._writing:
+            db.execute("BEGIN TRANSACTION")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
         row = self.db.execute(sql, params or []).fetchone()

@@ -55,6 +55,15 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class ThreadSummary:
+    id: str
+    created_at: datetime
+    first_message: str
+    turns: int
+    last_at: datetime
+
+
+@dataclass(frozen=True)
 class FeedbackExample:
     """The latest feedback on one turn, joined with what the turn saw and said: the unit
     the dataset builders work on."""

@@ -23,7 +23,14 @@ import json
 from typing import Any
 
 from storage.connection import BASE_VERSION, NotFound, StoreError
-from storage.records import FeedbackExample, FeedbackRow, Status, Turn, TurnLog
+from storage.records import (
+    FeedbackExample,
+    FeedbackRow,
+    Status,
+    ThreadSummary,
+    Turn,
+    TurnLog,
+)
 from storage.registry import Registry
 
 __all__ = ["BASE_VERSION", "NotFound", "Store", "StoreError"]
@@ -47,7 +54,12 @@ class Store(Registry):
     def thread_exists(self, thread_id: str) -> bool:
         return bool(self._one("SELECT count(*) FROM threads WHERE id = ?", [thread_id]))
 
-    def add_turn(self, log: TurnLog) -> int:
+    def new_turn_id(self) -> int:
+        """Reserve a turn id before the answer exists (a streamed answer names its turn in
+        its first bytes); pass it to :meth:`add_turn`."""
+        return int(self._one("SELECT nextval('turn_ids')"))
+
+    def add_turn(self, log: TurnLog, turn_id: int | None = None) -> int:
         """Log one turn; return its id. The thread is created if it is new.
 
         ``regen_of`` is stored as the original turn, whichever of its regenerations the
@@ -65,11 +77,13 @@ class Store(Registry):
                 "INSERT INTO threads (id) VALUES (?) ON CONFLICT DO NOTHING", [log.thread_id]
             )
             row = db.execute(
-                """INSERT INTO turns (thread_id, regen_of, user_message, messages, prompt, answer,
-                       version, model, settings, prompt_tokens, completion_tokens,
+                """INSERT INTO turns (id, thread_id, regen_of, user_message, messages, prompt,
+                       answer, version, model, settings, prompt_tokens, completion_tokens,
                        first_token_ms, total_ms, nodes, interrupted, truncated)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                   VALUES (coalesce(?, nextval('turn_ids')), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                           ?, ?, ?, ?) RETURNING id""",
                 [
+                    turn_id,
                     log.thread_id,
                     regen_of,
                     log.user_message,
@@ -111,6 +125,16 @@ class Store(Registry):
             [thread_id],
         ).fetchall()
         return self._turns(rows)
+
+    def threads(self, limit: int = 50) -> list[ThreadSummary]:
+        """Threads with at least one turn, the most recently active first."""
+        rows = self.db.execute(
+            """SELECT thread_id, min(created_at), arg_min(user_message, id), count(*),
+                      max(created_at)
+               FROM turns GROUP BY thread_id ORDER BY max(id) DESC LIMIT ?""",
+            [limit],
+        ).fetchall()
+        return [ThreadSummary(*r) for r in rows]
 
     def recent_turns(self, limit: int) -> list[Turn]:
         rows = self.db.execute(
@@ -178,6 +202,22 @@ class Store(Registry):
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def approval_by_version(self) -> list[tuple[str, int, int]]:
+        """(version, thumbs-up, thumbs-down) over the latest rating of each rated turn, in
+        the order the versions first answered."""
+        return [
+            (r[0], int(r[1]), int(r[2]))
+            for r in self.db.execute(
+                """WITH latest AS (
+                     SELECT f.rating, t.version, t.id FROM feedback f
+                     JOIN turns t ON t.id = f.turn_id
+                     QUALIFY row_number() OVER (PARTITION BY f.turn_id ORDER BY f.id DESC) = 1)
+                   SELECT version, count(*) FILTER (rating = 'up'),
+                          count(*) FILTER (rating = 'down')
+                   FROM latest GROUP BY version ORDER BY min(id)"""
+            ).fetchall()
+        ]
 
     def feedback_examples(self) -> list[FeedbackExample]:
         """The latest feedback on every turn that has any, oldest turn first."""

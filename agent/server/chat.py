@@ -1,0 +1,225 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions over the learnloop agent.
+
+Every answer goes through the same graph as the terminal chat (so it is logged as a
+turn and can be rated), pinned on arrival to one version (see ``state.py``). The turn id
+is reserved before the answer starts, so a streamed response names its turn and version
+in its headers (``X-Learnloop-Turn-Id``, ``X-Learnloop-Version``,
+``X-Learnloop-Thread-Id``) and in every chunk; the JSON response has them in its body.
+
+Conversations: an OpenAI client sends the whole conversation each time; it becomes the
+context the model sees, and the answer starts a new stored thread. learnloop's own
+extensions: ``thread_id`` continues a stored thread (send only the new user message: the
+earlier ones come from the thread), and ``regen_of`` answers a logged turn again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.backend import Pin
+from agent.config import GenerationConfig
+from agent.runtime import MAX_MESSAGE_CHARS, Answer, UsageError, new_thread_id
+from agent.server.state import ServerState
+from storage.records import Message
+
+MAX_MESSAGES = 200
+MAX_TOKENS = 2048
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's request that a local model can honour; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="learnloop", max_length=200)
+    messages: list[ChatMessage] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    thread_id: str | None = Field(
+        default=None, max_length=64, description="learnloop: continue this stored thread"
+    )
+    regen_of: int | None = Field(
+        default=None, ge=1, le=2**62, description="learnloop: answer this logged turn again"
+    )
+
+
+def generation_for(request: ChatRequest, default: GenerationConfig) -> GenerationConfig:
+    changes: dict[str, Any] = {}
+    limit = request.max_completion_tokens or request.max_tokens
+    if limit is not None:
+        changes["max_new_tokens"] = limit
+    if request.temperature is not None:
+        changes["temperature"] = request.temperature
+    if request.top_p is not None:
+        changes["top_p"] = request.top_p
+    if request.seed is not None:
+        changes["seed"] = request.seed
+    return replace(default, **changes)
+
+
+def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
+    """(context, new user message): the request's last message must be the user's."""
+    if request.regen_of is not None:
+        return None, ""
+    if not request.messages or request.messages[-1].role != "user":
+        raise UsageError("messages must end with the user's message")
+    text = request.messages[-1].text()
+    if request.thread_id is not None:
+        return None, text  # the thread's stored history is the context
+    roles = {"developer": "system"}
+    context: list[Message] = [
+        {"role": roles.get(m.role, m.role), "content": m.text()} for m in request.messages[:-1]
+    ]
+    return context, text
+
+
+class Prepared:
+    """A request checked and pinned, its turn id reserved: ready to answer."""
+
+    def __init__(self, state: ServerState, request: ChatRequest, default: GenerationConfig):
+        self.state = state
+        context, self.text = split_messages(request)
+        self.context = context
+        store = state.store
+        self.regen_of = request.regen_of
+        if self.regen_of is not None:
+            self.thread_id = store.get_turn(self.regen_of).log.thread_id  # 404 if unknown
+        elif request.thread_id is not None:
+            self.thread_id = state.agent.check_thread(request.thread_id)
+        else:
+            self.thread_id = store.create_thread(new_thread_id())
+        self.pin: Pin = state.pin(request.model)
+        self.generation = generation_for(request, default)
+        self.turn_id = store.new_turn_id()
+        self.created = int(time.time())
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Learnloop-Turn-Id": str(self.turn_id),
+            "X-Learnloop-Version": self.pin.version,
+            "X-Learnloop-Thread-Id": self.thread_id,
+        }
+
+    def ask(self, on_token: Any = None) -> Answer:
+        return self.state.agent.ask(
+            self.text,
+            thread_id=None if self.regen_of is not None else self.thread_id,
+            regen_of=self.regen_of,
+            on_token=on_token,
+            context=self.context,
+            pin=self.pin,
+            generation=self.generation,
+            turn_id=self.turn_id,
+        )
+
+    def _envelope(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{self.turn_id}",
+            "object": kind,
+            "created": self.created,
+            "model": self.pin.version,
+            "system_fingerprint": f"learnloop-{self.pin.version}",
+            "turn_id": self.turn_id,
+            "version": self.pin.version,
+            "thread_id": self.thread_id,
+        }
+
+    def completion(self, answer: Answer) -> dict[str, Any]:
+        return {
+            **self._envelope("chat.completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.answer},
+                    "finish_reason": finish_reason(answer),
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(answer),
+        }
+
+    def chunk(
+        self, delta: dict[str, Any], finish: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {**self._envelope("chat.completion.chunk"), "choices": [choice], **extra}
+
+
+def finish_reason(answer: Answer) -> str:
+    return "length" if answer.truncated else "stop"
+
+
+def usage(answer: Answer) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def stream_answer(prepared: Prepared, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk, content chunks as tokens arrive, a final chunk with
+    the finish reason (and usage when asked), then ``[DONE]``. The answer is generated in
+    its own thread; a client that goes away does not stop it (the turn is still logged)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(kind: str, value: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+    def work() -> None:
+        try:
+            put("done", prepared.ask(on_token=lambda t: put("token", t)))
+        except Exception as exc:  # reported in the stream: the status line is already sent
+            put("error", exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    yield _sse(prepared.chunk({"role": "assistant", "content": ""}))
+    while True:
+        kind, value = await queue.get()
+        if kind == "token":
+            yield _sse(prepared.chunk({"content": value}))
+        elif kind == "error":
+            yield _sse({"error": {"message": str(value), "type": "server_error"}})
+            return
+        else:
+            extra = {"usage": usage(value)} if include_usage else {}
+            yield _sse(prepared.chunk({}, finish_reason(value), **extra))
+            yield _sse("[DONE]")
+            return

@@ -1,0 +1,226 @@
+"""What the server holds while it runs, and the only place that changes the active version.
+
+Invariants:
+
+- every request is pinned, on arrival, to one version (:meth:`ServerState.pin`); the
+  backend makes that version's adapter current just before the request's answer, so an
+  answer that started on a version finishes on it, and a swap never fails a request;
+- a swap (a promotion, ``activate``, ``rollback``) first loads the new adapter, then
+  records the switch, then moves the pointer new requests read: requests arriving during
+  the load still get the old version, and nobody ever waits for a half-loaded adapter;
+- at most one learning cycle runs; its database steps run here (the server holds the
+  file) and its training in the trainer child, as for ``learnloop learn``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.backend import Pin
+from agent.models import ResolvedModel
+from agent.runtime import Agent, UsageError
+from learning.config import LearnConfig
+from learning.cycle import CycleFailed, complete_cycle, prepare_run
+from learning.triggers import TriggerConfig, check
+from storage.store import BASE_VERSION, NotFound, Store
+
+ACTIVE_ALIAS = "learnloop"  # the model name that means "whichever version is active"
+
+
+class Busy(RuntimeError):
+    """A learning cycle is already running; ``run`` names it."""
+
+    def __init__(self, run: int) -> None:
+        super().__init__(f"learning run {run} is running; GET /v1/learn/{run} shows its progress")
+        self.run = run
+
+
+@dataclass
+class LearnJob:
+    run: int
+    thread: threading.Thread | None = None
+    version: str | None = None
+    promoted: bool | None = None
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Swap:
+    previous: str
+    active: str
+    seconds: float
+
+
+class ServerState:
+    def __init__(
+        self,
+        store: Store,
+        agent: Agent,
+        model: ResolvedModel,
+        *,
+        trigger: TriggerConfig | None = None,
+        learn: LearnConfig | None = None,
+        bench_results: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.agent = agent
+        self.model = model
+        self.trigger = trigger or TriggerConfig()
+        self.learn = learn or LearnConfig()
+        self.bench_results = bench_results
+        self.active = store.active_version()
+        self.last_swap: Swap | None = None
+        self._swapping = threading.Lock()
+        self._learning = threading.Lock()
+        self.jobs: dict[int, LearnJob] = {}
+
+    # -- versions ----------------------------------------------------------------------
+
+    def pin(self, model_name: str | None) -> Pin:
+        """The version a request for ``model_name`` gets: ``learnloop`` (or nothing) is the
+        active one; ``base`` or the base model's name is the base; else a version id."""
+        name = model_name or ACTIVE_ALIAS
+        version = self.active if name == ACTIVE_ALIAS else name
+        if version in (BASE_VERSION, self.agent.backend.model_name):
+            return Pin(BASE_VERSION)
+        try:
+            found = self.store.get_version(version)
+        except NotFound:
+            raise NotFound(
+                f"no model {name!r}: use {ACTIVE_ALIAS!r}, 'base' or a version from /v1/models"
+            ) from None
+        return Pin(found.id, found.adapter_path)
+
+    def activate(self, version: str, *, who: str, why: str) -> Swap:
+        """Load ``version`` and make it the one new requests get; record who and why."""
+        with self._swapping:
+            started = time.perf_counter()
+            previous = self.active
+            pin = self.pin(version)
+            self.agent.backend.switch(pin.version, pin.adapter_path)
+            self.store.activate(pin.version, who=who, why=why)
+            self.active = pin.version
+            self.last_swap = Swap(previous, pin.version, time.perf_counter() - started)
+            return self.last_swap
+
+    def rollback(self, *, who: str, why: str) -> Swap:
+        if self.active == BASE_VERSION:
+            raise UsageError("the base model is active: there is nothing to roll back to")
+        return self.activate(self.store.get_version(self.active).parent, who=who, why=why)
+
+    def _follow_promotion(self) -> None:
+        """A cycle's gate activated its version in the store: load it, move the pointer."""
+        with self._swapping:
+            started = time.perf_counter()
+            previous, active = self.active, self.store.active_version()
+            pin = self.pin(active)
+            self.agent.backend.switch(pin.version, pin.adapter_path)
+            self.active = active
+            self.last_swap = Swap(previous, active, time.perf_counter() - started)
+
+    # -- learning ----------------------------------------------------------------------
+
+    def start_learning(self, config: LearnConfig, who: str) -> LearnJob:
+        """Record the run and its snapshot now; train, judge and publish in a thread.
+        Raises :class:`Busy` or ``NothingToLearn`` (with the reason) instead."""
+        with self._learning:
+            running = self.store.running_run()
+            if running is not None:
+                raise Busy(running)
+            prepared = prepare_run(self.store, self.model, config)
+            job = LearnJob(run=prepared[0])
+            job.thread = threading.Thread(
+                target=self._complete, args=(job, config, prepared, who), daemon=True
+            )
+            self.jobs[job.run] = job
+            job.thread.start()
+            return job
+
+    def _complete(self, job: LearnJob, config: LearnConfig, prepared: Any, who: str) -> None:
+        try:
+            result = complete_cycle(self.store, self.model, config, prepared, who=who)
+        except CycleFailed as exc:
+            job.error = str(exc)
+            return
+        except Exception as exc:  # recorded on the job; the run row says failed too
+            job.error = f"{type(exc).__name__}: {exc}"
+            self.store.fail_run(job.run, job.error)
+            return
+        job.version, job.promoted, job.reasons = result.version, result.promoted, result.reasons
+        if result.promoted:
+            self._follow_promotion()
+
+    def maybe_learn(self, who: str) -> str | None:
+        """After new feedback: start a cycle when the trigger says one is due; return why."""
+        due = check(self.store, self.trigger, self.learn)
+        if not due.due:
+            return None
+        try:
+            self.start_learning(self.learn, who)
+        except Busy:
+            return None
+        return due.reason
+
+    def run_view(self, run_id: int) -> dict[str, Any]:
+        """A run's state and progress: ``GET /v1/learn/{run}``."""
+        run = next((r for r in self.store.runs() if r.id == run_id), None)
+        if run is None:
+            raise NotFound(f"no learning run {run_id}; POST /v1/learn starts one")
+        job = self.jobs.get(run_id)
+        events = run_events(Path(run.run_dir)) if run.run_dir else []
+        last = events[-1] if events else {}
+        version = run.version_id or (job.version if job else None)
+        gate = self.store.get_version(version).gate if version else None
+        # the run is over for a client only once its version serves (or it failed)
+        finishing = job is not None and job.thread is not None and job.thread.is_alive()
+        return {
+            "run": run.id,
+            "status": "running" if finishing else run.status,
+            "stage": last.get("stage", "prepare"),
+            "step": last.get("step"),
+            "total": last.get("total"),
+            "loss": last.get("loss"),
+            "losses": losses(events),
+            "version": version,
+            "promoted": None if gate is None else bool(gate.get("promote")),
+            "reasons": (gate or {}).get("reasons", []),
+            "error": run.error,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+        }
+
+
+def run_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete progress line of a run (stage, step, total, loss, t)."""
+    import json
+
+    path = run_dir / "progress.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the line still being written
+    return events
+
+
+def losses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training loss by step across the run's stages (steps numbered on from stage to
+    stage, so SFT then DPO reads as one curve)."""
+    out: list[dict[str, Any]] = []
+    offset, stage, last_step = 0, None, 0
+    for e in events:
+        if e.get("loss") is None:
+            continue
+        if e["stage"] != stage:
+            offset, stage = offset + last_step, e["stage"]
+        last_step = int(e.get("step") or 0)
+        out.append({"step": offset + last_step, "loss": e["loss"], "stage": stage})
+    return out
