@@ -33,7 +33,8 @@ def one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-de
 @pytest.fixture
 def one_turn(tiny_model_dir: Path) -> dict:
     turn = run_json(tiny_model_dir, "ask", "Hello", *FAST)
-    run_cli(tiny_model_dir, "feedback", str(turn["turn_id"]), "up")
+    # a correction: the tiny model's own answers are always cut off, so no SFT target
+    run_cli(tiny_model_dir, "feedback", str(turn["turn_id"]), "down", "--correction", "Hi!")
     return turn
 
 

@@ -96,9 +96,12 @@ def test_feedback_learn_and_the_new_version_answers(
     base_digest = _digest(tiny_model_dir)
     learned = run_json(tiny_model_dir, "learn", *FAST_LEARN)
     assert learned["version"] == "v1" and learned["parent"] == "base"
-    # up answer + correction -> 2 SFT examples; one pair is too few for DPO (--min-pairs 4),
-    # so auto adds KTO on the thumbs alone: up, down, down+correction, the correction itself
-    assert (learned["sft_examples"], learned["dpo_pairs"], learned["kto_rows"]) == (2, 0, 4)
+    # the tiny model's answers always use the whole token limit, so the thumbs-up answer is
+    # cut off and no SFT target: the correction is the one SFT example. One pair is too few
+    # for DPO (--min-pairs 4), so auto adds KTO on the thumbs alone: up, down,
+    # down+correction, the correction itself
+    assert (learned["sft_examples"], learned["dpo_pairs"], learned["kto_rows"]) == (1, 0, 4)
+    assert learned["quality"]["cut_off"] == 1
     assert learned["method"] == "sft+kto"
     assert learned["quality"]["up"] == 1 and learned["quality"]["down"] == 2
 
@@ -110,7 +113,7 @@ def test_feedback_learn_and_the_new_version_answers(
     assert [v["id"] for v in versions] == ["base", "v1"]
     assert versions[1]["active"] and not versions[0]["active"]
     assert versions[1]["metrics"]["sft"]["steps"] == versions[1]["metrics"]["kto"]["steps"] == 3
-    assert versions[1]["sft_examples"] == 2 and versions[1]["kto_rows"] == 4
+    assert versions[1]["sft_examples"] == 1 and versions[1]["kto_rows"] == 4
 
     adapter = Path(learned["adapter_path"])
     assert (
