@@ -144,7 +144,8 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
         store.add_feedback(up.turn_id, "up")
 
         cycle = run_cycle(store, resolve_model(str(tiny_model_dir)), config)
-        assert cycle.heldout == 1 and cycle.sft_examples == 3
+        # two train corrections; the thumbs-up answer used all 4 tokens: cut off, no target
+        assert cycle.heldout == 1 and cycle.sft_examples == 2
         gate = cycle.gate
         assert gate is not None and gate["active_version"] == "base"
         for measured in (gate["candidate"], gate["active"]):
