@@ -1,0 +1,141 @@
+"""Hot-swap under load: concurrent streaming chats while the active version switches back
+and forth. Every answer must complete, and must be the answer of the version it names.
+
+Two LoRA adapters with random (non-zero) weights make the tiny model answer a fixed
+prompt differently per version, so a greedy answer identifies the version that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storage.records import Version
+from storage.store import Store
+from tests.serving import Running, running_server
+
+PROMPT = {"role": "user", "content": "Name three colours."}
+GREEDY = {"temperature": 0, "max_tokens": 6}
+
+
+def random_adapter(model_dir: Path, folder: Path, seed: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+
+
+def register(store: Store, model_dir: Path, version_id: str, folder: Path) -> None:
+    run_id = store.start_run("sft", {}, str(folder), 0)
+    version = Version(
+        id=version_id,
+        parent="base",
+        run_id=run_id,
+        method="sft",
+        base_model=model_dir.name,
+        adapter_path=str(folder),
+        sft_count=1,
+        dpo_count=0,
+        metrics={},
+        created_at=datetime.now(),
+    )
+    store.add_version(version, activate=False, who="test", why="random adapter")
+
+
+def stream_once(url: str) -> dict[str, Any]:
+    body = {"model": "learnloop", "messages": [PROMPT], "stream": True, **GREEDY}
+    text, versions, done = "", set(), False
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+        header = r.headers["X-Learnloop-Version"]
+        turn_id = int(r.headers["X-Learnloop-Turn-Id"])
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                continue
+            chunk = json.loads(line[6:])
+            versions.add(chunk["version"])
+            text += chunk["choices"][0]["delta"].get("content") or ""
+    return {
+        "status": r.status_code,
+        "version": header,
+        "chunk_versions": versions,
+        "text": text,
+        "done": done,
+        "turn_id": turn_id,
+    }
+
+
+def greedy_answer(server: Running, version: str) -> str:
+    body = {"model": version, "messages": [PROMPT], **GREEDY}
+    with server.client() as http:
+        return str(
+            http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+        )
+
+
+def test_concurrent_streams_survive_swaps_and_name_the_version_used(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with running_server(tiny_model_dir) as server:
+        for n, version in enumerate(["v1", "v2"], start=1):
+            folder = tmp_path / version
+            random_adapter(tiny_model_dir, folder, seed=n)
+            register(server.state.store, tiny_model_dir, version, folder)
+        expected = {v: greedy_answer(server, v) for v in ("base", "v1", "v2")}
+        assert len(set(expected.values())) == 3, expected  # each version is recognisable
+
+        results: list[dict[str, Any]] = []
+        failures: list[BaseException] = []
+        swaps: list[float] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            try:
+                for _ in range(4):
+                    results.append(stream_once(server.url))
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        def switcher() -> None:
+            order = ["v1", "v2", "base"]
+            n = 0
+            with server.client() as http:
+                while not stop.is_set():
+                    response = http.post(f"/v1/versions/{order[n % 3]}/activate")
+                    if response.status_code != 200:
+                        failures.append(AssertionError(response.text))
+                        return
+                    swaps.append(response.json()["seconds"])
+                    n += 1
+                    time.sleep(0.05)
+
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        swapping = threading.Thread(target=switcher)
+        swapping.start()
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(timeout=300)
+        stop.set()
+        swapping.join(timeout=60)
+
+        assert not failures, failures
+        assert len(results) == 32 and len(swaps) >= 3
+        assert {r["version"] for r in results} >= {"v1", "v2"}  # swaps happened under load
+        for r in results:
+            assert r["status"] == 200 and r["done"]
+            assert r["chunk_versions"] == {r["version"]}
+            assert r["text"] == expected[r["version"]], r
+            assert server.state.store.get_turn(r["turn_id"]).log.version == r["version"]
