@@ -69,11 +69,6 @@ class Backend(Protocol):
         """Make ``version`` current; return the seconds it took (0 if it already was)."""
         ...
 
-    def preload(self, pin: Pin) -> float:
-        """Load ``pin``'s adapter now, so that its first answer does not wait for it;
-        return the seconds it took."""
-        ...
-
     def interrupt(self) -> None:
         """Stop the answer being generated (safe to call from a signal handler)."""
         ...
@@ -115,19 +110,14 @@ class TransformersBackend:
     # -- adapters ------------------------------------------------------------------------
 
     def switch(self, version: str, adapter_path: str | None) -> float:
+        """Make ``version`` current once the answer in progress (if any) has finished; the
+        seconds returned are those spent loading, not those spent waiting for it."""
         if version == self.version:
             return 0.0
-        started = time.perf_counter()
         with self._lock:
+            started = time.perf_counter()
             self._use(Pin(version, adapter_path))
             self.version = version
-        return time.perf_counter() - started
-
-    def preload(self, pin: Pin) -> float:
-        started = time.perf_counter()
-        with self._lock:
-            if pin.version != BASE_VERSION:
-                self._use(pin)
         return time.perf_counter() - started
 
     def _use(self, pin: Pin) -> str:

@@ -141,13 +141,13 @@ def create_app(state: ServerState, generation: GenerationConfig | None = None) -
     def activate(version: str, request: Request, body: SwitchRequest | None = None) -> Any:
         why = (body.why if body else None) or "activated through the API"
         swap = state.activate(version, who=f"api:{user_of(request)}", why=why)
-        return {"previous": swap.previous, "active": swap.active, "seconds": swap.seconds}
+        return dataclasses.asdict(swap)
 
     @app.post("/v1/rollback")
     def rollback(request: Request, body: SwitchRequest | None = None) -> Any:
         why = (body.why if body else None) or "rolled back through the API"
         swap = state.rollback(who=f"api:{user_of(request)}", why=why)
-        return {"previous": swap.previous, "active": swap.active, "seconds": swap.seconds}
+        return dataclasses.asdict(swap)
 
     @app.get("/v1/threads")
     def threads(limit: int = 50) -> list[dict[str, Any]]:

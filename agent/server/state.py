@@ -53,7 +53,8 @@ class LearnJob:
 class Swap:
     previous: str
     active: str
-    seconds: float
+    seconds: float  # the whole switch, including waiting for the answer in progress
+    load_seconds: float  # loading the adapter and making it current
 
 
 class ServerState:
@@ -102,10 +103,10 @@ class ServerState:
             started = time.perf_counter()
             previous = self.active
             pin = self.pin(version)
-            self.agent.backend.switch(pin.version, pin.adapter_path)
+            load = self.agent.backend.switch(pin.version, pin.adapter_path)
             self.store.activate(pin.version, who=who, why=why)
             self.active = pin.version
-            self.last_swap = Swap(previous, pin.version, time.perf_counter() - started)
+            self.last_swap = Swap(previous, pin.version, time.perf_counter() - started, load)
             return self.last_swap
 
     def rollback(self, *, who: str, why: str) -> Swap:
@@ -119,9 +120,9 @@ class ServerState:
             started = time.perf_counter()
             previous, active = self.active, self.store.active_version()
             pin = self.pin(active)
-            self.agent.backend.switch(pin.version, pin.adapter_path)
+            load = self.agent.backend.switch(pin.version, pin.adapter_path)
             self.active = active
-            self.last_swap = Swap(previous, active, time.perf_counter() - started)
+            self.last_swap = Swap(previous, active, time.perf_counter() - started, load)
 
     # -- learning ----------------------------------------------------------------------
 
