@@ -113,15 +113,15 @@ class Prepared:
         context, self.text = split_messages(request)
         self.context = context
         store = state.store
+        self.pin: Pin = state.pin(request.model)
+        self.generation = generation_for(request, default)
         self.regen_of = request.regen_of
         if self.regen_of is not None:
             self.thread_id = store.get_turn(self.regen_of).log.thread_id  # 404 if unknown
         elif request.thread_id is not None:
             self.thread_id = state.agent.check_thread(request.thread_id)
-        else:
+        else:  # last: a refused request leaves no empty thread behind
             self.thread_id = store.create_thread(new_thread_id())
-        self.pin: Pin = state.pin(request.model)
-        self.generation = generation_for(request, default)
         self.turn_id = store.new_turn_id()
         self.created = int(time.time())
 
