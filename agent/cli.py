@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import click
 
+from agent import remote
+from agent.client import find_server
 from agent.config import GenerationConfig
 from agent.options import build_config, dataclass_options, parse_settings, pop_config_values
 from benchmarks.simulated_user import BenchConfig
@@ -73,7 +75,9 @@ def _quiet_libraries() -> None:
 
 def _emit(as_json: bool, value: Any, human: Callable[[], None]) -> None:
     if as_json:
-        click.echo(json.dumps(value, indent=2, default=str))
+        from agent.report import to_json
+
+        click.echo(to_json(value))
     else:
         human()
 
@@ -129,6 +133,8 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     from agent.repl import Repl
     from agent.runtime import load_agent
 
+    if (server := find_server()) is not None:
+        raise server.refuse(f"chat in the browser at {server.url}/ or stop the server")
     _quiet_libraries()
     trigger = _config(TriggerConfig, pop_config_values(TriggerConfig, values))
     generation = build_config(GenerationConfig, values)
@@ -182,9 +188,12 @@ def serve(
 @click.pass_context
 def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
     """Ask one question; the answer streams, the turn id is printed for feedback."""
+    from agent.report import answer_footer
     from agent.runtime import check_message, load_agent
 
     check_message(text)  # before loading the model: bad input fails fast
+    if (server := find_server()) is not None:
+        return remote.ask(server, text, thread_id, as_json, values)
     _quiet_libraries()
     generation = build_config(GenerationConfig, values)
     with _store() as store:
@@ -199,14 +208,7 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     }
     if answer.interrupted:
         result["interrupted"] = True
-    _emit(
-        as_json,
-        result,
-        lambda: click.echo(
-            f"\n[turn {answer.turn_id} · thread {answer.thread_id} · version {answer.version}]",
-            err=True,
-        ),
-    )
+    _emit(as_json, result, lambda: click.echo(answer_footer(result), err=True))
 
 
 @cli.command()
@@ -233,6 +235,7 @@ def feedback(
     When enough new feedback waits (--learn-after, --learn-every-minutes), a learning
     cycle starts in the background; `learnloop status` shows its progress.
     """
+    from agent.report import feedback_text
     from agent.runtime import UsageError
     from learning.triggers import maybe_start
 
@@ -241,6 +244,11 @@ def feedback(
         raise UsageError("give exactly one rating: up or down")
     if correction is not None and not correction.strip():
         raise UsageError("the correction is empty; give the better answer as its text")
+    if (server := find_server()) is not None:
+        who = user_name or getpass.getuser()
+        return remote.feedback(
+            server, turn_id, rating[0], correction, comment, who, as_json, values
+        )
     with _store() as store:
         fid = store.add_feedback(
             turn_id,
@@ -253,14 +261,8 @@ def feedback(
             store, trigger, ctx.obj["model"], LearnConfig(), f"trigger:{getpass.getuser()}"
         )
     learning = due.reason if started else None
-    _emit(
-        as_json,
-        {"feedback_id": fid, "turn_id": turn_id, "rating": rating[0], "learning_started": learning},
-        lambda: click.echo(
-            f"feedback {fid} recorded for turn {turn_id}: {rating[0]}"
-            + (f"\nlearning started in the background ({learning})" if learning else "")
-        ),
-    )
+    data = dict(feedback_id=fid, turn_id=turn_id, rating=rating[0], learning_started=learning)
+    _emit(as_json, data, lambda: click.echo(feedback_text(data)))
 
 
 @cli.command()
@@ -274,7 +276,10 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     from agent.report import cycle_summary
     from learning.cycle import NothingToLearn, run_cycle
 
-    config = _config(LearnConfig, pop_config_values(LearnConfig, values))
+    settings = pop_config_values(LearnConfig, values)
+    config = _config(LearnConfig, settings)
+    if (server := find_server()) is not None:
+        return remote.learn(server, as_json, settings)
     with _store() as store:
         try:
             model = resolve_model(ctx.obj["model"])
@@ -295,12 +300,13 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
 def versions(as_json: bool) -> None:
     """List model versions: parent, time, method, data counts, metrics, which is active."""
-    from agent.report import versions_data, versions_table
+    from agent.report import versions_data, versions_text
 
+    if (server := find_server()) is not None:
+        return remote.versions(server, as_json)
     with _store() as store:
-        rows, active = store.versions(), store.active_version()
-    data = versions_data(rows, active)
-    _emit(as_json, data, lambda: click.echo(versions_table(rows, active)))
+        data = versions_data(store.versions(), store.active_version())
+    _emit(as_json, data, lambda: click.echo(versions_text(data)))
 
 
 @cli.command()
@@ -311,6 +317,8 @@ def versions(as_json: bool) -> None:
 def activate(version_id: str, why: str, user_name: str | None, as_json: bool) -> None:
     """Make VERSION (or `base`) the one that answers; running chats switch before their
     next answer."""
+    if (server := find_server()) is not None:
+        return remote.activate(server, version_id, why, user_name, as_json)
     with _store() as store:
         previous = store.active_version()
         store.activate(version_id, who=user_name or getpass.getuser(), why=why)
@@ -325,6 +333,8 @@ def rollback(why: str, user_name: str | None, as_json: bool) -> None:
     """Activate the parent of the active version (the one it was trained to replace)."""
     from agent.runtime import UsageError
 
+    if (server := find_server()) is not None:
+        return remote.rollback(server, why, user_name, as_json)
     with _store() as store:
         current = store.active_version()
         if current == "base":
@@ -335,17 +345,18 @@ def rollback(why: str, user_name: str | None, as_json: bool) -> None:
 
 
 def _switched(as_json: bool, previous: str, active: str) -> None:
-    _emit(
-        as_json,
-        {"previous": previous, "active": active},
-        lambda: click.echo(f"active version: {active} (was {previous})"),
-    )
+    from agent.report import switched_text
+
+    data = {"previous": previous, "active": active}
+    _emit(as_json, data, lambda: click.echo(switched_text(data)))
 
 
 @cli.group()
 def control() -> None:
     """The control set: prompts with known good answers that no new version may get worse
     on. learnloop ships a default set; add your own."""
+    if (server := find_server()) is not None:
+        raise server.refuse("stop it to see or change the control set")
 
 
 @control.command("add")
@@ -389,6 +400,8 @@ def control_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
 def history(as_json: bool) -> None:
     """Every switch of the active version, with who made it and why."""
+    if (server := find_server()) is not None:
+        raise server.refuse("stop it to see the history (`learnloop versions` works through it)")
     with _store() as store:
         rows = store.activations()
     data = [{"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows]
@@ -465,6 +478,8 @@ def export(
         raise UsageError("give --run N or --current, not both")
     if out_dir is None:
         raise UsageError("give --out DIR: the folder to write the export into")
+    if (server := find_server()) is not None:
+        raise server.refuse("stop it to export")
     try:
         with _store() as store:
             run = None if current else pick_run(store.runs(), run_id)
@@ -493,9 +508,11 @@ def log(limit: int, as_json: bool) -> None:
     """Show recent turns with their feedback."""
     from agent.report import turn_dict, turns_text
 
+    if (server := find_server()) is not None:
+        return remote.log(server, limit, as_json)
     with _store() as store:
-        turns = store.recent_turns(limit)
-    _emit(as_json, [turn_dict(t) for t in turns], lambda: click.echo(turns_text(turns)))
+        data = [turn_dict(t) for t in store.recent_turns(limit)]
+    _emit(as_json, data, lambda: click.echo(turns_text(data)))
 
 
 @cli.command()
@@ -508,6 +525,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from learning.cycle import latest_progress, pid_alive
     from storage.home import data_root
 
+    if (server := find_server()) is not None:
+        return remote.status(server, as_json)
     with _store() as store:
         store.fail_stale_runs(pid_alive)
         s = store.status()
@@ -559,6 +578,80 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
 
     results = run_bench(config, learn, ctx.obj["model"], say)
     _emit(as_json, results, lambda: click.echo(bench_table(results)))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys: a server listening beyond 127.0.0.1 (`serve --host 0.0.0.0`) answers only
+    requests with `Authorization: Bearer KEY`; a key's NAME is the user its feedback counts
+    for. Change keys while the server is stopped: they count from its next start."""
+
+
+def _keys_store() -> Any:
+    from agent.runtime import UsageError
+    from agent.server.run import server_file
+    from learning.cycle import pid_alive
+
+    try:
+        running = json.loads(server_file().read_text())
+    except (OSError, ValueError):
+        running = None
+    if isinstance(running, dict) and pid_alive(running.get("pid")):
+        raise UsageError(
+            f"a server ({running.get('url')}, pid {running['pid']}) holds the database: "
+            "stop it, change the keys, start it again"
+        )
+    return _store()
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+def keys_create(name: str, as_json: bool) -> None:
+    """Make an API key for NAME and print it: this is the only time it is shown."""
+    with _keys_store() as store:
+        record, key = store.create_api_key(name)
+    if as_json:
+        created = str(record.created_at)
+        click.echo(json.dumps({"name": record.name, "key": key, "created_at": created}))
+        return
+    click.echo(f"API key for {record.name} (shown only now; only its hash is kept):", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
+def keys_list(as_json: bool) -> None:
+    """Every key's name, when it was made and whether it was revoked (never the key)."""
+    with _keys_store() as store:
+        rows = store.api_keys()
+    data = [{"name": k.name, "created_at": k.created_at, "revoked_at": k.revoked_at} for k in rows]
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            "\n".join(
+                f"{k.name:24} created {k.created_at:%Y-%m-%d %H:%M:%S}"
+                + (f"  revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "  valid")
+                for k in rows
+            )
+            or "no API keys: `learnloop keys create NAME` makes one"
+        ),
+    )
+
+
+@keys.command("revoke")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+def keys_revoke(name: str, as_json: bool) -> None:
+    """Revoke NAME's key: requests with it get 401 from the server's next start."""
+    with _keys_store() as store:
+        record = store.revoke_api_key(name)
+    _emit(
+        as_json,
+        {"name": record.name, "revoked_at": record.revoked_at},
+        lambda: click.echo(f"revoked the API key of {record.name}"),
+    )
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ printing): the server's JSON is the CLI's ``--json``, so either can render the o
 
 from __future__ import annotations
 
+import json
+from datetime import date, datetime
 from typing import Any
 
 from storage.records import Status, Turn, Version
@@ -41,29 +43,44 @@ def turn_dict(turn: Turn) -> dict[str, Any]:
     }
 
 
-def feedback_mark(turn: Turn) -> str:
-    latest = turn.latest_feedback
+def _when(value: datetime | str) -> datetime:
+    """A time from a record (datetime) or from its JSON form (ISO 8601 text)."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def to_json(value: Any) -> str:
+    """The CLI's ``--json`` text: times in ISO 8601, as the server's JSON has them."""
+
+    def encode(o: Any) -> Any:
+        return o.isoformat() if isinstance(o, datetime | date) else str(o)
+
+    return json.dumps(value, indent=2, default=encode)
+
+
+def feedback_mark(turn: dict[str, Any]) -> str:
+    latest = turn["feedback"][-1] if turn["feedback"] else None
     if latest is None:
         return "  "
-    mark = "👍" if latest.rating == "up" else "👎"
-    return mark + (" ✎" if latest.correction else "")
+    mark = "👍" if latest["rating"] == "up" else "👎"
+    return mark + (" ✎" if latest["correction"] else "")
 
 
-def turns_text(turns: list[Turn]) -> str:
+def turns_text(turns: list[dict[str, Any]]) -> str:
+    """``learnloop log`` from its JSON (:func:`turn_dict`, or ``GET /v1/log``)."""
     if not turns:
         return 'no turns yet: `learnloop ask "..."` or `learnloop chat`'
     lines = []
     for t in turns:
-        regen = f" (regen of {t.log.regen_of})" if t.log.regen_of else ""
+        regen = f" (regen of {t['regen_of']})" if t["regen_of"] else ""
         lines.append(
-            f"#{t.id} thread {t.log.thread_id} · {t.log.version}{regen} "
-            f"· {t.created_at:%Y-%m-%d %H:%M} {feedback_mark(t)}"
+            f"#{t['turn_id']} thread {t['thread_id']} · {t['version']}{regen} "
+            f"· {_when(t['created_at']):%Y-%m-%d %H:%M} {feedback_mark(t)}"
         )
-        lines.append(f"   you: {_short(t.log.user_message)}")
-        lines.append(f"   bot: {_short(t.log.answer)}")
-        latest = t.latest_feedback
-        if latest and latest.correction:
-            lines.append(f"   fix: {_short(latest.correction)}")
+        lines.append(f"   you: {_short(t['user_message'])}")
+        lines.append(f"   bot: {_short(t['answer'])}")
+        latest = t["feedback"][-1] if t["feedback"] else None
+        if latest and latest["correction"]:
+            lines.append(f"   fix: {_short(latest['correction'])}")
     return "\n".join(lines)
 
 
@@ -119,42 +136,66 @@ def status_text(data: dict[str, Any]) -> str:
     return "\n".join(f"{k.replace('_', ' '):>20}: {v}" for k, v in shown.items())
 
 
-def _metric(v: Version) -> str:
+def _metric(v: dict[str, Any]) -> str:
     parts = []
     for stage in ("sft", "dpo", "kto"):
-        m = v.metrics.get(stage)
+        m = (v.get("metrics") or {}).get(stage)
         if m and m.get("train_loss") is not None:
             parts.append(f"{stage} loss {m['train_loss']:.3f}")
     return ", ".join(parts) or "-"
 
 
-def versions_table(versions: list[Version], active: str) -> str:
+def versions_text(data: list[dict[str, Any]]) -> str:
+    """``learnloop versions`` from its JSON (:func:`versions_data`, or ``GET /v1/versions``)."""
     lines = [
         f"{'':2}{'version':8} {'parent':7} {'created':16} {'status':9} {'method':12} "
         f"{'sft':>4} {'dpo':>4} {'kto':>4}  metrics"
     ]
-    lines.append(f"{'*' if active == 'base' else ' ':2}{'base':8} {'-':7}")
-    for v in versions:
+    for v in data:
+        star = "*" if v["active"] else " "
+        if v["id"] == "base":
+            lines.append(f"{star:2}{'base':8} {'-':7}")
+            continue
         lines.append(
-            f"{'*' if v.id == active else ' ':2}{v.id:8} {v.parent:7} "
-            f"{v.created_at:%Y-%m-%d %H:%M} {v.status:9} {v.method:12} {v.sft_count:>4} "
-            f"{v.dpo_count:>4} {v.kto_count:>4}  {_metric(v)}"
+            f"{star:2}{v['id']:8} {v['parent']:7} "
+            f"{_when(v['created_at']):%Y-%m-%d %H:%M} {v['status']:9} {v['method']:12} "
+            f"{v['sft_examples']:>4} {v['dpo_pairs']:>4} {v['kto_rows']:>4}  {_metric(v)}"
         )
-        for reason in (v.gate or {}).get("reasons", []):
+        for reason in (v.get("gate") or {}).get("reasons", []):
             lines.append(f"{'':11}gate: {reason}")
     return "\n".join(lines)
 
 
 def cycle_summary(result: Any) -> str:
-    """What a finished learning cycle did, in two or three lines (a CycleResult)."""
-    verdict = "promoted and active" if result.promoted else "rejected by the gate"
+    """What a finished learning cycle did, in two or three lines: a CycleResult, or its
+    JSON (through a server, which does not report the held-out count)."""
+    r = result if isinstance(result, dict) else result.to_dict()
+    verdict = "promoted and active" if r["promoted"] else "rejected by the gate"
+    heldout = f"{r['heldout']} feedback items held out; " if "heldout" in r else ""
+    seconds = f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "time unknown"
     lines = [
-        f"version {result.version} {verdict} ({result.method}: {result.sft_examples} SFT "
-        f"examples, {result.dpo_pairs} DPO pairs, {result.kto_rows} KTO rows; "
-        f"{result.heldout} feedback items held out; {result.seconds:.0f} s)"
+        f"version {r['version']} {verdict} ({r['method']}: {r['sft_examples']} SFT "
+        f"examples, {r['dpo_pairs']} DPO pairs, {r['kto_rows']} KTO rows; {heldout}{seconds})"
     ]
-    lines += [f"gate: {reason}" for reason in result.reasons]
+    lines += [f"gate: {reason}" for reason in r["reasons"]]
     return "\n".join(lines)
+
+
+def answer_footer(answer: dict[str, Any]) -> str:
+    """The line after a streamed ``learnloop ask`` answer (on stderr)."""
+    return (
+        f"\n[turn {answer['turn_id']} · thread {answer['thread_id']} · version {answer['version']}]"
+    )
+
+
+def feedback_text(data: dict[str, Any]) -> str:
+    text = f"feedback {data['feedback_id']} recorded for turn {data['turn_id']}: {data['rating']}"
+    learning = data["learning_started"]
+    return text + (f"\nlearning started in the background ({learning})" if learning else "")
+
+
+def switched_text(data: dict[str, Any]) -> str:
+    return f"active version: {data['active']} (was {data['previous']})"
 
 
 def running_text(run_id: int, progress: dict[str, Any] | None) -> str:

@@ -185,6 +185,23 @@ def m004_truncated_turns(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m005_api_keys(db: duckdb.DuckDBPyConnection) -> None:
+    """API keys for a server that listens beyond loopback. Only a key's sha256 is stored;
+    the key itself is shown once, when created. A revoked key keeps its row (with the
+    time it was revoked), so the list of keys is also their history."""
+    db.execute("CREATE SEQUENCE api_key_ids START 1")
+    db.execute(
+        """CREATE TABLE api_keys (
+            id BIGINT PRIMARY KEY DEFAULT nextval('api_key_ids'),
+            name VARCHAR NOT NULL,       -- the user its requests (and their feedback) count for
+            key_hash VARCHAR NOT NULL UNIQUE, -- hex sha256 of the key
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            revoked_at TIMESTAMP         -- NULL while the key is valid
+        )"""
+    )
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -59,7 +59,7 @@ class ThreadSummary:
     id: str
     created_at: datetime
     first_message: str
-    turns: int
+    turns: int  # answers in its history: a regeneration replaces the turn it redoes
     last_at: datetime
 
 
@@ -145,3 +145,13 @@ class Status:
     unlearned_feedback: int
     versions: int
     running_run: int | None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as stored: its user's name and dates, never the key itself."""
+
+    id: int
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None

@@ -6,9 +6,10 @@ its connection lazily and a caller that waits on a human (the chat REPL) calls
 retries for a while on a held lock before it gives up with a message naming the holder.
 Opening migrates: a fresh file and an old one are handled the same way.
 
-The class is split by responsibility over three files: the connection
+The class is split by responsibility over four files: the connection
 (storage/connection.py), the learning records (storage/registry.py: runs, snapshots,
-versions, activations, control set) and, here, threads, turns, feedback and the overview.
+versions, activations, control set), the API keys (storage/keys.py) and, here, threads,
+turns, feedback and the overview.
 
 Invariants:
 - the active version is the ``version_id`` of the latest ``activations`` row ('base' if none);
@@ -23,6 +24,7 @@ import json
 from typing import Any
 
 from storage.connection import BASE_VERSION, NotFound, StoreError
+from storage.keys import Keys
 from storage.records import (
     FeedbackExample,
     FeedbackRow,
@@ -42,7 +44,7 @@ _TURN_COLUMNS = (
 )
 
 
-class Store(Registry):
+class Store(Keys, Registry):
     """All reads and writes of one learnloop database. Use as a context manager."""
 
     # -- threads and turns ------------------------------------------------------------
@@ -129,8 +131,8 @@ class Store(Registry):
     def threads(self, limit: int = 50) -> list[ThreadSummary]:
         """Threads with at least one turn, the most recently active first."""
         rows = self.db.execute(
-            """SELECT thread_id, min(created_at), arg_min(user_message, id), count(*),
-                      max(created_at)
+            """SELECT thread_id, min(created_at), arg_min(user_message, id),
+                      count(DISTINCT coalesce(regen_of, id)), max(created_at)
                FROM turns GROUP BY thread_id ORDER BY max(id) DESC LIMIT ?""",
             [limit],
         ).fetchall()

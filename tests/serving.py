@@ -47,6 +47,7 @@ def running_server(
     *,
     trigger: TriggerConfig | None = None,
     generation: GenerationConfig = GEN,
+    require_keys: bool = False,
 ) -> Iterator[Running]:
     store = Store(shared=True)
     model = resolve_model(str(model_dir))
@@ -57,7 +58,10 @@ def running_server(
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(state, generation), host="127.0.0.1", port=port, log_level="warning"
+            create_app(state, generation, require_keys=require_keys),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

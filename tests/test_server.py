@@ -138,6 +138,8 @@ class TestThreads:
                 "/v1/chat/completions", json={"regen_of": first["turn_id"], "messages": []}
             ).json()
             thread = http.get(f"/v1/threads/{first['thread_id']}").json()
+            listed = http.get("/v1/threads").json()
+        assert listed[0]["turns"] == 1
         assert again["thread_id"] == first["thread_id"]
         assert [t["turn_id"] for t in thread["turns"]] == [again["turn_id"]]
         assert thread["turns"][0]["regen_of"] == first["turn_id"]

@@ -52,6 +52,7 @@ TABLES = {
     "activations",
     "control_prompts",
     "control_answers",
+    "api_keys",
 }
 
 TURN_COLUMNS = [
@@ -144,6 +145,7 @@ class TestAFreshDatabaseMigrates:
             (2, "m002_kto_and_quality"),
             (3, "m003_gate"),
             (4, "m004_truncated_turns"),
+            (5, "m005_api_keys"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -292,6 +294,7 @@ class TestAMigrationFailingHalfWay:
             (2, "m002_kto_and_quality"),
             (3, "m003_gate"),
             (4, "m004_truncated_turns"),
+            (5, "m005_api_keys"),
         ]
         tables = {
             r[0]

@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import json
 import typing
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException
 from agent.config import GenerationConfig
 from agent.report import status_data, turn_dict, versions_data
 from agent.runtime import MAX_MESSAGE_CHARS, UsageError
+from agent.server.auth import install
 from agent.server.chat import ChatRequest, Prepared, stream_answer
 from agent.server.state import ACTIVE_ALIAS, Busy, ServerState, losses, run_events
 from learning.config import LearnConfig
@@ -36,11 +39,21 @@ from storage.store import BASE_VERSION, NotFound
 WEB = Path(__file__).resolve().parent.parent / "web"
 
 
+# with "stream": true the answer comes as server-sent events
+STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+
+
 class FeedbackRequest(BaseModel):
     turn_id: int = Field(ge=1, le=2**62)
     rating: Literal["up", "down"]
     correction: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
     comment: str | None = Field(default=None, max_length=2000)
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="who gives it (the CLI's --user); ignored when an API key names the user",
+    )
 
 
 class SwitchRequest(BaseModel):
@@ -56,15 +69,35 @@ def user_of(request: Request) -> str:
     return str(getattr(request.state, "user", None) or "local")
 
 
-def create_app(state: ServerState, generation: GenerationConfig | None = None) -> FastAPI:
+def create_app(
+    state: ServerState,
+    generation: GenerationConfig | None = None,
+    *,
+    require_keys: bool = False,
+    local_token: str | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app over ``state``; ``require_keys``: every request needs a valid API key or
+    ``local_token``, the server's own (see ``auth.py``; a server off loopback).
+    ``on_stop`` runs when the server shuts down (also on SIGTERM, which uvicorn re-raises
+    after shutting down, so a ``finally`` around it would not run)."""
     default = generation or GenerationConfig()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_stop is not None:
+            on_stop()
+
     app = FastAPI(
         title="learnloop",
         summary="A chat agent that fine-tunes its own small model from your feedback.",
         version="0.1.0",
+        lifespan=lifespan,
     )
     app.state.learnloop = state
     _errors(app)
+    install(app, state.store, require_keys=require_keys, local_token=local_token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -90,7 +123,7 @@ def create_app(state: ServerState, generation: GenerationConfig | None = None) -
             )
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=STREAMED)
     async def chat(body: ChatRequest) -> Any:
         prepared = await asyncio.to_thread(Prepared, state, body, default)
         if body.stream:
@@ -107,7 +140,8 @@ def create_app(state: ServerState, generation: GenerationConfig | None = None) -
     def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
         if body.correction is not None and not body.correction.strip():
             raise UsageError("the correction is empty; give the better answer as its text")
-        user = user_of(request)
+        keyed = getattr(request.state, "user", None)
+        user = user_of(request) if keyed or not body.user else body.user
         fid = state.store.add_feedback(
             body.turn_id,
             body.rating,

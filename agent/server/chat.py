@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.backend import Pin
 from agent.config import GenerationConfig
-from agent.runtime import MAX_MESSAGE_CHARS, Answer, UsageError, new_thread_id
+from agent.runtime import MAX_MESSAGE_CHARS, Answer, UsageError, check_message, new_thread_id
 from agent.server.state import ServerState
 from storage.records import Message
 
@@ -96,6 +96,7 @@ def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
     if not request.messages or request.messages[-1].role != "user":
         raise UsageError("messages must end with the user's message")
     text = request.messages[-1].text()
+    check_message(text)  # here, not only in the answer: a refused request stores nothing
     if request.thread_id is not None:
         return None, text  # the thread's stored history is the context
     roles = {"developer": "system"}

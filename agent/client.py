@@ -1,0 +1,209 @@
+"""Talk to a running ``learnloop serve`` for the same data root.
+
+The server holds the database while it runs (DuckDB lets one process write it) and says
+where it listens in ``DATA_ROOT/server.json``: ``{"url", "pid"}`` and, when it requires
+API keys, ``"token"`` (sent as ``Authorization: Bearer``). :func:`find_server` reads that
+file: one whose process is gone is removed; one whose server cannot be reached within a
+second, or does not answer ``/healthz`` within a few (a busy server is slow, not gone),
+or answers for another data root, is ignored. A server's error answer
+``{"error": {"message"}}`` becomes a :class:`ServerError`, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.server.run import server_file
+from storage.home import data_root
+
+CONNECT_TIMEOUT_S = 1.0
+HEALTH_TIMEOUT_S = 5.0
+TIMEOUT_S = 60.0  # a request that is not an answer being generated
+ANSWER_TIMEOUT_S = 600.0  # longest wait for the next streamed token (a long prompt)
+
+
+class ServerError(click.ClickException):
+    """An error answer from the server, or no answer at all; ``status`` 0 for the latter."""
+
+    def __init__(self, message: str, status: int = 0, kind: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def find_server() -> ServerClient | None:
+    """The server running for this data root, or None (then commands work locally)."""
+    path = server_file()
+    try:
+        info = json.loads(path.read_text())
+        url, pid = str(info["url"]).rstrip("/"), int(info["pid"])
+        token = info.get("token")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable or half written: as if absent
+    if not _pid_alive(pid):
+        path.unlink(missing_ok=True)  # left by a server that was killed
+        return None
+    server = ServerClient(url, pid, token if isinstance(token, str) else None)
+    return server if server.healthy() else None
+
+
+class ServerClient:
+    """One method per endpoint the CLI uses; each returns the response's JSON."""
+
+    def __init__(self, url: str, pid: int, token: str | None = None) -> None:
+        self.url = url
+        self.pid = pid
+        self.token = token
+
+    def _http(self, timeout: float = TIMEOUT_S) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S))
+        return httpx.Client(base_url=self.url, headers=headers, timeout=limits)
+
+    def healthy(self) -> bool:
+        import httpx
+
+        try:
+            with self._http(HEALTH_TIMEOUT_S) as http:
+                health = http.get("/healthz").json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        if not isinstance(health, dict) or health.get("status") != "ok":
+            return False
+        root = health.get("data_root")
+        return root is None or Path(root).resolve() == data_root().resolve()
+
+    def refuse(self, hint: str) -> click.ClickException:
+        """The error for a command that cannot go through the server."""
+        return click.ClickException(
+            f"a learnloop server (pid {self.pid}) at {self.url} holds the database of "
+            f"this data root; {hint}"
+        )
+
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        import httpx
+
+        try:
+            with self._http() as http:
+                response = http.request(method, path, json=body, params=params or None)
+        except httpx.HTTPError as exc:
+            raise self._gone(exc) from exc
+        _check(response)
+        return response.json()
+
+    def _gone(self, exc: Exception) -> ServerError:
+        return ServerError(f"the learnloop server at {self.url} did not answer: {exc}")
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    def ask(
+        self, body: dict[str, Any], on_token: Callable[[str], Any] | None = None
+    ) -> dict[str, Any]:
+        """Stream an answer (``on_token`` gets each piece); return the turn's ids, the
+        answer and the version, as ``learnloop ask --json`` prints them."""
+        import httpx
+
+        answer: list[str] = []
+        try:
+            with (
+                self._http(ANSWER_TIMEOUT_S) as http,
+                http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r,
+            ):
+                if r.status_code >= 400:
+                    r.read()
+                    _check(r)
+                result = {
+                    "turn_id": int(r.headers["X-Learnloop-Turn-Id"]),
+                    "thread_id": r.headers["X-Learnloop-Thread-Id"],
+                    "answer": "",
+                    "version": r.headers["X-Learnloop-Version"],
+                }
+                for event in _events(r.iter_lines()):
+                    if "error" in event:
+                        raise ServerError(_message(event), 500, "server_error")
+                    piece = event["choices"][0]["delta"].get("content") if event["choices"] else ""
+                    if piece:
+                        answer.append(piece)
+                        if on_token is not None:
+                            on_token(piece)
+        except httpx.HTTPError as exc:
+            raise self._gone(exc) from exc
+        except KeyError as exc:
+            raise ServerError(f"the server at {self.url} sent an unexpected answer") from exc
+        result["answer"] = "".join(answer)
+        return result
+
+    def feedback(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/feedback", body))
+
+    def learn(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/learn", overrides))
+
+    def learn_run(self, run: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/learn/{run}"))
+
+    def versions(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/versions"))
+
+    def log(self, limit: int) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/log", limit=limit))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/status"))
+
+    def activate(self, version: str, why: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/versions/{version}/activate", {"why": why}))
+
+    def rollback(self, why: str) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/rollback", {"why": why}))
+
+
+def _message(body: Any) -> str:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return ""
+
+
+def _check(response: Any) -> None:
+    """Raise the server's error answer as a ServerError."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = _message(body) or f"the server answered {response.status_code}"
+    kind = str(body["error"].get("type", "")) if _message(body) else ""
+    raise ServerError(message, response.status_code, kind)
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, up to ``[DONE]``."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
