@@ -69,6 +69,11 @@ class Backend(Protocol):
         """Make ``version`` current; return the seconds it took (0 if it already was)."""
         ...
 
+    def prepare(self, pin: Pin) -> float:
+        """Load ``pin``'s version without waiting for the answer in progress and make it
+        the default; return the seconds it took."""
+        ...
+
     def interrupt(self) -> None:
         """Stop the answer being generated (safe to call from a signal handler)."""
         ...
@@ -94,7 +99,8 @@ class TransformersBackend:
             raise ModelNotFound(f"cannot load model {checkpoint}: {first_line}") from exc
         self.model: Any = model.to(device)
         self.model.eval()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while an answer is generated
+        self._loading = threading.Lock()  # held while adapters are added or removed
         self._loaded: list[str] = []  # adapter names in load order
         self._paths: dict[str, str] = {}  # adapter folder of every version seen
         self._stop = threading.Event()  # set to cut the current answer short
@@ -120,36 +126,69 @@ class TransformersBackend:
             self.version = version
         return time.perf_counter() - started
 
-    def _use(self, pin: Pin) -> str:
-        """Make ``pin``'s adapter the current one (loading it if needed); the caller holds
-        the lock. The base model needs no adapter: generation disables it."""
-        if pin.version == BASE_VERSION:
-            return BASE_VERSION
+    def prepare(self, pin: Pin) -> float:
+        """Load ``pin``'s adapter while answers go on, and make it the default version: for
+        a caller whose every answer is pinned (the server), a swap that waits for nobody.
+        Loading adds the adapter's own modules and leaves the answering adapter as it is;
+        only a model with no adapter yet waits for the answer in progress, since wrapping
+        it in PEFT replaces the layers that answer runs through. Returns seconds spent."""
+        started = time.perf_counter()
+        if pin.version != BASE_VERSION:
+            self._remember(pin)
+            if self._is_peft():
+                with self._loading:
+                    self._inject(pin.version)
+            else:
+                with self._lock, self._loading:
+                    self._inject(pin.version)
+        self.version = pin.version
+        return time.perf_counter() - started
+
+    def _remember(self, pin: Pin) -> None:
         if pin.adapter_path is not None:
             self._paths[pin.version] = pin.adapter_path
         if pin.version not in self._paths:
             raise ValueError(f"version {pin.version} needs an adapter path")
-        self._load(pin.version, self._paths[pin.version])
+
+    def _is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    def _use(self, pin: Pin) -> str:
+        """Make ``pin``'s adapter the current one (loading it if needed); the caller holds
+        the lock, so no answer is running. The base model needs no adapter: generation
+        disables it."""
+        if pin.version == BASE_VERSION:
+            return BASE_VERSION
+        self._remember(pin)
+        with self._loading:
+            self._inject(pin.version)
+            self.model.set_adapter(pin.version)
+            self._evict(keep=pin.version)
         return pin.version
 
-    def _load(self, name: str, path: str) -> None:
+    def _inject(self, name: str) -> None:
+        """Load adapter ``name`` under its own name (unique per version) unless loaded;
+        the caller holds ``_loading``."""
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model = PeftModel.from_pretrained(self.model, self._paths[name], adapter_name=name)
             self.model.eval()
         elif name not in self.model.peft_config:
-            self.model.load_adapter(path, adapter_name=name)
-        self.model.set_adapter(name)
+            self.model.load_adapter(self._paths[name], adapter_name=name)
         if name in self._loaded:
             self._loaded.remove(name)
         self._loaded.append(name)
-        # Bound memory: forget the oldest adapters, never the one just made current nor
-        # the default version's (a pinned answer may load others between two answers).
-        for old in list(self._loaded[:-1]):
+
+    def _evict(self, keep: str) -> None:
+        """Bound memory: forget the oldest adapters, never ``keep`` (about to answer) nor
+        the default version's. Only with the lock held: no answer uses an adapter then."""
+        for old in list(self._loaded):
             if len(self._loaded) <= self.keep_adapters:
                 break
-            if old != self.version:
+            if old not in (keep, self.version):
                 self._loaded.remove(old)
                 self.model.delete_adapter(old)
 

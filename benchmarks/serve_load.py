@@ -299,7 +299,7 @@ def table(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
         f"| load the adapter and make it current (ms) | {_f(swap['load_ms']['p50'], 0)} | "
         f"{_f(swap['load_ms']['p95'], 0)} | {swap['swaps']} | {swap['failed']} |",
-        f"| whole switch, incl. waiting for the answer in progress (ms) | "
+        f"| whole switch: load, record, repoint (ms) | "
         f"{_f(swap['server_ms']['p50'], 0)} | {_f(swap['server_ms']['p95'], 0)} | | |",
         f"| activate request round trip under load (ms) | "
         f"{_f(swap['round_trip_ms']['p50'], 0)} | {_f(swap['round_trip_ms']['p95'], 0)} | | |",

@@ -48,10 +48,11 @@ def running_server(
     trigger: TriggerConfig | None = None,
     generation: GenerationConfig = GEN,
     require_keys: bool = False,
+    keep_adapters: int = 4,
 ) -> Iterator[Running]:
     store = Store(shared=True)
     model = resolve_model(str(model_dir))
-    backend = TransformersBackend(model.path, model.name, keep_adapters=4)
+    backend = TransformersBackend(model.path, model.name, keep_adapters=keep_adapters)
     agent = Agent(store, backend, generation)
     agent.sync_version()
     state = ServerState(store, agent, model, trigger=trigger or TriggerConfig(auto_learn=False))

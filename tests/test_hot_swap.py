@@ -3,6 +3,8 @@ and forth. Every answer must complete, and must be the answer of the version it 
 
 Two LoRA adapters with random (non-zero) weights make the tiny model answer a fixed
 prompt differently per version, so a greedy answer identifies the version that made it.
+They adapt different layers, and the server keeps only two adapters loaded, so swaps
+keep loading adapters (new modules too) while other answers are being generated.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ PROMPT = {"role": "user", "content": "Name three colours."}
 GREEDY = {"temperature": 0, "max_tokens": 6}
 
 
-def random_adapter(model_dir: Path, folder: Path, seed: int) -> None:
+def random_adapter(model_dir: Path, folder: Path, seed: int, modules: list[str]) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    config = LoraConfig(r=4, target_modules=modules, init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(folder)
 
 
@@ -88,10 +90,11 @@ def greedy_answer(server: Running, version: str) -> str:
 def test_concurrent_streams_survive_swaps_and_name_the_version_used(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    with running_server(tiny_model_dir) as server:
+    targets = {"v1": ["q_proj", "v_proj"], "v2": ["k_proj", "o_proj", "up_proj"]}
+    with running_server(tiny_model_dir, keep_adapters=1) as server:
         for n, version in enumerate(["v1", "v2"], start=1):
             folder = tmp_path / version
-            random_adapter(tiny_model_dir, folder, seed=n)
+            random_adapter(tiny_model_dir, folder, seed=n, modules=targets[version])
             register(server.state.store, tiny_model_dir, version, folder)
         expected = {v: greedy_answer(server, v) for v in ("base", "v1", "v2")}
         assert len(set(expected.values())) == 3, expected  # each version is recognisable

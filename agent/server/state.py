@@ -53,7 +53,7 @@ class LearnJob:
 class Swap:
     previous: str
     active: str
-    seconds: float  # the whole switch, including waiting for the answer in progress
+    seconds: float  # the whole switch: load, record the activation, repoint
     load_seconds: float  # loading the adapter and making it current
 
 
@@ -103,7 +103,7 @@ class ServerState:
             started = time.perf_counter()
             previous = self.active
             pin = self.pin(version)
-            load = self.agent.backend.switch(pin.version, pin.adapter_path)
+            load = self.agent.backend.prepare(pin)
             self.store.activate(pin.version, who=who, why=why)
             self.active = pin.version
             self.last_swap = Swap(previous, pin.version, time.perf_counter() - started, load)
@@ -120,7 +120,7 @@ class ServerState:
             started = time.perf_counter()
             previous, active = self.active, self.store.active_version()
             pin = self.pin(active)
-            load = self.agent.backend.switch(pin.version, pin.adapter_path)
+            load = self.agent.backend.prepare(pin)
             self.active = active
             self.last_swap = Swap(previous, active, time.perf_counter() - started, load)
 
