@@ -161,18 +161,24 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
     return metrics
 
 
-def latest_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The last complete line of a run's progress.jsonl (stage, step, total, loss)."""
+def progress_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete line of a run's progress.jsonl (stage, step, total, loss, t)."""
     path = run_dir / "progress.jsonl"
     if not path.is_file():
-        return None
-    for line in reversed(path.read_text().splitlines()):
+        return []
+    events = []
+    for line in path.read_text().splitlines():
         try:
-            value: dict[str, Any] = json.loads(line)
-            return value
+            events.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line still being written
-    return None
+    return events
+
+
+def latest_progress(run_dir: Path) -> dict[str, Any] | None:
+    """The last complete line of a run's progress.jsonl."""
+    events = progress_events(run_dir)
+    return events[-1] if events else None
 
 
 def _relay(path: Path, seen: int, progress: Progress | None) -> int:

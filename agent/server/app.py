@@ -30,8 +30,9 @@ from agent.report import status_data, turn_dict, versions_data
 from agent.runtime import MAX_MESSAGE_CHARS, UsageError
 from agent.server.auth import install
 from agent.server.chat import ChatRequest, Prepared, stream_answer
-from agent.server.state import ACTIVE_ALIAS, Busy, ServerState, losses, run_events
+from agent.server.state import ACTIVE_ALIAS, Busy, ServerState, losses
 from learning.config import LearnConfig
+from learning.cycle import progress_events
 from learning.snapshot import NothingToLearn
 from storage.home import data_root
 from storage.store import BASE_VERSION, NotFound
@@ -252,7 +253,7 @@ def dashboard_data(state: ServerState) -> dict[str, Any]:
             "run": r.id,
             "version": r.version_id,
             "status": r.status,
-            "losses": losses(run_events(Path(r.run_dir))) if r.run_dir else [],
+            "losses": losses(progress_events(Path(r.run_dir))) if r.run_dir else [],
         }
         for r in store.runs()
     ]

@@ -24,7 +24,7 @@ from agent.backend import Pin
 from agent.models import ResolvedModel
 from agent.runtime import Agent, UsageError
 from learning.config import LearnConfig
-from learning.cycle import CycleFailed, complete_cycle, prepare_run
+from learning.cycle import CycleFailed, complete_cycle, prepare_run, progress_events
 from learning.triggers import TriggerConfig, check
 from storage.store import BASE_VERSION, NotFound, Store
 
@@ -173,7 +173,7 @@ class ServerState:
         if run is None:
             raise NotFound(f"no learning run {run_id}; POST /v1/learn starts one")
         job = self.jobs.get(run_id)
-        events = run_events(Path(run.run_dir)) if run.run_dir else []
+        events = progress_events(Path(run.run_dir)) if run.run_dir else []
         last = events[-1] if events else {}
         version = run.version_id or (job.version if job else None)
         gate = self.store.get_version(version).gate if version else None
@@ -194,22 +194,6 @@ class ServerState:
             "started_at": run.started_at,
             "finished_at": run.finished_at,
         }
-
-
-def run_events(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete progress line of a run (stage, step, total, loss, t)."""
-    import json
-
-    path = run_dir / "progress.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # the line still being written
-    return events
 
 
 def losses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
