@@ -3,8 +3,9 @@
 The user sends one training text per interaction (the instruction, a blank line, the
 text) to the agent, exactly as a person would in a chat: the answer comes from the
 LangGraph agent and is logged as a turn, the rating goes into the feedback table, and
-the trigger (learning/triggers.py) starts each learning cycle in the background once
-``--cycle-every`` new feedback items wait. The cycle's gate decides, and the next answer
+the trigger (learning/triggers.py) starts a learning cycle in the background every
+``--cycle-every`` interactions (one interaction: a text sent, rated, and in thumbs mode
+regenerated and rated again after a miss). The cycle's gate decides, and the next answer
 comes from whatever version is active then. Nothing goes around those parts.
 
 The user judges an answer correct when it names exactly one label and that is the gold
@@ -79,7 +80,10 @@ class BenchConfig:
     interactions: int = field(default=600, metadata={"help": "training texts to send"})
     cycle_every: int = field(
         default=150,
-        metadata={"help": "new feedback items that trigger a cycle (the chat's --learn-after)"},
+        metadata={
+            "help": "interactions between learning cycles (each started by the chat's "
+            "trigger; a thumbs interaction may rate several answers)"
+        },
     )
     feedback: str = field(
         default="correct",
@@ -229,13 +233,15 @@ class Bench:
         self.chat = load_agent(store, self.model_spec, chat_settings)
         greedy = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0)
         self.judge = Agent(store, self.chat.backend, greedy)  # same model, greedy answers
-        trigger = TriggerConfig(learn_after=self.config.cycle_every, learn_every_minutes=0)
+        # due whenever anything new was rated; asked every --cycle-every interactions
+        trigger = TriggerConfig(learn_after=1, learn_every_minutes=0)
         base = self.measure(data.eval, say, "base")
         cycles: list[dict[str, Any]] = []
         last = base
         for done, row in enumerate(data.interactions, start=1):
             self.interact(row)
-            cycle = self.maybe_learn(trigger, say)
+            due = done % self.config.cycle_every == 0
+            cycle = self.maybe_learn(trigger, say) if due else None
             if cycle is not None:
                 last = self.after_cycle(last, data.eval, say)
                 scores = {k: last[k] for k in score_keys(last)}

@@ -75,7 +75,8 @@ def test_correct_mode_learns_through_the_real_loop_and_writes_its_results(
     first = results["cycles"][0]
     assert first["version"] == "v1" and first["gate"]["candidate"]["task_accuracy"] is not None
     assert first["train_seconds"] > 0 and first["peak_rss_mb"] > 0
-    assert first["interactions"] == 3  # the trigger fired at 3 feedback items
+    # a cycle every 3 interactions, each started through the chat's trigger
+    assert [c["interactions"] for c in results["cycles"]] == [3, 6]
     assert results["feedback"]["corrections"] == results["feedback"]["down"]
     # Everything went through the store: turns, feedback, runs and versions are there.
     with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
@@ -95,6 +96,7 @@ def test_thumbs_mode_regenerates_after_a_miss_and_never_corrects(
     tally = results["feedback"]
     misses = 6 - tally["correct_first_try"]
     assert tally["regenerations"] == misses and tally["corrections"] == 0
+    assert all(c["interactions"] in (3, 6) for c in results["cycles"])  # not per feedback
     with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
         regens = store.db.execute("SELECT count(*) FROM turns WHERE regen_of IS NOT NULL")
         assert regens.fetchone() == (misses,)
