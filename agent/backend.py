@@ -31,6 +31,8 @@ from agent.models import ModelNotFound
 from storage.records import Message
 from storage.store import BASE_VERSION
 
+PLACEHOLDER = "learnloop-placeholder"  # never a version id: those are base, v1, v2, ...
+
 
 @dataclass(frozen=True)
 class Pin:
@@ -72,6 +74,10 @@ class Backend(Protocol):
     def prepare(self, pin: Pin) -> float:
         """Load ``pin``'s version without waiting for the answer in progress and make it
         the default; return the seconds it took."""
+        ...
+
+    def ready_for_adapters(self) -> None:
+        """Get ready for :meth:`prepare` to load adapters while answers run."""
         ...
 
     def interrupt(self) -> None:
@@ -143,6 +149,19 @@ class TransformersBackend:
                     self._inject(pin.version)
         self.version = pin.version
         return time.perf_counter() - started
+
+    def ready_for_adapters(self) -> None:
+        """Wrap the base model for adapters now, with an empty placeholder adapter (LoRA B
+        is zero: the base's own output), so that every later :meth:`prepare` only adds
+        modules. Wrapping replaces the layers an answer runs through, so done later it
+        would have to wait for a gap between answers, which a busy server may not have."""
+        from peft import LoraConfig, get_peft_model
+
+        with self._lock, self._loading:
+            if not self._is_peft():
+                config = LoraConfig(r=1, init_lora_weights=True)  # the model type's targets
+                self.model = get_peft_model(self.model, config, adapter_name=PLACEHOLDER)
+                self.model.eval()
 
     def _remember(self, pin: Pin) -> None:
         if pin.adapter_path is not None:
@@ -241,7 +260,7 @@ class TransformersBackend:
                 if config.seed >= 0:
                     torch.manual_seed(config.seed)
                 with torch.inference_mode():
-                    if result.version == BASE_VERSION and self._loaded:
+                    if result.version == BASE_VERSION and self._is_peft():
                         with self.model.disable_adapter():
                             output["ids"] = self.model.generate(**kwargs)
                     else:

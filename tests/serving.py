@@ -54,6 +54,7 @@ def running_server(
     model = resolve_model(str(model_dir))
     backend = TransformersBackend(model.path, model.name, keep_adapters=keep_adapters)
     agent = Agent(store, backend, generation)
+    backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()
     state = ServerState(store, agent, model, trigger=trigger or TriggerConfig(auto_learn=False))
     port = free_port()

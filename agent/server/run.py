@@ -49,6 +49,7 @@ def build_state(
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
     model = resolve_model(model_spec)
     agent = Agent(store, TransformersBackend(model.path, model.name, keep_adapters=4), generation)
+    agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()
     default_bench = data_root().parent / "results.json"  # a `learnloop bench` OUT/home
     return ServerState(
