@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,6 @@ class ServerState:
         self.learn = learn or LearnConfig()
         self.bench_results = bench_results
         self.active = store.active_version()
-        self.last_swap: Swap | None = None
         self._swapping = threading.Lock()
         self._learning = threading.Lock()
         self.jobs: dict[int, LearnJob] = {}
@@ -99,15 +99,7 @@ class ServerState:
 
     def activate(self, version: str, *, who: str, why: str) -> Swap:
         """Load ``version`` and make it the one new requests get; record who and why."""
-        with self._swapping:
-            started = time.perf_counter()
-            previous = self.active
-            pin = self.pin(version)
-            load = self.agent.backend.prepare(pin)
-            self.store.activate(pin.version, who=who, why=why)
-            self.active = pin.version
-            self.last_swap = Swap(previous, pin.version, time.perf_counter() - started, load)
-            return self.last_swap
+        return self._swap(version, lambda v: self.store.activate(v, who=who, why=why))
 
     def rollback(self, *, who: str, why: str) -> Swap:
         if self.active == BASE_VERSION:
@@ -116,13 +108,19 @@ class ServerState:
 
     def _follow_promotion(self) -> None:
         """A cycle's gate activated its version in the store: load it, move the pointer."""
+        self._swap(self.store.active_version(), None)
+
+    def _swap(self, version: str, record: Callable[[str], None] | None) -> Swap:
+        """Load, record the switch (unless the store has it already), then repoint."""
         with self._swapping:
             started = time.perf_counter()
-            previous, active = self.active, self.store.active_version()
-            pin = self.pin(active)
+            previous = self.active
+            pin = self.pin(version)
             load = self.agent.backend.prepare(pin)
-            self.active = active
-            self.last_swap = Swap(previous, active, time.perf_counter() - started, load)
+            if record is not None:
+                record(pin.version)
+            self.active = pin.version
+            return Swap(previous, pin.version, time.perf_counter() - started, load)
 
     # -- learning ----------------------------------------------------------------------
 
