@@ -12,7 +12,6 @@ or answers for another data root, is ignored. A server's error answer
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,6 @@ class ServerError(click.ClickException):
         self.kind = kind
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
 def find_server() -> ServerClient | None:
     """The server running for this data root, or None (then commands work locally)."""
     path = server_file()
@@ -58,7 +47,9 @@ def find_server() -> ServerClient | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or half written: as if absent
-    if not _pid_alive(pid):
+    from learning.cycle import pid_alive
+
+    if not pid_alive(pid):
         path.unlink(missing_ok=True)  # left by a server that was killed
         return None
     server = ServerClient(url, pid, token if isinstance(token, str) else None)
