@@ -14,14 +14,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from agent.backend import TransformersBackend
 from agent.config import GenerationConfig
-from agent.models import resolve_model
-from agent.runtime import Agent
 from agent.server.app import create_app
+from agent.server.run import build_state
 from agent.server.state import ServerState
 from learning.triggers import TriggerConfig
-from storage.store import Store
 
 GEN = GenerationConfig(max_new_tokens=8)
 
@@ -50,13 +47,9 @@ def running_server(
     require_keys: bool = False,
     keep_adapters: int = 4,
 ) -> Iterator[Running]:
-    store = Store(shared=True)
-    model = resolve_model(str(model_dir))
-    backend = TransformersBackend(model.path, model.name, keep_adapters=keep_adapters)
-    agent = Agent(store, backend, generation)
-    backend.ready_for_adapters()  # swaps then never wait for a gap between answers
-    agent.sync_version()
-    state = ServerState(store, agent, model, trigger=trigger or TriggerConfig(auto_learn=False))
+    trigger = trigger or TriggerConfig(auto_learn=False)
+    state = build_state(str(model_dir), generation, trigger, None, keep_adapters=keep_adapters)
+    store = state.store
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

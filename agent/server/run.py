@@ -12,10 +12,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import GenerationConfig
 from learning.triggers import TriggerConfig
 from storage.home import data_root
+
+if TYPE_CHECKING:
+    from agent.server.state import ServerState
 
 SERVER_FILE = "server.json"
 
@@ -37,7 +41,10 @@ def build_state(
     generation: GenerationConfig,
     trigger: TriggerConfig,
     bench_results: Path | None,
-) -> object:
+    *,
+    keep_adapters: int = 4,
+) -> ServerState:
+    """The store (held for good), the model wrapped for adapters, the active version."""
     from agent.backend import TransformersBackend
     from agent.models import resolve_model
     from agent.runtime import Agent
@@ -48,7 +55,8 @@ def build_state(
     store = Store(shared=True)
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
     model = resolve_model(model_spec)
-    agent = Agent(store, TransformersBackend(model.path, model.name, keep_adapters=4), generation)
+    backend = TransformersBackend(model.path, model.name, keep_adapters=keep_adapters)
+    agent = Agent(store, backend, generation)
     agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()
     default_bench = data_root().parent / "results.json"  # a `learnloop bench` OUT/home
@@ -71,7 +79,6 @@ def serve(
     from agent.runtime import UsageError
     from agent.server.app import create_app
     from agent.server.auth import keys_required
-    from agent.server.state import ServerState
     from storage.keys import new_key
     from storage.store import Store
 
@@ -85,7 +92,6 @@ def serve(
         require_keys = keys_required(host, keys)
     token = new_key() if require_keys else None  # the CLI's key to this server
     state = build_state(model_spec, generation, trigger, bench_results)
-    assert isinstance(state, ServerState)
     path = server_file()
 
     def stop() -> None:
