@@ -78,6 +78,7 @@ class LocalChatModel(BaseChatModel):
         # per call, from the graph: the version to answer with and the request's settings
         pin: Pin | None = kwargs.get("pin")
         generation: GenerationConfig = kwargs.get("generation") or self.generation
+        generation = generation.for_attempt(kwargs.get("attempt", 0))
         started = time.perf_counter()
         first: float | None = None
         stream = backend.stream(dicts, generation, pin)

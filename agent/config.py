@@ -28,6 +28,16 @@ class GenerationConfig:
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
+    def for_attempt(self, attempt: int) -> GenerationConfig:
+        """The settings for the ``attempt``-th answer to one prompt (0 = the first).
+
+        A fixed seed makes one answer reproducible, but a regeneration asks for a different
+        answer: with the same seed it would repeat the first one word for word. So each
+        attempt samples with its own seed, still reproducible from the log."""
+        if attempt <= 0 or self.seed < 0 or self.greedy:
+            return self
+        return dataclasses.replace(self, seed=self.seed + attempt)
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0

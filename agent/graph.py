@@ -31,6 +31,7 @@ class TurnState(TypedDict, total=False):
     thread_id: str
     user_message: str
     regen_of: int | None  # the turn to answer again, if this is a /regen
+    attempt: int  # answers that prompt has had before this one (0 unless a /regen)
     context: list[Message]  # earlier messages sent by the caller, instead of the thread's
     messages: list[Message]  # what the model sees, system first, user message last
     pin: Any  # agent.backend.Pin: answer with this version (default: the current one)
@@ -60,6 +61,7 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
                 "messages": target.log.messages,
                 "user_message": target.log.user_message,
                 "regen_of": target.log.regen_of or target.id,
+                "attempt": store.answers_to(target.id),
                 "nodes": ["load_history"],
             }
         context = state.get("context")
@@ -80,6 +82,7 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
             _to_langchain(state["messages"]),
             pin=state.get("pin"),
             generation=state.get("generation"),
+            attempt=state.get("attempt", 0),
         )
         meta = dict(reply.response_metadata)
         meta["usage"] = dict(getattr(reply, "usage_metadata", None) or {})

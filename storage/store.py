@@ -115,6 +115,17 @@ class Store(Keys, Registry):
             raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
         return self._turns([row])[0]
 
+    def answers_to(self, turn_id: int) -> int:
+        """How many answers the prompt of ``turn_id`` has had: the original turn and all
+        its regenerations (0 when there is no such turn)."""
+        return int(
+            self._one(
+                """SELECT count(*) FROM turns WHERE coalesce(regen_of, id) =
+                   (SELECT coalesce(regen_of, id) FROM turns WHERE id = ?)""",
+                [turn_id],
+            )
+        )
+
     def thread_history(self, thread_id: str) -> list[Turn]:
         """The turns that make up a thread's conversation, oldest first.
 

@@ -58,6 +58,24 @@ def test_regen_answers_the_same_context_and_replaces_it_in_history(
     assert store.get_turn(third.turn_id).log.messages[3]["content"] == regen.answer
 
 
+def test_regen_with_a_fixed_seed_samples_a_new_answer_reproducibly(
+    store: Store, tiny_model_dir: Path
+) -> None:
+    """A seeded chat (the bench's) must not repeat the same answer on every /regen, or a
+    user who regenerates after a bad answer can never get a better one."""
+    seeded = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=7)
+    agent = Agent(store, TransformersBackend(str(tiny_model_dir), tiny_model_dir.name), seeded)
+    first = agent.ask("Hello")
+    regens = [agent.ask("", regen_of=first.turn_id) for _ in range(2)]
+    answers = [first.answer, *(r.answer for r in regens)]
+    assert len(set(answers)) == 3
+    seeds = [store.get_turn(t).log.settings["seed"] for t in (first.turn_id, regens[1].turn_id)]
+    assert seeds == [7, 9]  # logged, so each answer can be replayed
+    assert store.answers_to(regens[0].turn_id) == 3
+    again = agent.ask("Hello")  # a new prompt starts from the seed again
+    assert again.answer == first.answer
+
+
 def test_running_agent_swaps_in_a_new_version_without_reloading_the_base(
     store: Store, tiny_model_dir: Path
 ) -> None:
