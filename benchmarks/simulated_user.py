@@ -149,6 +149,14 @@ BENCH_LEARN: dict[str, object] = {
 }
 
 
+# What the gate must win on, per mode. Thumbs feedback on an imbalanced task (60% of
+# these texts are neutral) pulls towards the commonest label, and accuracy rewards that:
+# measured, a v1 that answered "neutral" to everything won on accuracy (0.61 vs 0.47) and,
+# once active, never said anything else, so no right answer was left to learn from.
+# Macro-F1 rejects such a version (0.25 vs the base's 0.35).
+GATE_METRIC = {"correct": "task_accuracy", "thumbs": "task_macro_f1"}
+
+
 def learn_settings(mode: str, overrides: dict[str, object]) -> dict[str, object]:
     """The bench's LearnConfig values for a feedback mode, then the user's --set."""
     method = "sft" if mode == "correct" else "auto"
@@ -366,6 +374,7 @@ def _gate_numbers(side: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keep = (
         "task_accuracy",
+        "task_macro_f1",
         "preference_accuracy",
         "correction_match",
         "control_accuracy",
@@ -418,7 +427,7 @@ def run_bench(
             eval_file=str(gate_file),
             eval_instruction=config.instruction,
             eval_labels=config.labels,
-            gate_metric="task_accuracy",
+            gate_metric=GATE_METRIC[config.feedback],
         )
     else:
         learn = replace(learn, gate_metric="correction_match")

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 METHODS = ("auto", "sft", "dpo", "kto")
-GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy")
+GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "task_macro_f1")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class LearnConfig:
         default="preference_accuracy",
         metadata={
             "help": "metric the candidate must win on: preference_accuracy | correction_match "
-            "(held-out feedback) | task_accuracy (--eval-file)"
+            "(held-out feedback) | task_accuracy | task_macro_f1 (--eval-file; macro-F1 "
+            "does not reward answering every row with the commonest label)"
         },
     )
     promote_without_heldout: bool = field(
@@ -118,8 +119,8 @@ class LearnConfig:
             raise ValueError("--held-out-share must be in [0, 1)")
         if self.gate_metric not in GATE_METRICS:
             raise ValueError(f"--gate-metric must be one of {', '.join(GATE_METRICS)}")
-        if self.gate_metric == "task_accuracy" and not self.eval_file:
-            raise ValueError("--gate-metric task_accuracy needs --eval-file")
+        if self.gate_metric.startswith("task_") and not self.eval_file:
+            raise ValueError(f"--gate-metric {self.gate_metric} needs --eval-file")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

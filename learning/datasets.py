@@ -5,11 +5,13 @@ reads or writes anything. Output rows use TRL's *conversational* format:
 
 - SFT, prompt-completion: ``{"prompt": [messages], "completion": [assistant message]}``,
   from answers given a thumbs-up and from corrections (the better answer to that prompt).
-  A thumbs-up answer that the token limit cut off is not a target: the rating endorses
-  what it says, but training on it would teach the model to stop mid-sentence;
+  Of a thumbs-up answer that the token limit cut off, only its complete sentences are a
+  target (none, if it has none): the rating endorses what it says, but training on the
+  cut would teach the model to stop mid-sentence;
 - DPO, preference: ``{"prompt": [messages], "chosen": [...], "rejected": [...]}``, from a
   correction vs. the answer it corrects, and from a thumbs-up answer vs. a thumbs-down
-  answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings);
+  answer to the same prompt (the same messages seen, e.g. ``/regen`` siblings; a cut-off
+  chosen answer trimmed as for SFT);
 - KTO, unpaired preference: ``{"prompt": [messages], "completion": [assistant message],
   "label": bool}``, every thumbs-up (True) and thumbs-down (False) answer alone, and a
   correction as a desirable completion: feedback that never forms a pair still counts.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +67,32 @@ def _prompt_key(messages: list[Message]) -> str:
     return json.dumps(messages, sort_keys=True)
 
 
+# A sentence ends at . ! or ? followed by a space or the end of the text ("2.5" goes on).
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def complete_part(answer: str) -> str:
+    """The complete sentences of an answer the token limit cut off ('' when there are none).
+
+    Measured on the sentiment bench: the base model answers a positive sentence with "The
+    sentence is generally positive. The sentence conveys that ..." up to the limit. Those
+    thumbs-ups were the only positive examples thumbs feedback gave; dropping them whole
+    taught v1 to answer "neutral" to everything."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(answer)]
+    return answer[: ends[-1]].strip() if ends else ""
+
+
+def endorsed(ex: FeedbackExample) -> str:
+    """The good answer a thumbs-up stands for, complete ('' for a thumbs-down)."""
+    if ex.rating != "up":
+        return ""
+    return complete_part(ex.answer) if ex.truncated else ex.answer
+
+
 def build_sft(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
     rows, ids = [], []
     for ex in examples:
-        endorsed = ex.rating == "up" and not ex.truncated
-        target = ex.correction if ex.correction else (ex.answer if endorsed else None)
+        target = ex.correction or endorsed(ex)
         if target:
             rows.append({"prompt": ex.messages, "completion": _assistant(target)})
             ids.append(ex.feedback_id)
@@ -95,13 +119,14 @@ def build_dpo(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
         ups = [e for e in group if e.rating == "up"]
         downs = [e for e in group if e.rating == "down"]
         for up in ups:
+            chosen = endorsed(up) or up.answer  # relative to the rejected one, a cut is fine
             for down in downs:
                 if up.answer.strip() == down.answer.strip():
                     continue
                 rows.append(
                     {
                         "prompt": up.messages,
-                        "chosen": _assistant(up.answer),
+                        "chosen": _assistant(chosen),
                         "rejected": _assistant(down.answer),
                     }
                 )
@@ -164,8 +189,12 @@ def why_empty(examples: list[FeedbackExample]) -> str:
     if not examples:
         return "there is no feedback yet: rate answers with /up, /down or /fix first"
     downs = sum(1 for e in examples if e.rating == "down" and not e.correction)
-    cut = sum(1 for e in examples if e.rating == "up" and e.truncated and not e.correction)
-    cut_text = f" ({cut} thumbs-up answer(s) were cut off by the token limit)" if cut else ""
+    cut = sum(1 for e in examples if e.rating == "up" and not endorsed(e) and not e.correction)
+    cut_text = (
+        f" ({cut} thumbs-up answer(s) were cut off by the token limit before a sentence ended)"
+        if cut
+        else ""
+    )
     return (
         f"the {len(examples)} rated answer(s) make no training example: {downs} thumbs-down "
         f"without a correction and no complete thumbs-up answer to pair them with{cut_text}; "

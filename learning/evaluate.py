@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from learning.quality import normalise
-from learning.tasks import is_correct
+from learning.tasks import macro_f1, named_labels
 
 Row = dict[str, Any]
 
@@ -70,13 +70,21 @@ def greedy(model: Any, tokenizer: Any, prompt: list[dict[str, str]], max_new_tok
     return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
-def task_accuracy(model: Any, tokenizer: Any, task: list[Row], max_new_tokens: int) -> float:
-    """Share of labelled rows answered correctly (learning/tasks.py judges)."""
-    hits = 0
+def task_scores(
+    model: Any, tokenizer: Any, task: list[Row], max_new_tokens: int
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of greedy answers to labelled rows (learning/tasks.py judges:
+    an answer predicts a label when it names exactly that one)."""
+    golds, predictions = [], []
     for row in task:
-        answer = greedy(model, tokenizer, row["prompt"], max_new_tokens)
-        hits += is_correct(answer, row["label"], row["labels"])
-    return hits / len(task)
+        named = named_labels(greedy(model, tokenizer, row["prompt"], max_new_tokens), row["labels"])
+        predictions.append(named[0] if len(named) == 1 else None)
+        golds.append(row["label"])
+    hits = sum(p == g for p, g in zip(predictions, golds, strict=True))
+    return {
+        "task_accuracy": hits / len(task),
+        "task_macro_f1": macro_f1(golds, predictions, task[0]["labels"]),
+    }
 
 
 def measure(
@@ -119,9 +127,11 @@ def measure(
         "control_accuracy": hits / len(control) if control else None,
         "control_answers": answers,
         "task_rows": len(task),
-        "task_accuracy": task_accuracy(model, tokenizer, task, task_max_new_tokens)
-        if task
-        else None,
+        **(
+            task_scores(model, tokenizer, task, task_max_new_tokens)
+            if task
+            else {"task_accuracy": None, "task_macro_f1": None}
+        ),
     }
 
 

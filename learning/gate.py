@@ -30,7 +30,13 @@ from learning.config import LearnConfig
 # Compared in this order after --gate-metric; a tie moves on to the next measured one.
 # The mean log-prob margin comes last: it breaks ties that small held-out sets produce
 # (both versions at 1.000) without ever outranking a real win or loss.
-WIN_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "preference_margin")
+WIN_METRICS = (
+    "preference_accuracy",
+    "correction_match",
+    "task_accuracy",
+    "task_macro_f1",
+    "preference_margin",
+)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class QualityReport:
     up: int = 0
     down: int = 0
     corrections: int = 0
-    cut_off: int = 0  # thumbs-up answers cut off by the token limit: no SFT target
+    cut_off: int = 0  # thumbs-up answers cut off by the token limit: SFT keeps whole sentences
 
     @property
     def up_share(self) -> float | None:

@@ -97,6 +97,7 @@ def test_thumbs_mode_regenerates_after_a_miss_and_never_corrects(
     misses = 6 - tally["correct_first_try"]
     assert tally["regenerations"] == misses and tally["corrections"] == 0
     assert all(c["interactions"] in (3, 6) for c in results["cycles"])  # not per feedback
+    assert results["learn_config"]["gate_metric"] == "task_macro_f1"
     with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
         regens = store.db.execute("SELECT count(*) FROM turns WHERE regen_of IS NOT NULL")
         assert regens.fetchone() == (misses,)

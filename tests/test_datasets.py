@@ -82,6 +82,17 @@ class TestThumbsAndCorrectionsBecomeSftRows:
         assert [row["label"] for row in data.kto] == [True]
         assert "1 thumbs-up answer(s) were cut off by the token limit" in why_empty([cut])
 
+    def test_a_cut_off_thumbs_up_trains_on_its_complete_sentences(self) -> None:
+        up = example("up", "The sky is blue. It looks blue because of the 2.5 km", truncated=True)
+        down = example("down", "Green.")
+        data = build_datasets([up, down])
+        trimmed = assistant("The sky is blue.")
+        assert data.sft == [{"prompt": prompt("What colour is the sky?"), "completion": trimmed}]
+        assert [row["chosen"] for row in data.dpo] == [trimmed]
+        # a complete answer is kept whole, decimals and all
+        whole = example("up", "It is 2.5 km. Mostly blue")
+        assert build_datasets([whole]).sft[0]["completion"] == assistant(whole.answer)
+
     def test_a_correction_of_a_cut_off_answer_is_still_an_sft_target(self) -> None:
         fixed = example("down", "The sky is blue because of", correction="Blue.", truncated=True)
         assert build_datasets([fixed]).sft == [

@@ -107,6 +107,17 @@ class TestDecide:
         assert not d.promote
         assert "task accuracy drops from 0.900 to 0.600 (allowed: 0.0)" in d.reasons
 
+    def test_macro_f1_as_the_metric_rejects_answering_the_commonest_label_to_all(self) -> None:
+        """Measured on the thumbs bench: an always-"neutral" v1 beat the base on accuracy."""
+        config = LearnConfig(gate_metric="task_macro_f1", eval_file="tasks.jsonl")
+        always_neutral, base = side(pref=None), side(pref=None)
+        always_neutral.update(task_accuracy=0.61, task_macro_f1=0.25)
+        base.update(task_accuracy=0.47, task_macro_f1=0.35)
+        d = decide(result(always_neutral, base), config)
+        assert not d.promote
+        assert d.reasons[0] == "does not win: task_macro_f1 0.250 vs 0.350 for the active version"
+        assert decide(result(always_neutral, base), LearnConfig(eval_file="t.jsonl")).promote
+
     def test_gate_off_promotes_and_says_so(self) -> None:
         d = decide(None, LearnConfig(gate=False))
         assert d.promote and "gate off" in d.reasons[0]
@@ -153,6 +164,7 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
             assert measured["control_prompts"] == len(default_control_set()) + 1
             assert measured["preference_accuracy"] in (0.0, 1.0)
             assert measured["task_rows"] == 3 and 0 <= measured["task_accuracy"] <= 1
+            assert 0 <= measured["task_macro_f1"] <= 1
         assert gate["base_control"]["control_accuracy"] == gate["active"]["control_accuracy"]
         assert cycle.reasons == gate["reasons"] and cycle.promoted == gate["promote"]
 
