@@ -157,10 +157,19 @@ BENCH_LEARN: dict[str, object] = {
 GATE_METRIC = {"correct": "task_accuracy", "thumbs": "task_macro_f1"}
 
 
+# Per mode. In `correct` mode every miss brings the one-word label, which is the form to
+# learn; a cut-off 👍 trimmed to its first sentence ("The sentence is generally considered
+# positive.") would teach a second, longer form. In `thumbs` mode those sentences are the
+# only positive examples (dropping them taught v1 to say "neutral" to everything).
+MODE_LEARN: dict[str, dict[str, object]] = {
+    "correct": {"method": "sft", "cut_off_sentences": False},
+    "thumbs": {"method": "auto", "cut_off_sentences": True},
+}
+
+
 def learn_settings(mode: str, overrides: dict[str, object]) -> dict[str, object]:
     """The bench's LearnConfig values for a feedback mode, then the user's --set."""
-    method = "sft" if mode == "correct" else "auto"
-    return {**BENCH_LEARN, "method": method, **overrides}
+    return {**BENCH_LEARN, **MODE_LEARN[mode], **overrides}
 
 
 @dataclass

@@ -25,6 +25,13 @@ class LearnConfig:
     min_pairs: int = field(
         default=4, metadata={"help": "fewest DPO pairs for auto to choose DPO over KTO"}
     )
+    cut_off_sentences: bool = field(
+        default=True,
+        metadata={
+            "help": "train on the complete sentences of a thumbs-up answer the token limit "
+            "cut off; false: such an answer is no SFT target at all"
+        },
+    )
     max_user_share: float = field(
         default=0.5,
         metadata={"help": "largest share of the examples one user may supply (with 2+ users)"},

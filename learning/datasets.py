@@ -82,24 +82,31 @@ def complete_part(answer: str) -> str:
     return answer[: ends[-1]].strip() if ends else ""
 
 
-def endorsed(ex: FeedbackExample) -> str:
-    """The good answer a thumbs-up stands for, complete ('' for a thumbs-down)."""
+def endorsed(ex: FeedbackExample, cut_off_sentences: bool = True) -> str:
+    """The good answer a thumbs-up stands for, complete ('' for a thumbs-down, and for a
+    cut-off answer without a complete sentence or when ``cut_off_sentences`` is off)."""
     if ex.rating != "up":
         return ""
-    return complete_part(ex.answer) if ex.truncated else ex.answer
+    if not ex.truncated:
+        return ex.answer
+    return complete_part(ex.answer) if cut_off_sentences else ""
 
 
-def build_sft(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
+def build_sft(
+    examples: list[FeedbackExample], cut_off_sentences: bool = True
+) -> tuple[list[Row], list[int]]:
     rows, ids = [], []
     for ex in examples:
-        target = ex.correction or endorsed(ex)
+        target = ex.correction or endorsed(ex, cut_off_sentences)
         if target:
             rows.append({"prompt": ex.messages, "completion": _assistant(target)})
             ids.append(ex.feedback_id)
     return rows, ids
 
 
-def build_dpo(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
+def build_dpo(
+    examples: list[FeedbackExample], cut_off_sentences: bool = True
+) -> tuple[list[Row], list[int]]:
     rows: list[Row] = []
     ids: list[int] = []
     for ex in examples:
@@ -119,7 +126,8 @@ def build_dpo(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
         ups = [e for e in group if e.rating == "up"]
         downs = [e for e in group if e.rating == "down"]
         for up in ups:
-            chosen = endorsed(up) or up.answer  # relative to the rejected one, a cut is fine
+            # relative to the rejected answer even a cut one is better: kept whole if need be
+            chosen = endorsed(up, cut_off_sentences) or up.answer
             for down in downs:
                 if up.answer.strip() == down.answer.strip():
                     continue
@@ -150,9 +158,9 @@ def build_kto(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
     return rows, ids
 
 
-def build_datasets(examples: list[FeedbackExample]) -> Datasets:
-    sft, sft_ids = build_sft(examples)
-    dpo, dpo_ids = build_dpo(examples)
+def build_datasets(examples: list[FeedbackExample], cut_off_sentences: bool = True) -> Datasets:
+    sft, sft_ids = build_sft(examples, cut_off_sentences)
+    dpo, dpo_ids = build_dpo(examples, cut_off_sentences)
     kto, kto_ids = build_kto(examples)
     return Datasets(sft, dpo, sft_ids, dpo_ids, kto, kto_ids)
 
@@ -184,17 +192,17 @@ def choose_method(data: Datasets, method: str, min_pairs: int) -> Datasets:
     )
 
 
-def why_empty(examples: list[FeedbackExample]) -> str:
+def why_empty(examples: list[FeedbackExample], cut_off_sentences: bool = True) -> str:
     """A sentence saying why ``examples`` build no training data."""
     if not examples:
         return "there is no feedback yet: rate answers with /up, /down or /fix first"
     downs = sum(1 for e in examples if e.rating == "down" and not e.correction)
-    cut = sum(1 for e in examples if e.rating == "up" and not endorsed(e) and not e.correction)
-    cut_text = (
-        f" ({cut} thumbs-up answer(s) were cut off by the token limit before a sentence ended)"
-        if cut
-        else ""
+    cut = sum(
+        1
+        for e in examples
+        if e.rating == "up" and not endorsed(e, cut_off_sentences) and not e.correction
     )
+    cut_text = f" ({cut} thumbs-up answer(s) were cut off by the token limit)" if cut else ""
     return (
         f"the {len(examples)} rated answer(s) make no training example: {downs} thumbs-down "
         f"without a correction and no complete thumbs-up answer to pair them with{cut_text}; "

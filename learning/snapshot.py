@@ -68,14 +68,14 @@ def build_snapshot(examples: list[FeedbackExample], config: LearnConfig) -> Snap
     train, held = split_by_thread(cleaned, config.held_out_share if config.gate else 0.0)
     if not train:
         train, held = cleaned, []
-    built = build_datasets(train)
+    built = build_datasets(train, config.cut_off_sentences)
     if built.empty:
-        raise NothingToLearn(why_empty(train))
+        raise NothingToLearn(why_empty(train, config.cut_off_sentences))
     try:
         data = choose_method(built, config.method, config.min_pairs)
     except ValueError as exc:
         raise NothingToLearn(f"nothing to train with --method {config.method}: {exc}") from exc
-    pairs, _ = build_dpo(held)
+    pairs, _ = build_dpo(held, config.cut_off_sentences)
     return Snapshot(
         data=data,
         quality=quality,

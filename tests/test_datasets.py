@@ -89,6 +89,9 @@ class TestThumbsAndCorrectionsBecomeSftRows:
         trimmed = assistant("The sky is blue.")
         assert data.sft == [{"prompt": prompt("What colour is the sky?"), "completion": trimmed}]
         assert [row["chosen"] for row in data.dpo] == [trimmed]
+        # --cut-off-sentences false: no SFT target; the pair keeps the whole answer
+        strict = build_datasets([up, down], cut_off_sentences=False)
+        assert strict.sft == [] and [r["chosen"] for r in strict.dpo] == [assistant(up.answer)]
         # a complete answer is kept whole, decimals and all
         whole = example("up", "It is 2.5 km. Mostly blue")
         assert build_datasets([whole]).sft[0]["completion"] == assistant(whole.answer)
