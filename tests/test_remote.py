@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-import agent.cli
+import agent.cli_support
 from agent.client import find_server
 from agent.server.run import server_file
 from storage.store import Store
 from tests.helpers import run_cli, run_json
 from tests.serving import Running, free_port, running_server
 
-LOCAL_STORE = agent.cli._store
+LOCAL_STORE = agent.cli_support.open_store
 FAST_LEARN = ("--max-steps", "3", "--sft-learning-rate", "1e-2", "--gate", "false")
 
 
@@ -43,7 +43,7 @@ def no_local_store() -> None:
 def server(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
     with running_server(tiny_model_dir) as running:
         path = write_server_file(running.url, os.getpid())
-        monkeypatch.setattr(agent.cli, "_store", no_local_store)
+        monkeypatch.setattr(agent.cli_support, "open_store", no_local_store)
         yield running
         path.unlink(missing_ok=True)
 
@@ -136,7 +136,7 @@ class TestThroughTheServer:
 
         # the same commands without the server: the same text and JSON
         server_file().unlink()
-        monkeypatch.setattr(agent.cli, "_store", LOCAL_STORE)
+        monkeypatch.setattr(agent.cli_support, "open_store", LOCAL_STORE)
         local = {name: run_cli(tiny_model_dir, name).stdout for name in through}
         assert local == through
         assert (run_json(tiny_model_dir, "versions"), run_json(tiny_model_dir, "log")) == (

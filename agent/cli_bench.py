@@ -1,0 +1,58 @@
+"""``learnloop bench``: the simulated user of benchmarks/simulated_user.py, as a command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from agent.cli_support import config_from, emit, quiet_libraries
+from agent.options import dataclass_options, parse_settings
+from benchmarks.simulated_user import BenchConfig
+from learning.config import LearnConfig
+
+
+@click.command()
+@dataclass_options(BenchConfig)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="a learning setting (a `learnloop learn` flag, with _), e.g. --set sft_epochs=3",
+)
+@click.option("--json", "as_json", is_flag=True, help="print results.json instead of a table")
+@click.pass_context
+def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **values: Any) -> None:
+    """Measure learning: a simulated user teaches the agent a labelled task.
+
+    Every interaction goes through the real agent (graph, turn log, feedback, trigger,
+    gate, reload). --set overrides the bench's training defaults. Example:
+
+    \b
+    learnloop bench --train ../shared/data/financial_phrasebank/train.jsonl \\
+      --eval ../shared/data/financial_phrasebank/dev.jsonl \\
+      --instruction "Classify the sentiment ... Answer with one word." \\
+      --labels positive,negative,neutral --feedback correct --out bench-correct
+    """
+    from agent.runtime import UsageError
+    from benchmarks.report import bench_table
+    from benchmarks.simulated_user import learn_settings, run_bench
+
+    quiet_libraries()
+    try:
+        settings = parse_settings(LearnConfig, overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    mode = str(values.get("feedback") or "correct")
+    learn = config_from(LearnConfig, learn_settings(mode, settings))
+    config = config_from(BenchConfig, values)
+    quiet = as_json and not sys.stderr.isatty()
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(text, err=True)
+
+    results = run_bench(config, learn, ctx.obj["model"], say)
+    emit(as_json, results, lambda: click.echo(bench_table(results)))
