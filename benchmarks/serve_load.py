@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +62,8 @@ def prepare_home(home: Path, model_spec: str | None) -> None:
     """Resolve the model and register two random adapters as versions v1 and v2, before the
     server takes the database."""
     os.environ["LEARNLOOP_HOME"] = str(home)
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from agent.models import resolve_model
-    from storage.records import Version
+    from benchmarks.random_adapter import register_adapter, save_random_adapter
     from storage.store import Store
 
     model = resolve_model(model_spec)
@@ -76,30 +71,12 @@ def prepare_home(home: Path, model_spec: str | None) -> None:
         for seed, version_id in enumerate(["v1", "v2"], start=1):
             folder = home / "adapters" / version_id
             if not folder.is_dir():
-                torch.manual_seed(seed)
-                base = AutoModelForCausalLM.from_pretrained(model.path)
-                lora = LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-                get_peft_model(base, lora).save_pretrained(str(folder))
-            if version_id in {v.id for v in store.versions()}:
-                continue
-            run_id = store.start_run("sft", {}, str(folder), 0)
-            store.add_version(
-                Version(
-                    id=version_id,
-                    parent="base",
-                    run_id=run_id,
-                    method="sft",
-                    base_model=model.name,
-                    adapter_path=str(folder),
-                    sft_count=0,
-                    dpo_count=0,
-                    metrics={},
-                    created_at=datetime.now(),
-                ),
-                activate=False,
-                who="serve_load",
-                why="benchmark adapter",
-            )
+                modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+                save_random_adapter(model.path, folder, seed, modules, random_b=False)
+            if version_id not in {v.id for v in store.versions()}:
+                register_adapter(
+                    store, version_id, folder, model.name, "serve_load", "benchmark adapter"
+                )
 
 
 def start_server(home: Path, port: int, model_spec: str | None) -> subprocess.Popen[bytes]:

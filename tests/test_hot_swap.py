@@ -12,46 +12,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from storage.records import Version
-from storage.store import Store
+from benchmarks.random_adapter import register_adapter, save_random_adapter
 from tests.serving import Running, running_server
 
 PROMPT = {"role": "user", "content": "Name three colours."}
 GREEDY = {"temperature": 0, "max_tokens": 6}
-
-
-def random_adapter(model_dir: Path, folder: Path, seed: int, modules: list[str]) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, target_modules=modules, init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(folder)
-
-
-def register(store: Store, model_dir: Path, version_id: str, folder: Path) -> None:
-    run_id = store.start_run("sft", {}, str(folder), 0)
-    version = Version(
-        id=version_id,
-        parent="base",
-        run_id=run_id,
-        method="sft",
-        base_model=model_dir.name,
-        adapter_path=str(folder),
-        sft_count=1,
-        dpo_count=0,
-        metrics={},
-        created_at=datetime.now(),
-    )
-    store.add_version(version, activate=False, who="test", why="random adapter")
 
 
 def stream_once(url: str) -> dict[str, Any]:
@@ -94,8 +64,10 @@ def test_concurrent_streams_survive_swaps_and_name_the_version_used(
     with running_server(tiny_model_dir, keep_adapters=1) as server:
         for n, version in enumerate(["v1", "v2"], start=1):
             folder = tmp_path / version
-            random_adapter(tiny_model_dir, folder, seed=n, modules=targets[version])
-            register(server.state.store, tiny_model_dir, version, folder)
+            save_random_adapter(tiny_model_dir, folder, seed=n, modules=targets[version], r=4)
+            register_adapter(
+                server.state.store, version, folder, tiny_model_dir.name, "test", "random adapter"
+            )
         expected = {v: greedy_answer(server, v) for v in ("base", "v1", "v2")}
         assert len(set(expected.values())) == 3, expected  # each version is recognisable
 
