@@ -115,6 +115,10 @@ def start_learn(model: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background (`cmd &` in a script) inherits SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt: a person's Ctrl-C
+        # reaches a terminal's foreground process with the default handling.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     progress = Path(os.environ["LEARNLOOP_HOME"]) / "runs" / "run-1" / "progress.jsonl"
     deadline = time.monotonic() + 120
