@@ -23,7 +23,7 @@ from agent.cli_keys import keys
 from agent.cli_support import config_from, emit, quiet_libraries
 from agent.client import find_server
 from agent.config import GenerationConfig
-from agent.options import build_config, dataclass_options, pop_config_values
+from agent.options import dataclass_options, pop_config_values
 from learning.config import LearnConfig
 from learning.triggers import TriggerConfig
 
@@ -101,7 +101,7 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
         raise server.refuse(f"chat in the browser at {server.url}/ or stop the server")
     quiet_libraries()
     trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
-    generation = build_config(GenerationConfig, values)
+    generation = config_from(GenerationConfig, values)
     with cli_support.open_store() as store:
         agent = load_agent(store, ctx.obj["model"], generation)
         if thread_id is not None:
@@ -140,7 +140,7 @@ def serve(
 
     quiet_libraries()
     trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
-    generation = build_config(GenerationConfig, values)
+    generation = config_from(GenerationConfig, values)
     run_server(ctx.obj["model"], host, port, generation, trigger, bench_results)
 
 
@@ -156,10 +156,10 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     from agent.runtime import check_message, load_agent
 
     check_message(text)  # before loading the model: bad input fails fast
+    generation = config_from(GenerationConfig, values)
     if (server := find_server()) is not None:
         return remote.ask(server, text, thread_id, as_json, values)
     quiet_libraries()
-    generation = build_config(GenerationConfig, values)
     with cli_support.open_store() as store:
         agent = load_agent(store, ctx.obj["model"], generation)
         on_token = None if as_json else (lambda t: click.echo(t, nl=False))

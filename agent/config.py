@@ -25,6 +25,17 @@ class GenerationConfig:
     )
     seed: int = field(default=-1, metadata={"help": "sampling seed (-1 = random)"})
 
+    def __post_init__(self) -> None:
+        # the same bounds the OpenAI-compatible API enforces on a request
+        if self.max_new_tokens < 1:
+            raise ValueError("--max-new-tokens must be at least 1")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError("--temperature must be between 0 and 2")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("--top-p must be above 0 and at most 1")
+        if self.repetition_penalty <= 0:
+            raise ValueError("--repetition-penalty must be above 0")
+
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 

@@ -1,8 +1,9 @@
 """Bad input gets one clear line on stderr and a non-zero exit, and changes nothing.
 
-Covers: empty messages, unknown turns, both ratings, empty corrections, an unusable data
-root, a database from a newer learnloop, a model path that does not exist, and Ctrl-C or
-a kill during `learn` (no half-written version ever becomes active).
+Covers: empty messages, unknown turns, both ratings, empty corrections, generation
+settings out of range, an unusable data root, a database from a newer learnloop, a model
+path that does not exist, and Ctrl-C or a kill during `learn` (no half-written version
+ever becomes active).
 """
 
 from __future__ import annotations
@@ -66,6 +67,23 @@ def test_empty_message(tiny_model_dir: Path, one_turn: dict, text: str) -> None:
 def test_bad_feedback(tiny_model_dir: Path, one_turn: dict, args: list[str], needle: str) -> None:
     before = snapshot_rows()
     one_line_error(run_cli(tiny_model_dir, "feedback", *args), needle)
+    assert snapshot_rows() == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-new-tokens", "0", "--max-new-tokens must be at least 1"),
+        ("--temperature", "-0.5", "--temperature must be between 0 and 2"),
+        ("--top-p", "1.5", "--top-p must be above 0"),
+        ("--repetition-penalty", "0", "--repetition-penalty must be above 0"),
+    ],
+)
+def test_bad_generation_setting(
+    tiny_model_dir: Path, one_turn: dict, flag: str, value: str, needle: str
+) -> None:
+    before = snapshot_rows()
+    one_line_error(run_cli(tiny_model_dir, "ask", "Hello", flag, value), needle)
     assert snapshot_rows() == before
 
 
