@@ -17,7 +17,9 @@ def keys() -> None:
     for. Change keys while the server is stopped: they count from its next start."""
 
 
-def _keysopen_store() -> Any:
+def _keys_store() -> Any:
+    """The store, unless a live server holds it (even one not answering yet: it may be
+    starting, with the database already open)."""
     from agent.runtime import UsageError
     from agent.server.run import server_file
     from learning.cycle import pid_alive
@@ -39,7 +41,7 @@ def _keysopen_store() -> Any:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 def keys_create(name: str, as_json: bool) -> None:
     """Make an API key for NAME and print it: this is the only time it is shown."""
-    with _keysopen_store() as store:
+    with _keys_store() as store:
         record, key = store.create_api_key(name)
     if as_json:
         created = str(record.created_at)
@@ -53,7 +55,7 @@ def keys_create(name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
 def keys_list(as_json: bool) -> None:
     """Every key's name, when it was made and whether it was revoked (never the key)."""
-    with _keysopen_store() as store:
+    with _keys_store() as store:
         rows = store.api_keys()
     data = [{"name": k.name, "created_at": k.created_at, "revoked_at": k.revoked_at} for k in rows]
     emit(
@@ -75,7 +77,7 @@ def keys_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 def keys_revoke(name: str, as_json: bool) -> None:
     """Revoke NAME's key: requests with it get 401 from the server's next start."""
-    with _keysopen_store() as store:
+    with _keys_store() as store:
         record = store.revoke_api_key(name)
     emit(
         as_json,
