@@ -365,9 +365,11 @@ class Bench:
     def measure(self, rows: list[Example], say: Say, version: str) -> dict[str, Any]:
         self.chat.sync_version()
         answers = []
-        for row in rows:
+        for done, row in enumerate(rows, start=1):
             answers.append(self.judge.ask(task_message(self.config.instruction, row.text)).answer)
             self.judge.store.release()
+            if done % 100 == 0 and done < len(rows):  # 477 texts take about 8 minutes
+                say(f"{version}: {done}/{len(rows)} eval texts answered")
         result = {"version": self.chat.backend.version, **score(answers, rows, self.labels)}
         say(
             f"{version}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}, "
