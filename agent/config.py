@@ -26,7 +26,8 @@ class GenerationConfig:
     seed: int = field(default=-1, metadata={"help": "sampling seed (-1 = random)"})
 
     def __post_init__(self) -> None:
-        # the same bounds the OpenAI-compatible API enforces on a request
+        # the bounds the OpenAI-compatible API puts on a request (agent/server/chat.py),
+        # less its cap on max_tokens, which guards the server, not the model
         if self.max_new_tokens < 1:
             raise ValueError("--max-new-tokens must be at least 1")
         if not 0 <= self.temperature <= 2:
