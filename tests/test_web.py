@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.helpers import run_cli
 from tests.serving import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,7 +61,13 @@ class Server:
 
 @pytest.fixture
 def server(tiny_model_dir: Path, home: Path, tmp_path: Path) -> Iterator[Server]:
-    """``learnloop serve`` in a child process, as a user starts it."""
+    with serve(tiny_model_dir, home, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def serve(model_dir: Path, home: Path, tmp_path: Path, *flags: str) -> Iterator[Server]:
+    """``learnloop serve FLAGS`` in a child process, as a user starts it."""
     port = free_port()
     bench_results = tmp_path / "bench" / "results.json"
     log = tmp_path / "server.log"
@@ -68,7 +76,7 @@ def server(tiny_model_dir: Path, home: Path, tmp_path: Path) -> Iterator[Server]
         "-m",
         "agent.cli",
         "--model",
-        str(tiny_model_dir),
+        str(model_dir),
         "serve",
         "--port",
         str(port),
@@ -78,6 +86,7 @@ def server(tiny_model_dir: Path, home: Path, tmp_path: Path) -> Iterator[Server]
         "false",
         "--bench-results",
         str(bench_results),
+        *flags,
     ]
     env = {**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
@@ -125,12 +134,19 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, server: Server) -> Iterator[Page]:
+    with open_page(browser, server.url) as opened:
+        yield opened
+
+
+@contextmanager
+def open_page(browser: Browser, url: str) -> Iterator[Page]:
+    """The page in a fresh browser context (its own localStorage), ready to use."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     opened = context.new_page()
     problems: list[str] = []
     opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     opened.on("console", lambda msg: problems.extend(script_errors(msg.type, msg.text)))
-    opened.goto(server.url)
+    opened.goto(url)
     expect(opened.locator("body[data-ready=true]")).to_be_attached()
     yield opened
     context.close()
@@ -367,3 +383,41 @@ def test_the_learning_view_draws_its_table_and_plots(page: Page, server: Server)
     v1.get_by_test_id("activate").click()
     expect(page.get_by_test_id("active-version")).to_have_text("v1")
     expect(v1.get_by_test_id("activate")).to_be_disabled()
+
+
+def test_off_loopback_the_page_asks_for_a_key_and_keeps_it(
+    browser: Browser, tiny_model_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    created = run_cli(None, "keys", "create", "ada", "--json")
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.stdout)["key"]
+    with (
+        serve(tiny_model_dir, home, tmp_path, "--host", "0.0.0.0") as keyed,
+        open_page(browser, keyed.url) as page,
+    ):
+        expect(page.get_by_test_id("key-form")).to_be_visible()
+        expect(page.get_by_test_id("key-refused")).to_be_hidden()
+        expect(page.get_by_test_id("error")).to_be_hidden()  # the form says it, once
+        page.get_by_test_id("key-input").fill("not-a-key")
+        page.get_by_test_id("key-save").click()
+        expect(page.get_by_test_id("key-refused")).to_be_visible()
+
+        page.get_by_test_id("key-input").fill(key)
+        page.get_by_test_id("key-save").click()
+        expect(page.get_by_test_id("key-forget")).to_be_visible()
+        expect(page.get_by_test_id("key-form")).to_be_hidden()
+        send(page, "Hello")
+        expect(page.get_by_test_id("version-badge")).to_have_text(["base"])
+        page.get_by_test_id("turn").last.get_by_test_id("thumb-up").click()
+        expect(page.get_by_test_id("feedback-note")).to_contain_text("thanks")
+        with keyed.client() as http:
+            http.headers["Authorization"] = f"Bearer {key}"
+            (turn,) = http.get("/v1/log").json()
+        assert [f["user"] for f in turn["feedback"]] == ["ada"]  # the key names the user
+
+        page.reload()  # the key stays in this browser
+        expect(page.locator("body[data-ready=true]")).to_be_attached()
+        expect(page.get_by_test_id("thread-item")).to_have_count(1)
+        page.get_by_test_id("key-forget").click()
+        expect(page.get_by_test_id("key-form")).to_be_visible()
+        expect(page.get_by_test_id("thread-item")).to_have_count(0)

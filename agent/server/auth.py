@@ -11,9 +11,9 @@ The security model:
 - A key's name is the user its requests count for: the feedback's ``user_name`` (which
   the per-user cap on training data counts), the ``who`` of a learning run or a switch.
   Every valid key may use the whole API; there are no roles.
-- Open without a key: ``/healthz``, the web page (``/`` and ``/static/...``: a page cannot
-  hold a key, so its API calls get 401 off loopback: the web chat is for loopback use)
-  and the API's description (``/openapi.json``, ``/docs``, ``/redoc``).
+- Open without a key: ``/healthz``, the web page's files (``/`` and ``/static/...``: the
+  page asks for a key on its first 401 and sends it from the browser's localStorage) and
+  the API's description (``/openapi.json``, ``/docs``, ``/redoc``).
 - The server's own token, written to ``DATA_ROOT/server.json`` (readable by its owner
   only) for the CLI commands that go through the server, is valid too; it names no user
   (a CLI command says who it is, as on loopback).

@@ -5,6 +5,10 @@
    OpenAI-style SSE response with fetch + a body reader (EventSource cannot POST), and draws
    its plots as inline SVG.
 
+   A server off loopback answers only requests with an API key: on a 401 the page asks for
+   one and keeps it in this browser's localStorage (sent as `Authorization: Bearer KEY`)
+   until "Forget API key".
+
    Test hook: `window.LEARN_OPTIONS` (default {}) is the body "Learn now" posts to
    /v1/learn, so a test can ask for e.g. {"gate": false, "max_steps": 3}. */
 "use strict";
@@ -44,17 +48,41 @@
     return message || `${response.status} ${response.statusText || "error"}`;
   }
 
+  const KEY_ITEM = "learnloop.apiKey"; // localStorage: the API key this browser sends
+
+  function savedKey() {
+    try {
+      return localStorage.getItem(KEY_ITEM) || "";
+    } catch {
+      return ""; // storage disabled: the page works on loopback, where no key is needed
+    }
+  }
+
+  /* Shows the key form after a 401; a key the server refused is forgotten. */
+  function askForKey(refused) {
+    if (refused) localStorage.removeItem(KEY_ITEM);
+    $("key-refused").hidden = !refused;
+    $("key-forget").hidden = true;
+    $("key-form").hidden = false;
+    $("key-input").focus();
+  }
+
   async function request(method, path, body) {
     const init = { method, headers: {} };
+    const key = savedKey();
+    if (key) init.headers.Authorization = `Bearer ${key}`;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
+    let response;
     try {
-      return await fetch(path, init);
+      response = await fetch(path, init);
     } catch (err) {
       throw new ApiError(`cannot reach the learnloop server (${err.message})`, 0);
     }
+    if (response.status === 401) askForKey(Boolean(key));
+    return response;
   }
 
   async function api(method, path, body) {
@@ -97,6 +125,7 @@
   // ---- the error line ------------------------------------------------------------------
 
   function showError(err) {
+    if (err instanceof ApiError && err.status === 401) return; // the key form says it
     $("error-text").textContent = err instanceof Error ? err.message : String(err);
     $("error").hidden = false;
   }
@@ -907,6 +936,16 @@
       tab.addEventListener("click", () => showView(tab.dataset.view));
     }
     $("error-close").addEventListener("click", clearError);
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      localStorage.setItem(KEY_ITEM, $("key-input").value.trim());
+      location.reload(); // every view starts again, now with the key
+    });
+    $("key-forget").hidden = !savedKey();
+    $("key-forget").addEventListener("click", () => {
+      localStorage.removeItem(KEY_ITEM);
+      location.reload();
+    });
     $("composer").addEventListener("submit", (event) => {
       event.preventDefault();
       send();
