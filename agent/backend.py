@@ -26,20 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.config import GenerationConfig
-from agent.models import ModelNotFound
-from storage.records import Message
-from storage.store import BASE_VERSION
+from learnloop.agent.config import GenerationConfig
+from learnloop.learning.adapters import AdapterDamaged, check
+from learnloop.learning.models import ModelNotFound
+from learnloop.storage.records import Message
+from learnloop.storage.store import BASE_VERSION
 
 PLACEHOLDER = "learnloop-placeholder"  # never a version id: those are base, v1, v2, ...
 
 
 @dataclass(frozen=True)
 class Pin:
-    """Answer with this version (its adapter folder; None for the base model)."""
+    """Answer with this version (its adapter folder; None for the base model). A load of
+    the folder must match ``checksum`` (learning/adapters.py) when one is given."""
 
     version: str
     adapter_path: str | None = None
+    checksum: str | None = None
 
 
 @dataclass
@@ -63,12 +66,17 @@ class Backend(Protocol):
 
     def render(self, messages: list[Message]) -> str: ...
 
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        """How many tokens the rendered prompt of ``messages`` is (the server bounds it)."""
+        ...
+
     def stream(
         self, messages: list[Message], config: GenerationConfig, pin: Pin | None = None
     ) -> TokenStream: ...
 
-    def switch(self, version: str, adapter_path: str | None) -> float:
-        """Make ``version`` current; return the seconds it took (0 if it already was)."""
+    def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
+        """Make ``version`` current; return the seconds it took (0 if it already was).
+        Raises AdapterDamaged, leaving the current version, when its adapter is."""
         ...
 
     def prepare(self, pin: Pin) -> float:
@@ -109,6 +117,7 @@ class TransformersBackend:
         self._loading = threading.Lock()  # held while adapters are added or removed
         self._loaded: list[str] = []  # adapter names in load order
         self._paths: dict[str, str] = {}  # adapter folder of every version seen
+        self._checksums: dict[str, str] = {}  # what each folder must hash to when loaded
         self._stop = threading.Event()  # set to cut the current answer short
 
     # -- prompts -------------------------------------------------------------------------
@@ -119,16 +128,20 @@ class TransformersBackend:
         )
         return str(text)
 
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return len(ids)
+
     # -- adapters ------------------------------------------------------------------------
 
-    def switch(self, version: str, adapter_path: str | None) -> float:
+    def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
         """Make ``version`` current once the answer in progress (if any) has finished; the
         seconds returned are those spent loading, not those spent waiting for it."""
         if version == self.version:
             return 0.0
         with self._lock:
             started = time.perf_counter()
-            self._use(Pin(version, adapter_path))
+            self._use(Pin(version, adapter_path, checksum))
             self.version = version
         return time.perf_counter() - started
 
@@ -166,6 +179,8 @@ class TransformersBackend:
     def _remember(self, pin: Pin) -> None:
         if pin.adapter_path is not None:
             self._paths[pin.version] = pin.adapter_path
+        if pin.checksum is not None:
+            self._checksums[pin.version] = pin.checksum
         if pin.version not in self._paths:
             raise ValueError(f"version {pin.version} needs an adapter path")
 
@@ -189,17 +204,37 @@ class TransformersBackend:
 
     def _inject(self, name: str) -> None:
         """Load adapter ``name`` under its own name (unique per version) unless loaded;
-        the caller holds ``_loading``."""
+        the caller holds ``_loading``. A folder is checked (learning/adapters.py) right
+        before it is read; one that is damaged, or fails to load anyway, raises
+        AdapterDamaged and leaves no half-loaded adapter behind."""
         from peft import PeftModel
 
-        if not isinstance(self.model, PeftModel):
-            self.model = PeftModel.from_pretrained(self.model, self._paths[name], adapter_name=name)
-            self.model.eval()
-        elif name not in self.model.peft_config:
-            self.model.load_adapter(self._paths[name], adapter_name=name)
+        is_peft = isinstance(self.model, PeftModel)
+        if not is_peft or name not in self.model.peft_config:
+            path = self._paths[name]
+            check(name, Path(path), self._checksums.get(name))
+            try:
+                if is_peft:
+                    self.model.load_adapter(path, adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                    self.model.eval()
+            except Exception as exc:  # the files passed the checks, yet PEFT refused them
+                self._forget(name)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise AdapterDamaged(name, f"{path} does not load ({first})") from exc
         if name in self._loaded:
             self._loaded.remove(name)
         self._loaded.append(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what a failed load of adapter ``name`` may have added."""
+        config = getattr(self.model, "peft_config", {})
+        if name in config and name != getattr(self.model, "active_adapter", None):
+            try:
+                self.model.delete_adapter(name)
+            except Exception:  # nothing usable was added: nothing else to undo
+                config.pop(name, None)
 
     def _evict(self, keep: str) -> None:
         """Bound memory: forget the oldest adapters, never ``keep`` (about to answer) nor

@@ -18,9 +18,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from agent.backend import Backend, Pin
-from agent.config import GenerationConfig
-from storage.records import Message
+from learnloop.agent.backend import Backend, Pin
+from learnloop.agent.config import GenerationConfig
+from learnloop.storage.records import Message
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 

@@ -1,8 +1,11 @@
 """The ``learnloop`` command line.
 
-Every command opens the store for as long as it needs it. Errors the user can act on
-(bad input, unknown ids, a locked or newer database, a missing model) become one line on
-stderr and exit status 1; nothing stored is changed by a command that fails.
+Each command parses its flags, gets the one service it talks to (``connect``: a running
+server for the data root, else this process on the local store, see agent/service.py),
+calls one use case and renders the result (agent/report.py), as text or ``--json``.
+Errors the user can act on (:class:`LearnloopError`: bad input, unknown ids, a locked or
+newer database, a missing model) become one line on stderr and exit status 1, here and
+nowhere else; nothing stored is changed by a command that fails.
 """
 
 from __future__ import annotations
@@ -16,37 +19,15 @@ from typing import Any
 
 import click
 
-from agent import cli_support, remote
-from agent.cli_bench import bench
-from agent.cli_data import control, export, history
-from agent.cli_keys import keys
-from agent.cli_support import config_from, emit, quiet_libraries
-from agent.client import find_server
-from agent.config import GenerationConfig
-from agent.options import dataclass_options, pop_config_values
-from learning.config import LearnConfig
-from learning.triggers import TriggerConfig
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from agent.models import ModelNotFound
-    from agent.runtime import UsageError
-    from learning.cycle import CycleFailed, NothingToLearn
-    from learning.tasks import TaskFileError
-    from storage.home import DataRootError
-    from storage.migrations import SchemaTooNew
-    from storage.store import StoreError
-
-    return (
-        ModelNotFound,
-        UsageError,
-        CycleFailed,
-        NothingToLearn,
-        DataRootError,
-        SchemaTooNew,
-        StoreError,
-        TaskFileError,
-    )
+from learnloop.agent.cli_bench import bench
+from learnloop.agent.cli_data import control, export, history
+from learnloop.agent.cli_keys import keys
+from learnloop.agent.cli_support import config_from, connect, emit, quiet_libraries
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.options import dataclass_options, pop_config_values
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.triggers import TriggerConfig
+from learnloop.storage.errors import LearnloopError, UsageError
 
 
 class LearnloopGroup(click.Group):
@@ -55,7 +36,7 @@ class LearnloopGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except _user_errors() as exc:
+        except LearnloopError as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -93,20 +74,16 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
 
     Learning starts by itself in the background once --learn-after new feedback items
     wait and --learn-every-minutes passed since the last cycle (--auto-learn false: off).
+    With a server running for the data root, the chat goes through it.
     """
-    from agent.repl import Repl
-    from agent.runtime import load_agent
+    from learnloop.agent.repl import Repl
 
-    if (server := find_server()) is not None:
-        raise server.refuse(f"chat in the browser at {server.url}/ or stop the server")
     quiet_libraries()
-    trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
-    generation = config_from(GenerationConfig, values)
-    with cli_support.open_store() as store:
-        agent = load_agent(store, ctx.obj["model"], generation)
+    trigger = pop_config_values(TriggerConfig, values)
+    with connect(ctx, values, trigger) as service:
         if thread_id is not None:
-            agent.check_thread(thread_id)
-        Repl(agent, ctx.obj["model"], thread_id, trigger).run()
+            service.thread(thread_id)  # an unknown thread fails before the model loads
+        Repl(service, thread_id).run()
 
 
 @cli.command()
@@ -124,24 +101,65 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     help="a `learnloop bench` results.json for the Learning view's accuracy curve "
     "[default: DATA_ROOT/../results.json when it exists]",
 )
+@click.option(
+    "--allow-files",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="FOLDER",
+    help="a folder whose files requests may name (POST /v1/learn's eval_file), besides "
+    "the data root; repeat for more",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="a host name clients reach the server by (a LAN name, a proxy's), besides --host, "
+    "127.0.0.1, localhost and [::1]; other names are refused (421); repeat for more",
+)
+@click.option(
+    "--max-prompt-tokens",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="the most tokens a chat request's prompt may have (its messages or thread "
+    "history, rendered); a longer one is refused with a 400",
+)
 @dataclass_options(GenerationConfig)
 @dataclass_options(TriggerConfig)
 @click.pass_context
 def serve(
-    ctx: click.Context, host: str, port: int, bench_results: Path | None, **values: Any
+    ctx: click.Context,
+    host: str,
+    port: int,
+    bench_results: Path | None,
+    allow_files: tuple[Path, ...],
+    allow_hosts: tuple[str, ...],
+    max_prompt_tokens: int,
+    **values: Any,
 ) -> None:
     """Serve the web chat, the learning dashboard and an OpenAI-compatible API.
 
-    The server owns the database while it runs: `ask`, `feedback`, `learn`, `versions`,
-    `log` and `status` for the same data root go through it. Open http://HOST:PORT/ in
-    a browser; point OpenAI clients at http://HOST:PORT/v1 with model "learnloop".
+    The server owns the database while it runs: every other command for the same data
+    root (`chat` included) goes through it. Open http://HOST:PORT/ in a browser; point
+    OpenAI clients at http://HOST:PORT/v1 with model "learnloop".
     """
-    from agent.server.run import serve as run_server
+    from learnloop.agent.server.run import serve as run_server
 
     quiet_libraries()
     trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
     generation = config_from(GenerationConfig, values)
-    run_server(ctx.obj["model"], host, port, generation, trigger, bench_results)
+    run_server(
+        ctx.obj["model"],
+        host,
+        port,
+        generation,
+        trigger,
+        bench_results,
+        allow_files,
+        allow_hosts=allow_hosts,
+        max_prompt_tokens=max_prompt_tokens,
+    )
 
 
 @cli.command()
@@ -152,26 +170,14 @@ def serve(
 @click.pass_context
 def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
     """Ask one question; the answer streams, the turn id is printed for feedback."""
-    from agent.report import answer_footer
-    from agent.runtime import check_message, load_agent
+    from learnloop.agent.report import answer_footer
+    from learnloop.agent.runtime import check_message
 
     check_message(text)  # before loading the model: bad input fails fast
-    generation = config_from(GenerationConfig, values)
-    if (server := find_server()) is not None:
-        return remote.ask(server, text, thread_id, as_json, values)
     quiet_libraries()
-    with cli_support.open_store() as store:
-        agent = load_agent(store, ctx.obj["model"], generation)
+    with connect(ctx, values) as service:
         on_token = None if as_json else (lambda t: click.echo(t, nl=False))
-        answer = agent.ask(text, thread_id=thread_id, on_token=on_token)
-    result = {
-        "turn_id": answer.turn_id,
-        "thread_id": answer.thread_id,
-        "answer": answer.answer,
-        "version": answer.version,
-    }
-    if answer.interrupted:
-        result["interrupted"] = True
+        result = service.ask(text, thread_id=thread_id, on_token=on_token)
     emit(as_json, result, lambda: click.echo(answer_footer(result), err=True))
 
 
@@ -199,33 +205,20 @@ def feedback(
     When enough new feedback waits (--learn-after, --learn-every-minutes), a learning
     cycle starts in the background; `learnloop status` shows its progress.
     """
-    from agent.report import feedback_text
-    from agent.runtime import UsageError
-    from learning.triggers import maybe_start
+    from learnloop.agent.report import feedback_text
+    from learnloop.agent.service import check_rating
 
-    trigger = config_from(TriggerConfig, values)
     if len(rating) != 1:
         raise UsageError("give exactly one rating: up or down")
-    if correction is not None and not correction.strip():
-        raise UsageError("the correction is empty; give the better answer as its text")
-    if (server := find_server()) is not None:
-        who = user_name or getpass.getuser()
-        return remote.feedback(
-            server, turn_id, rating[0], correction, comment, who, as_json, values
-        )
-    with cli_support.open_store() as store:
-        fid = store.add_feedback(
+    check_rating(rating[0], correction)  # before the trigger flags are looked at
+    with connect(ctx, trigger=values) as service:
+        data = service.feedback(
             turn_id,
             rating[0],
-            correction=correction.strip() if correction else None,
+            correction=correction,
             comment=comment,
-            user_name=user_name or getpass.getuser(),
+            who=user_name or getpass.getuser(),
         )
-        due, started = maybe_start(
-            store, trigger, ctx.obj["model"], LearnConfig(), f"trigger:{getpass.getuser()}"
-        )
-    learning = due.reason if started else None
-    data = dict(feedback_id=fid, turn_id=turn_id, rating=rating[0], learning_started=learning)
     emit(as_json, data, lambda: click.echo(feedback_text(data)))
 
 
@@ -235,41 +228,32 @@ def feedback(
 @click.pass_context
 def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
     """Run one learning cycle now: train on all feedback, activate the new version."""
-    from agent.models import resolve_model
-    from agent.progress import CycleProgress
-    from agent.report import cycle_summary
-    from learning.cycle import NothingToLearn, run_cycle
+    from learnloop.agent.progress import CycleProgress
+    from learnloop.agent.report import cycle_summary
+    from learnloop.learning.cycle import NothingToLearn
 
     settings = pop_config_values(LearnConfig, values)
-    config = config_from(LearnConfig, settings)
-    if (server := find_server()) is not None:
-        return remote.learn(server, as_json, settings)
-    with cli_support.open_store() as store:
+    config_from(LearnConfig, settings)  # bad settings fail before anything runs
+    with connect(ctx) as service:
         try:
-            model = resolve_model(ctx.obj["model"])
             with CycleProgress(enabled=sys.stderr.isatty() or not as_json) as progress:
-                result = run_cycle(store, model, config, progress=progress)
+                result = service.learn(settings, progress=progress, who="learnloop learn")
         except NothingToLearn as exc:
             if as_json:
                 click.echo(json.dumps({"version": None, "reason": str(exc)}))
             raise
-    emit(
-        as_json,
-        result.to_dict(),
-        lambda: click.echo(cycle_summary(result)),
-    )
+    emit(as_json, result, lambda: click.echo(cycle_summary(result)))
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
-def versions(as_json: bool) -> None:
+@click.pass_context
+def versions(ctx: click.Context, as_json: bool) -> None:
     """List model versions: parent, time, method, data counts, metrics, which is active."""
-    from agent.report import versions_data, versions_text
+    from learnloop.agent.report import versions_text
 
-    if (server := find_server()) is not None:
-        return remote.versions(server, as_json)
-    with cli_support.open_store() as store:
-        data = versions_data(store.versions(), store.active_version())
+    with connect(ctx) as service:
+        data = service.versions()
     emit(as_json, data, lambda: click.echo(versions_text(data)))
 
 
@@ -278,54 +262,45 @@ def versions(as_json: bool) -> None:
 @click.option("--why", default="activated by hand", show_default=True, help="recorded reason")
 @click.option("--user", "user_name", default=None, help="who switches [default: $USER]")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
-def activate(version_id: str, why: str, user_name: str | None, as_json: bool) -> None:
+@click.pass_context
+def activate(
+    ctx: click.Context, version_id: str, why: str, user_name: str | None, as_json: bool
+) -> None:
     """Make VERSION (or `base`) the one that answers; running chats switch before their
     next answer."""
-    if (server := find_server()) is not None:
-        return remote.activate(server, version_id, why, user_name, as_json)
-    with cli_support.open_store() as store:
-        previous = store.active_version()
-        store.activate(version_id, who=user_name or getpass.getuser(), why=why)
-    _switched(as_json, previous, version_id)
+    with connect(ctx) as service:
+        data = service.activate(version_id, why=why, who=user_name)
+    _switched(as_json, data)
 
 
 @cli.command()
 @click.option("--why", default="rolled back by hand", show_default=True, help="recorded reason")
 @click.option("--user", "user_name", default=None, help="who switches [default: $USER]")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
-def rollback(why: str, user_name: str | None, as_json: bool) -> None:
+@click.pass_context
+def rollback(ctx: click.Context, why: str, user_name: str | None, as_json: bool) -> None:
     """Activate the parent of the active version (the one it was trained to replace)."""
-    from agent.runtime import UsageError
-
-    if (server := find_server()) is not None:
-        return remote.rollback(server, why, user_name, as_json)
-    with cli_support.open_store() as store:
-        current = store.active_version()
-        if current == "base":
-            raise UsageError("the base model is active: there is nothing to roll back to")
-        parent = store.get_version(current).parent
-        store.activate(parent, who=user_name or getpass.getuser(), why=why)
-    _switched(as_json, current, parent)
+    with connect(ctx) as service:
+        data = service.rollback(why=why, who=user_name)
+    _switched(as_json, data)
 
 
-def _switched(as_json: bool, previous: str, active: str) -> None:
-    from agent.report import switched_text
+def _switched(as_json: bool, data: dict[str, Any]) -> None:
+    from learnloop.agent.report import switched_text
 
-    data = {"previous": previous, "active": active}
     emit(as_json, data, lambda: click.echo(switched_text(data)))
 
 
 @cli.command()
 @click.option("-n", "limit", default=10, show_default=True, help="how many recent turns")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
-def log(limit: int, as_json: bool) -> None:
+@click.pass_context
+def log(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Show recent turns with their feedback."""
-    from agent.report import turn_dict, turns_text
+    from learnloop.agent.report import turns_text
 
-    if (server := find_server()) is not None:
-        return remote.log(server, limit, as_json)
-    with cli_support.open_store() as store:
-        data = [turn_dict(t) for t in store.recent_turns(limit)]
+    with connect(ctx) as service:
+        data = service.log(limit)
     emit(as_json, data, lambda: click.echo(turns_text(data)))
 
 
@@ -334,19 +309,10 @@ def log(limit: int, as_json: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Model, data root, active version, counts of turns and feedback."""
-    from agent.models import model_spec_from_env
-    from agent.report import status_data, status_text
-    from learning.cycle import latest_progress, pid_alive
-    from storage.home import data_root
+    from learnloop.agent.report import status_text
 
-    if (server := find_server()) is not None:
-        return remote.status(server, as_json)
-    with cli_support.open_store() as store:
-        store.fail_stale_runs(pid_alive)
-        s = store.status()
-        running = s.running_run
-        progress = latest_progress(Path(store.run_dir_of(running))) if running else None
-    data = status_data(s, model_spec_from_env(ctx.obj["model"]), str(data_root()), progress)
+    with connect(ctx) as service:
+        data = service.status()
     emit(as_json, data, lambda: click.echo(status_text(data)))
 
 

@@ -1,4 +1,4 @@
-"""``learnloop bench``: the simulated user of benchmarks/simulated_user.py, as a command."""
+"""``learnloop bench``: the simulated user of agent/bench/simulated_user.py, as a command."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from agent.cli_support import config_from, emit, quiet_libraries
-from agent.options import dataclass_options, parse_settings
-from benchmarks.simulated_user import BenchConfig
-from learning.config import LearnConfig
+from learnloop.agent.bench.simulated_user import BenchConfig
+from learnloop.agent.cli_support import config_from, emit, quiet_libraries
+from learnloop.agent.options import dataclass_options, parse_settings
+from learnloop.learning.config import LearnConfig
 
 
 @click.command()
@@ -36,9 +36,9 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
       --instruction "Classify the sentiment ... Answer with one word." \\
       --labels positive,negative,neutral --feedback correct --out bench-correct
     """
-    from agent.runtime import UsageError
-    from benchmarks.report import bench_table
-    from benchmarks.simulated_user import learn_settings, run_bench
+    from learnloop.agent.bench.simulated_user import learn_settings, run_bench
+    from learnloop.agent.bench.table import bench_table
+    from learnloop.storage.errors import UsageError
 
     quiet_libraries()
     try:

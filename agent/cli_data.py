@@ -1,7 +1,5 @@
-"""``learnloop control``, ``history`` and ``export``: the local data, read or extended.
-
-They work on the database directly, so each refuses in one line while a server holds it.
-"""
+"""``learnloop control``, ``history`` and ``export``: the learning data, read or extended
+(locally, or through a running server like every command)."""
 
 from __future__ import annotations
 
@@ -10,44 +8,35 @@ from typing import Any
 
 import click
 
-from agent.cli_support import emit, open_store
-from agent.client import find_server
+from learnloop.agent.cli_support import connect, emit
+from learnloop.storage.errors import UsageError
 
 
 @click.group()
 def control() -> None:
     """The control set: prompts with known good answers that no new version may get worse
     on. learnloop ships a default set; add your own."""
-    if (server := find_server()) is not None:
-        raise server.refuse("stop it to see or change the control set")
 
 
 @control.command("add")
 @click.argument("prompt")
 @click.argument("answer")
 @click.option("--expect", default=None, help="text a correct answer must contain [default: ANSWER]")
-def control_add(prompt: str, answer: str, expect: str | None) -> None:
+@click.pass_context
+def control_add(ctx: click.Context, prompt: str, answer: str, expect: str | None) -> None:
     """Add PROMPT with its good ANSWER to the control set."""
-    from agent.runtime import UsageError
-    from storage.records import ControlPrompt
-
-    if not prompt.strip() or not answer.strip() or (expect is not None and not expect.strip()):
-        raise UsageError("the prompt, the answer and --expect must not be empty")
-    with open_store() as store:
-        store.add_control_prompt(
-            ControlPrompt(prompt.strip(), answer.strip(), (expect or answer).strip())
-        )
+    with connect(ctx) as service:
+        service.control_add(prompt, answer, expect)
     click.echo("added to the control set; the next learning cycle checks it")
 
 
 @control.command("list")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
-def control_list(as_json: bool) -> None:
+@click.pass_context
+def control_list(ctx: click.Context, as_json: bool) -> None:
     """Show the control set: the shipped prompts and your own."""
-    from learning.snapshot import control_set
-
-    with open_store() as store:
-        items = control_set(store)
+    with connect(ctx) as service:
+        items = service.control_list()
     emit(
         as_json,
         items,
@@ -61,24 +50,14 @@ def control_list(as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of text")
-def history(as_json: bool) -> None:
+@click.pass_context
+def history(ctx: click.Context, as_json: bool) -> None:
     """Every switch of the active version, with who made it and why."""
-    if (server := find_server()) is not None:
-        raise server.refuse("stop it to see the history (`learnloop versions` works through it)")
-    with open_store() as store:
-        rows = store.activations()
-    data = [{"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows]
-    emit(
-        as_json,
-        data,
-        lambda: click.echo(
-            "\n".join(
-                f"{a.created_at:%Y-%m-%d %H:%M:%S}  {a.version_id:6} {a.who:16} {a.why}"
-                for a in rows
-            )
-            or "no switches yet: the base model has always been active"
-        ),
-    )
+    from learnloop.agent.report import history_text
+
+    with connect(ctx) as service:
+        data = service.history()
+    emit(as_json, data, lambda: click.echo(history_text(data)))
 
 
 @click.command("export")
@@ -118,7 +97,9 @@ def history(as_json: bool) -> None:
     help="write into a non-empty folder: replaces an earlier export there, keeps other files",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+@click.pass_context
 def export(
+    ctx: click.Context,
     run_id: int | None,
     current: bool,
     fmt: str,
@@ -134,26 +115,18 @@ def export(
     NAME.parquet, and manifest.json (source, content hash, rows, trainer per file). With
     no run recorded yet, the current feedback is exported.
     """
-    from agent.runtime import UsageError
-    from learning.export import ExportError, export_current, export_run, pick_run
+    from learnloop.learning.export import Export, check_format, check_out_dir, write_export
 
     if run_id is not None and current:
         raise UsageError("give --run N or --current, not both")
     if out_dir is None:
         raise UsageError("give --out DIR: the folder to write the export into")
-    if (server := find_server()) is not None:
-        raise server.refuse("stop it to export")
-    try:
-        with open_store() as store:
-            run = None if current else pick_run(store.runs(), run_id)
-            examples = store.feedback_examples() if run is None else []
-        # The store is closed before writing: an export never holds the database.
-        if run is not None:
-            manifest = export_run(run, out_dir, fmt, force=force)
-        else:
-            manifest = export_current(examples, out_dir, fmt, force=force)
-    except ExportError as exc:
-        raise UsageError(str(exc)) from exc
+    check_format(fmt)
+    check_out_dir(out_dir, force)
+    with connect(ctx) as service:
+        data = service.export_data(run_id, current)
+    # written after the store is closed: an export never holds the database
+    manifest = write_export(Export(**data), out_dir, fmt)
     emit(as_json, {**manifest, "out": str(out_dir)}, lambda: _export_summary(manifest, out_dir))
 
 

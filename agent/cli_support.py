@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from agent.options import build_config
+from learnloop.agent.options import build_config
+
+if TYPE_CHECKING:
+    from learnloop.agent.service import Service
 
 T = TypeVar("T")
 
@@ -28,7 +32,7 @@ def quiet_libraries() -> None:
 def emit(as_json: bool, value: Any, human: Callable[[], None]) -> None:
     """Print ``value`` as JSON (``--json``), else call ``human`` to print text."""
     if as_json:
-        from agent.report import to_json
+        from learnloop.agent.report import to_json
 
         click.echo(to_json(value))
     else:
@@ -37,7 +41,7 @@ def emit(as_json: bool, value: Any, human: Callable[[], None]) -> None:
 
 def config_from(cls: type[T], values: dict[str, Any]) -> T:
     """A config from CLI values; a value it refuses becomes a one-line usage error."""
-    from agent.runtime import UsageError
+    from learnloop.storage.errors import UsageError
 
     try:
         return build_config(cls, values)
@@ -47,6 +51,39 @@ def config_from(cls: type[T], values: dict[str, Any]) -> T:
 
 def open_store() -> Any:
     """The local store (commands routed through a running server never call this)."""
-    from storage.store import Store
+    from learnloop.storage.store import Store
 
     return Store()
+
+
+@contextmanager
+def connect(
+    ctx: click.Context,
+    generation: dict[str, Any] | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> Iterator[Service]:
+    """The service every command talks to, picked once: the running server for this data
+    root when there is one, else this process on the local store. ``generation`` and
+    ``trigger`` are the command's flags (None: not given)."""
+    from learnloop.agent.client import find_server
+    from learnloop.agent.config import GenerationConfig
+    from learnloop.learning.triggers import TriggerConfig
+
+    # checked whichever way the command goes: bad flags fail before anything runs
+    generation_config = config_from(GenerationConfig, generation or {})
+    trigger_config = config_from(TriggerConfig, trigger or {})
+    server = find_server()
+    if server is not None:
+        from learnloop.agent.remote import RemoteService
+
+        service: Service = RemoteService(server, generation, trigger)
+    else:
+        from learnloop.agent.service import LocalService
+
+        service = LocalService(
+            open_store(), ctx.obj["model"], generation=generation_config, trigger=trigger_config
+        )
+    try:
+        yield service
+    finally:
+        service.close()

@@ -4,8 +4,11 @@ The server holds the database while it runs (DuckDB lets one process write it) a
 where it listens in ``DATA_ROOT/server.json``: ``{"url", "pid"}`` and, when it requires
 API keys, ``"token"`` (sent as ``Authorization: Bearer``). :func:`find_server` reads that
 file: one whose process is gone is removed; one whose server cannot be reached within a
-second, or does not answer ``/healthz`` within a few (a busy server is slow, not gone),
-or answers for another data root, is ignored. A server's error answer
+second, or does not answer ``GET /v1/status`` within a few (a busy server is slow, not
+gone), or answers it for another data root, is ignored. (``/healthz`` is open to anyone
+and says only that it is alive; ``/v1/status`` says where the data lives, to the
+operator only: the file's token, or no key on loopback.) A server that refuses the file's
+token is still taken as found, so that the command says why. A server's error answer
 ``{"error": {"message"}}`` becomes a :class:`ServerError`, which the CLI prints as one line.
 """
 
@@ -15,11 +18,11 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-import click
-
-from agent.server.run import server_file
-from storage.home import data_root
+from learnloop.learning.snapshot import NothingToLearn
+from learnloop.storage.errors import LearnloopError, UsageError
+from learnloop.storage.home import data_root, pid_alive, server_file
 
 CONNECT_TIMEOUT_S = 1.0
 HEALTH_TIMEOUT_S = 5.0
@@ -27,10 +30,10 @@ TIMEOUT_S = 60.0  # a request that is not an answer being generated
 ANSWER_TIMEOUT_S = 600.0  # longest wait for the next streamed token (a long prompt)
 
 
-class ServerError(click.ClickException):
-    """An error answer from the server, or no answer at all; ``status`` 0 for the latter."""
+class ServerError(LearnloopError):
+    """An error answer from the server (its status and type), or no answer at all (503)."""
 
-    def __init__(self, message: str, status: int = 0, kind: str = "") -> None:
+    def __init__(self, message: str, status: int = 503, kind: str = "unavailable_error") -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
@@ -47,8 +50,6 @@ def find_server() -> ServerClient | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or half written: as if absent
-    from learning.cycle import pid_alive
-
     if not pid_alive(pid):
         path.unlink(missing_ok=True)  # left by a server that was killed
         return None
@@ -67,26 +68,33 @@ class ServerClient:
     def _http(self, timeout: float = TIMEOUT_S) -> Any:
         import httpx
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        # JSON on every call: the server refuses a POST without it, even one without a body
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S))
         return httpx.Client(base_url=self.url, headers=headers, timeout=limits)
 
     def healthy(self) -> bool:
+        """Whether a learnloop server for this data root answers at the file's url."""
         import httpx
 
         try:
             with self._http(HEALTH_TIMEOUT_S) as http:
-                health = http.get("/healthz").json()
+                response = http.get("/v1/status")
+            answer = response.json()
         except (httpx.HTTPError, ValueError):
             return False
-        if not isinstance(health, dict) or health.get("status") != "ok":
+        if not isinstance(answer, dict):
             return False
-        root = health.get("data_root")
-        return root is None or Path(root).resolve() == data_root().resolve()
+        if response.status_code in (401, 403):  # a learnloop refusal: the command says it
+            return bool(_message(answer))
+        root = answer.get("data_root") if response.status_code == 200 else None
+        return isinstance(root, str) and Path(root).resolve() == data_root().resolve()
 
-    def refuse(self, hint: str) -> click.ClickException:
-        """The error for a command that cannot go through the server."""
-        return click.ClickException(
+    def refuse(self, hint: str) -> UsageError:
+        """The error for a request that cannot go through the server."""
+        return UsageError(
             f"a learnloop server (pid {self.pid}) at {self.url} holds the database of "
             f"this data root; {hint}"
         )
@@ -108,10 +116,14 @@ class ServerClient:
     # -- endpoints ---------------------------------------------------------------------
 
     def ask(
-        self, body: dict[str, Any], on_token: Callable[[str], Any] | None = None
+        self,
+        body: dict[str, Any],
+        on_token: Callable[[str], Any] | None = None,
+        on_start: Callable[[str], Any] | None = None,
     ) -> dict[str, Any]:
-        """Stream an answer (``on_token`` gets each piece); return the turn's ids, the
-        answer and the version, as ``learnloop ask --json`` prints them."""
+        """Stream an answer (``on_start`` gets the answering version before the first
+        piece, ``on_token`` each piece); return the turn's ids, the answer and the
+        version, as ``learnloop ask --json`` prints them."""
         import httpx
 
         answer: list[str] = []
@@ -129,6 +141,8 @@ class ServerClient:
                     "answer": "",
                     "version": r.headers["X-Learnloop-Version"],
                 }
+                if on_start is not None:
+                    on_start(result["version"])
                 for event in _events(r.iter_lines()):
                     if "error" in event:
                         raise ServerError(_message(event), 500, "server_error")
@@ -162,6 +176,43 @@ class ServerClient:
     def status(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/status"))
 
+    def publish_run(self, run: int) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/learn/{run}/publish", {}))
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/learn"))
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/history"))
+
+    def threads(self, limit: int) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/threads", limit=limit))
+
+    def thread(self, thread_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/threads/{quote(thread_id, safe='')}"))
+
+    def control_list(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/control"))
+
+    def control_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/control", body))
+
+    def export_data(self, run_id: int | None, current: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {"current": "true"} if current else {}
+        if run_id is not None:
+            params["run"] = run_id
+        return dict(self.request("GET", "/v1/export", **params))
+
+    def keys_list(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/keys"))
+
+    def keys_create(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        body = {"name": name, "role": "admin" if admin else "user"}
+        return dict(self.request("POST", "/v1/keys", body))
+
+    def keys_revoke(self, name: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/keys/{quote(name, safe='')}/revoke", {}))
+
     def activate(self, version: str, why: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version}/activate", {"why": why}))
 
@@ -185,7 +236,9 @@ def _check(response: Any) -> None:
     except ValueError:
         body = None
     message = _message(body) or f"the server answered {response.status_code}"
-    kind = str(body["error"].get("type", "")) if _message(body) else ""
+    kind = str(body["error"].get("type", "")) if _message(body) else "error"
+    if kind == NothingToLearn.kind:
+        raise NothingToLearn(message.removeprefix(NothingToLearn.api_prefix))
     raise ServerError(message, response.status_code, kind)
 
 

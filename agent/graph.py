@@ -23,8 +23,8 @@ from typing import Annotated, Any, TypedDict
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from storage.records import Message, TurnLog
-from storage.store import Store
+from learnloop.storage.records import Message, TurnLog
+from learnloop.storage.store import Store
 
 
 class TurnState(TypedDict, total=False):
@@ -47,6 +47,61 @@ def _to_langchain(messages: list[Message]) -> list[BaseMessage]:
     return [kinds[m["role"]](content=m["content"]) for m in messages]
 
 
+def conversation(
+    store: Store,
+    thread_id: str | None,
+    context: list[Message] | None,
+    system_prompt: str,
+    text: str,
+) -> list[Message]:
+    """What the model sees for a new message ``text``: the system prompt unless the
+    context starts with one, the context (the caller's, else the thread's stored
+    history) and the new message. The server counts a prompt's tokens from this too."""
+    if context is None:
+        context = []
+        for turn in store.thread_history(thread_id) if thread_id is not None else []:
+            context.append({"role": "user", "content": turn.log.user_message})
+            context.append({"role": "assistant", "content": turn.log.answer})
+    messages: list[Message] = []
+    if system_prompt and not (context and context[0]["role"] == "system"):
+        messages.append({"role": "system", "content": system_prompt})
+    return [*messages, *context, {"role": "user", "content": text}]
+
+
+def turn_log(
+    meta: dict[str, Any],
+    *,
+    thread_id: str,
+    user_message: str,
+    messages: list[Message],
+    answer: str,
+    nodes: list[str],
+    regen_of: int | None = None,
+) -> TurnLog:
+    """A turn's log from what was asked and the chat model's final metadata (its
+    ``response_metadata``, with its ``usage_metadata`` as ``meta["usage"]``; see
+    agent/chat_model.py). One mapping for every graph that logs turns (agent/logged.py)."""
+    usage = meta.get("usage") or {}
+    return TurnLog(
+        thread_id=thread_id,
+        user_message=user_message,
+        messages=messages,
+        prompt=meta.get("prompt", ""),
+        answer=answer,
+        version=meta.get("version", "base"),
+        model=meta.get("model", ""),
+        settings=meta.get("settings", {}),
+        prompt_tokens=int(usage.get("input_tokens", 0)),
+        completion_tokens=int(usage.get("output_tokens", 0)),
+        first_token_ms=meta.get("first_token_ms"),
+        total_ms=float(meta.get("total_ms", 0.0)),
+        nodes=nodes,
+        regen_of=regen_of,
+        interrupted=bool(meta.get("interrupted", False)),
+        truncated=bool(meta.get("truncated", False)),
+    )
+
+
 def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") -> Any:
     """Compile the agent graph. Input: ``{"thread_id", "user_message"}`` and optionally
     ``regen_of``, ``context``, ``pin``, ``generation`` and a reserved ``turn_id``; output
@@ -64,17 +119,9 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
                 "attempt": store.answers_to(target.id),
                 "nodes": ["load_history"],
             }
-        context = state.get("context")
-        if context is None:
-            context = []
-            for turn in store.thread_history(state["thread_id"]):
-                context.append({"role": "user", "content": turn.log.user_message})
-                context.append({"role": "assistant", "content": turn.log.answer})
-        messages: list[Message] = []
-        if system_prompt and not (context and context[0]["role"] == "system"):
-            messages.append({"role": "system", "content": system_prompt})
-        messages.extend(context)
-        messages.append({"role": "user", "content": state["user_message"]})
+        messages = conversation(
+            store, state["thread_id"], state.get("context"), system_prompt, state["user_message"]
+        )
         return {"messages": messages, "nodes": ["load_history"]}
 
     def respond(state: TurnState) -> TurnState:
@@ -89,28 +136,16 @@ def build_graph(model: BaseChatModel, store: Store, *, system_prompt: str = "") 
         return {"answer": str(reply.content), "meta": meta, "nodes": ["respond"]}
 
     def log_turn(state: TurnState) -> TurnState:
-        meta, usage = state["meta"], state["meta"].get("usage", {})
-        turn_id = store.add_turn(
-            turn_id=state.get("turn_id"),
-            log=TurnLog(
-                thread_id=state["thread_id"],
-                user_message=state["user_message"],
-                messages=state["messages"],
-                prompt=meta.get("prompt", ""),
-                answer=state["answer"],
-                version=meta.get("version", "base"),
-                model=meta.get("model", ""),
-                settings=meta.get("settings", {}),
-                prompt_tokens=int(usage.get("input_tokens", 0)),
-                completion_tokens=int(usage.get("output_tokens", 0)),
-                first_token_ms=meta.get("first_token_ms"),
-                total_ms=float(meta.get("total_ms", 0.0)),
-                nodes=[*state.get("nodes", []), "log_turn"],
-                regen_of=state.get("regen_of"),
-                interrupted=bool(meta.get("interrupted", False)),
-                truncated=bool(meta.get("truncated", False)),
-            ),
+        log = turn_log(
+            state["meta"],
+            thread_id=state["thread_id"],
+            user_message=state["user_message"],
+            messages=state["messages"],
+            answer=state["answer"],
+            nodes=[*state.get("nodes", []), "log_turn"],
+            regen_of=state.get("regen_of"),
         )
+        turn_id = store.add_turn(log, turn_id=state.get("turn_id"))
         return {"turn_id": turn_id, "nodes": ["log_turn"]}
 
     graph = StateGraph(TurnState)

@@ -71,3 +71,24 @@ def parse_settings(cls: type, items: tuple[str, ...] | list[str]) -> dict[str, A
         except (ValueError, click.BadParameter) as exc:
             raise ValueError(f"--set {item!r}: {raw!r} is not a {kind.__name__}") from exc
     return values
+
+
+def replace_config(config: T, settings: Mapping[str, Any], what: str = "setting") -> T:
+    """``config`` with ``settings`` (field name -> value, None = not given) on top, from
+    CLI flags or a JSON body alike: an unknown field, a value of the wrong type or one the
+    config refuses is a UsageError naming it, and nothing else happens."""
+    from learnloop.storage.errors import UsageError
+
+    kinds = get_type_hints(type(config))
+    given = {k: v for k, v in settings.items() if v is not None}
+    unknown = sorted(set(given) - set(kinds))
+    if unknown:
+        raise UsageError(f"unknown {what}(s): {', '.join(unknown)}")
+    for name, value in given.items():
+        accepted = {float: (int, float), int: (int,)}.get(kinds[name], (kinds[name],))
+        if isinstance(value, bool) != (kinds[name] is bool) or not isinstance(value, accepted):
+            raise UsageError(f"{what} {name} must be a {kinds[name].__name__}")
+    try:
+        return dataclasses.replace(config, **given)  # type: ignore[type-var]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad {what}: {exc}") from exc

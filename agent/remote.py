@@ -1,48 +1,40 @@
-"""The CLI commands when a server runs for the data root: the same output, over HTTP.
+"""The use cases through a running ``learnloop serve``: :class:`RemoteService`.
 
-``learnloop serve`` holds the database while it runs, so ``ask``, ``feedback``,
-``learn``, ``versions``, ``log``, ``status``, ``activate`` and ``rollback`` send their
-request to it (agent/client.py) and print what the local command prints, text or
-``--json``, through the same renderers (agent/report.py). What differs:
+``learnloop serve`` holds the database while it runs, so the CLI (and the REPL) send
+their calls to it over HTTP (agent/client.py) and get back what :class:`LocalService`
+returns, so the surfaces print the same text and ``--json``. What differs:
 
 - the server's model answers (``--model`` is not used) with the server's generation
   settings for any flag not given; ``--repetition-penalty`` cannot be sent, nor
   ``--system-prompt`` with ``--thread``;
-- ``feedback``: the server's learning trigger applies (its trigger flags are ignored);
-- ``learn --json`` prints the run's view (``GET /v1/learn/{run}``) with the version's
-  method, dataset sizes, metrics and gate, but not the held-out count nor the quality
-  report; Ctrl-C stops watching, not the cycle;
-- ``activate`` / ``rollback`` are recorded as made by the server's user (``api:...``).
+- feedback: the server's learning trigger applies (trigger flags are ignored);
+- ``learn`` returns the run's view (``GET /v1/learn/{run}``) with the version's method,
+  dataset sizes, metrics and gate, but not the held-out count nor the quality report;
+  Ctrl-C stops watching, not the cycle;
+- switches of version are recorded as made by the server's user (``api:...``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from agent.client import ServerClient, ServerError
-from agent.report import (
-    answer_footer,
-    cycle_summary,
-    feedback_text,
-    status_text,
-    switched_text,
-    to_json,
-    turns_text,
-    versions_text,
+from learnloop.agent.client import ServerClient
+from learnloop.agent.report import cycle_view
+from learnloop.agent.service import (
+    OnSwitch,
+    OnToken,
+    Progress,
+    check_control,
+    check_limit,
+    check_rating,
 )
 
 POLL_S = 0.25  # how often `learn` asks for the run's progress
-NOTHING = "nothing to learn: "  # the server's prefix on a NothingToLearn reason
-
-
-def emit(as_json: bool, value: Any, text: str) -> None:
-    click.echo(to_json(value) if as_json else text)
 
 
 def note(text: str) -> None:
@@ -53,162 +45,195 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def ask(
-    server: ServerClient,
-    text: str,
-    thread_id: str | None,
-    as_json: bool,
-    generation: dict[str, Any],
-) -> None:
-    given = _given(generation)
-    if "repetition_penalty" in given:
-        raise server.refuse("--repetition-penalty cannot be sent to it (its own setting applies)")
-    messages = [{"role": "user", "content": text}]
-    if given.get("system_prompt"):
-        if thread_id is not None:
-            raise server.refuse("--system-prompt cannot be sent to it for a --thread")
-        messages.insert(0, {"role": "system", "content": given["system_prompt"]})
-    body: dict[str, Any] = {"model": "learnloop", "messages": messages}
-    if thread_id is not None:
-        body["thread_id"] = thread_id
-    if "max_new_tokens" in given:
-        body["max_tokens"] = given["max_new_tokens"]
-    for name in ("temperature", "top_p"):
-        if name in given:
-            body[name] = given[name]
-    if given.get("seed", -1) >= 0:  # -1 (random) is the API's "no seed"
-        body["seed"] = given["seed"]
-    try:
-        answer = server.ask(body, None if as_json else (lambda t: click.echo(t, nl=False)))
-    except KeyboardInterrupt:
-        click.echo("\nthe server finishes the answer and logs the turn anyway", err=True)
-        raise
-    if as_json:
-        click.echo(to_json(answer))
-    else:
-        click.echo(answer_footer(answer), err=True)
+class RemoteService:
+    """The :class:`~learnloop.agent.service.Service` calls as requests to ``server``.
 
+    ``generation`` and ``trigger`` are the flags a command was given (None: not given):
+    the given generation settings go with each question, the trigger's are the server's
+    to decide, so giving them only earns a note."""
 
-def feedback(
-    server: ServerClient,
-    turn_id: int,
-    rating: str,
-    correction: str | None,
-    comment: str | None,
-    user_name: str,
-    as_json: bool,
-    trigger: dict[str, Any],
-) -> None:
-    if _given(trigger):
-        note(f"the server at {server.url} starts learning by its own trigger settings")
-    body = {
-        "turn_id": turn_id,
-        "rating": rating,
-        "correction": correction,
-        "comment": comment,
-        "user": user_name,
-    }
-    data = server.feedback(body)
-    emit(as_json, data, feedback_text(data))
+    def __init__(
+        self,
+        server: ServerClient,
+        generation: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> None:
+        self.server = server
+        self.where = server.url
+        self.generation = _given(generation or {})
+        self.trigger = _given(trigger or {})
+        self.version: str | None = None  # the version of the last answer
 
+    def _body(self, text: str, thread_id: str | None, regen_of: int | None) -> dict[str, Any]:
+        given = self.generation
+        if "repetition_penalty" in given:
+            raise self.server.refuse(
+                "--repetition-penalty cannot be sent to it (its own setting applies)"
+            )
+        messages = [{"role": "user", "content": text}]
+        if given.get("system_prompt"):
+            if thread_id is not None:
+                raise self.server.refuse("--system-prompt cannot be sent to it for a --thread")
+            messages.insert(0, {"role": "system", "content": given["system_prompt"]})
+        body: dict[str, Any] = {"model": "learnloop", "messages": messages}
+        if regen_of is not None:
+            body["regen_of"] = regen_of
+        if thread_id is not None and regen_of is None:
+            body["thread_id"] = thread_id
+        if "max_new_tokens" in given:
+            body["max_tokens"] = given["max_new_tokens"]
+        for name in ("temperature", "top_p"):
+            if name in given:
+                body[name] = given[name]
+        if given.get("seed", -1) >= 0:  # -1 (random) is the API's "no seed"
+            body["seed"] = given["seed"]
+        return body
 
-def learn(server: ServerClient, as_json: bool, settings: dict[str, Any]) -> None:
-    """Start a cycle in the server, show its progress, print how it ended."""
-    from agent.progress import CycleProgress
+    def ask(
+        self,
+        text: str,
+        *,
+        thread_id: str | None = None,
+        regen_of: int | None = None,
+        on_token: OnToken | None = None,
+        on_switch: OnSwitch | None = None,
+    ) -> dict[str, Any]:
+        body = self._body(text or "(regenerate)", thread_id, regen_of)
 
-    overrides = _given(settings)
-    if overrides.get("eval_file"):  # the server resolves paths from its own folder
-        overrides["eval_file"] = str(Path(overrides["eval_file"]).resolve())
-    try:
-        run = int(server.learn(overrides)["run"])
-    except ServerError as exc:
-        if exc.kind != "nothing_to_learn":
+        def started(version: str) -> None:
+            if self.version is not None and version != self.version and on_switch:
+                on_switch(version, None)
+            self.version = version
+
+        try:
+            return self.server.ask(body, on_token, on_start=started)
+        except KeyboardInterrupt:
+            click.echo("\nthe server finishes the answer and logs the turn anyway", err=True)
             raise
-        reason = exc.message.removeprefix(NOTHING)
-        if as_json:
-            click.echo(to_json({"version": None, "reason": reason}))
-        raise click.ClickException(reason) from exc
-    last: dict[str, Any] | None = None
-    try:
-        with CycleProgress(enabled=sys.stderr.isatty() or not as_json) as progress:
-            while True:
-                view = server.learn_run(run)
-                event = {k: view.get(k) for k in ("stage", "step", "total", "loss")}
-                if event != last and event["stage"] != "prepare":
-                    progress(event)
-                    last = event
-                if view["status"] != "running":
-                    break
-                time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        click.echo(
-            f"stopped watching: learning run {run} goes on in the server "
-            "(`learnloop status` shows it)",
-            err=True,
+
+    def feedback(
+        self,
+        turn_id: int,
+        rating: str,
+        *,
+        correction: str | None = None,
+        comment: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, Any]:
+        correction = check_rating(rating, correction)
+        if self.trigger:
+            note(f"the server at {self.where} starts learning by its own trigger settings")
+        body = {
+            "turn_id": turn_id,
+            "rating": rating,
+            "correction": correction,
+            "comment": comment,
+            "user": who,
+        }
+        return self.server.feedback(body)
+
+    def learn(
+        self, settings: dict[str, Any], *, progress: Progress | None = None, who: str
+    ) -> dict[str, Any]:
+        """Start a cycle in the server, relay its progress, return how it ended."""
+        overrides = _given(settings)
+        if overrides.get("eval_file"):  # the server resolves paths from its own folder
+            overrides["eval_file"] = str(Path(overrides["eval_file"]).resolve())
+        run = int(self.server.learn(overrides)["run"])
+        try:
+            view = self._watch(run, progress)
+        except KeyboardInterrupt:
+            click.echo(
+                f"stopped watching: learning run {run} goes on in the server "
+                "(`learnloop status` shows it)",
+                err=True,
+            )
+            sys.exit(130)
+        if view["status"] != "succeeded" or not view.get("version"):
+            from learnloop.learning.cycle import CycleFailed
+
+            raise CycleFailed(view.get("error") or f"learning run {run} {view['status']}")
+        return cycle_view(view, self.server.versions())
+
+    def _watch(self, run: int, progress: Progress | None) -> dict[str, Any]:
+        last: dict[str, Any] | None = None
+        while True:
+            view = self.server.learn_run(run)
+            event = {k: view.get(k) for k in ("stage", "step", "total", "loss")}
+            if progress is not None and event != last and event["stage"] != "prepare":
+                progress(event)
+                last = event
+            if view["status"] != "running":
+                return view
+            time.sleep(POLL_S)
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self.server.runs()
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self.server.learn_run(run_id)
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self.server.versions()
+
+    def status(self) -> dict[str, Any]:
+        status = self.server.status()
+        if self.version is None:
+            self.version = status["active_version"]
+        return status
+
+    def _who(self, who: str | None) -> None:
+        if who:
+            note(f"--user is not sent: the server at {self.where} records the switch as its own")
+
+    def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
+        self._who(who)
+        swap = self.server.activate(version, why)
+        return {"previous": swap["previous"], "active": swap["active"]}
+
+    def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
+        self._who(who)
+        swap = self.server.rollback(why)
+        return {"previous": swap["previous"], "active": swap["active"]}
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.server.history()
+
+    def log(self, limit: int) -> list[dict[str, Any]]:
+        return self.server.log(check_limit(limit))
+
+    def threads(self, limit: int) -> list[dict[str, Any]]:
+        return self.server.threads(check_limit(limit))
+
+    def thread(self, thread_id: str) -> dict[str, Any]:
+        return self.server.thread(thread_id)
+
+    def control_list(self) -> list[dict[str, Any]]:
+        return self.server.control_list()
+
+    def control_add(self, prompt: str, answer: str, expect: str | None) -> dict[str, Any]:
+        item = check_control(prompt, answer, expect)
+        return self.server.control_add(
+            {"prompt": item.prompt, "answer": item.answer, "expect": item.expect}
         )
-        sys.exit(130)
-    if view["status"] != "succeeded" or not view.get("version"):
-        raise click.ClickException(view.get("error") or f"learning run {run} {view['status']}")
-    data = cycle_view(view, server.versions())
-    emit(as_json, data, cycle_summary(data))
 
+    def export_data(self, run_id: int | None, current: bool) -> dict[str, Any]:
+        return self.server.export_data(run_id, current)
 
-def cycle_view(view: dict[str, Any], versions: list[dict[str, Any]]) -> dict[str, Any]:
-    """A finished run as ``learn --json`` prints it through a server: the run's view and
-    its version's record, under the names CycleResult.to_dict() uses."""
-    v = next(x for x in versions if x["id"] == view["version"])
-    seconds = None
-    if view.get("started_at") and view.get("finished_at"):
-        delta = datetime.fromisoformat(view["finished_at"]) - datetime.fromisoformat(
-            view["started_at"]
-        )
-        seconds = round(delta.total_seconds(), 2)
-    return {
-        **view,
-        "run_id": view["run"],
-        "parent": v["parent"],
-        "method": v["method"],
-        "sft_examples": v["sft_examples"],
-        "dpo_pairs": v["dpo_pairs"],
-        "kto_rows": v["kto_rows"],
-        "metrics": v["metrics"],
-        "gate": v["gate"],
-        "adapter_path": v["adapter_path"],
-        "seconds": seconds,
-    }
+    def keys_list(self) -> list[dict[str, Any]]:
+        return self.server.keys_list()
 
+    def keys_create(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        return self.server.keys_create(name, admin=admin)
 
-def versions(server: ServerClient, as_json: bool) -> None:
-    data = server.versions()
-    emit(as_json, data, versions_text(data))
+    def keys_revoke(self, name: str) -> dict[str, Any]:
+        return self.server.keys_revoke(name)
 
+    def prepare(self) -> None:
+        pass
 
-def log(server: ServerClient, limit: int, as_json: bool) -> None:
-    data = server.log(limit)
-    emit(as_json, data, turns_text(data))
+    def idle(self) -> None:
+        pass
 
-
-def status(server: ServerClient, as_json: bool) -> None:
-    data = server.status()
-    emit(as_json, data, status_text(data))
-
-
-def _who(server: ServerClient, user_name: str | None) -> None:
-    if user_name:
-        note(f"--user is not sent: the server at {server.url} records the switch as its own")
-
-
-def activate(
-    server: ServerClient, version: str, why: str, user_name: str | None, as_json: bool
-) -> None:
-    _who(server, user_name)
-    swap = server.activate(version, why)
-    data = {"previous": swap["previous"], "active": swap["active"]}
-    emit(as_json, data, switched_text(data))
-
-
-def rollback(server: ServerClient, why: str, user_name: str | None, as_json: bool) -> None:
-    _who(server, user_name)
-    swap = server.rollback(why)
-    data = {"previous": swap["previous"], "active": swap["active"]}
-    emit(as_json, data, switched_text(data))
+    def close(self) -> None:
+        pass

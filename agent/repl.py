@@ -1,29 +1,27 @@
 """The chat REPL: streaming answers, feedback and learning commands between turns.
 
-The database is released while the REPL waits for input, so ``learnloop learn`` or
-``feedback`` in another terminal can run; a version made active meanwhile is loaded
-before the next answer and announced in one line.
+The REPL talks to a :class:`~learnloop.agent.service.Service`: the local one (this
+process holds the store and the model) or, while a server runs for the data root, the
+server. Locally the database is released while the REPL waits for input, so
+``learnloop learn`` or ``feedback`` in another terminal can run; a version made active
+meanwhile answers next, announced in one line.
 
-After each piece of feedback the trigger (learning/triggers.py) may start a learning
-cycle in the background; chatting goes on, and the REPL says when that cycle ended.
+After each piece of feedback the trigger may start a learning cycle in the background;
+chatting goes on, and the REPL says once how that cycle ended.
 """
 
 from __future__ import annotations
 
 import getpass
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
-from agent.progress import CycleProgress
-from agent.report import cycle_summary, running_text
-from agent.runtime import Agent, UsageError
-from learning.config import LearnConfig
-from learning.cycle import CycleFailed, NothingToLearn, latest_progress, run_cycle
-from learning.triggers import TriggerConfig, background_log, maybe_start
-from storage.store import StoreError
+from learnloop.agent.progress import CycleProgress
+from learnloop.agent.report import cycle_summary, running_text
+from learnloop.agent.service import Service
+from learnloop.learning.cycle import CycleFailed, NothingToLearn
+from learnloop.storage.errors import LearnloopError, UsageError
 
 HELP = """commands:
   /up              the last answer was good
@@ -39,20 +37,12 @@ HELP = """commands:
 
 
 class Repl:
-    def __init__(
-        self,
-        agent: Agent,
-        model_spec: str | None,
-        thread_id: str | None,
-        trigger: TriggerConfig | None = None,
-    ) -> None:
-        self.agent = agent
-        self.trigger = trigger or TriggerConfig()
-        self.background: subprocess.Popen[bytes] | None = None
-        self.runs_before = 0  # runs recorded when our background cycle started
-        self.model_spec = model_spec
+    def __init__(self, service: Service, thread_id: str | None) -> None:
+        self.service = service
         self.thread_id = thread_id  # None until the first answer creates the thread
         self.last_turn: int | None = None
+        self.version: str | None = None  # the version that gave the last answer
+        self.watching: int | None = None  # runs known when a background cycle started
         self.user = getpass.getuser()
         self.commands: dict[str, Callable[[str], bool | None]] = {
             "/up": lambda arg: self.rate("up"),
@@ -69,22 +59,24 @@ class Repl:
         }
 
     def run(self) -> None:
-        store = self.agent.store
-        history = store.thread_history(self.thread_id) if self.thread_id else []
+        self.service.prepare()
+        history = self.service.thread(self.thread_id)["turns"] if self.thread_id else []
         if history:
-            self.last_turn = history[-1].id
+            self.last_turn = history[-1]["turn_id"]
             click.echo(f"resuming thread {self.thread_id} ({len(history)} turns):")
             for turn in history[-3:]:
-                click.echo(f"  you: {turn.log.user_message}\n  bot: {turn.log.answer}")
+                click.echo(f"  you: {turn['user_message']}\n  bot: {turn['answer']}")
+        status = self.service.status()
+        self.version = status["active_version"]
+        where = "" if self.service.where == "local" else f" · through {self.service.where}"
         click.echo(
-            f"learnloop chat · model {self.agent.backend.model_name} · version "
-            f"{self.agent.backend.version} · thread {self.thread_id or '(new)'} · "
-            "/help for commands"
+            f"learnloop chat · model {status['model']} · version {self.version} · thread "
+            f"{self.thread_id or '(new)'}{where} · /help for commands"
         )
-        store.release()
         while True:
             try:
                 self.report_background()
+                self.service.idle()  # the database is free while we wait for input
                 line = input("you> ").strip()
             except EOFError:
                 click.echo()
@@ -95,10 +87,10 @@ class Repl:
             try:
                 if self.handle(line):
                     return
-            except (UsageError, StoreError) as exc:
+            except LearnloopError as exc:
                 click.echo(f"error: {exc}", err=True)
             finally:
-                store.release()
+                self.service.idle()
 
     def handle(self, line: str) -> bool:
         if not line:
@@ -115,23 +107,34 @@ class Repl:
     def answer(self, text: str, regen: bool = False) -> None:
         if regen and self.last_turn is None:
             raise UsageError("nothing to regenerate yet")
-        switch = self.agent.sync_version()
-        if switch:
-            click.echo(
-                f"↻ now answering with version {switch.version} "
-                f"(adapter loaded in {switch.seconds * 1000:.0f} ms)"
-            )
-        click.echo("bot> ", nl=False)
-        answer = self.agent.ask(
+        started = False
+
+        def show(piece: str) -> None:
+            nonlocal started
+            if not started:
+                click.echo("bot> ", nl=False)
+                started = True
+            click.echo(piece, nl=False)
+
+        answer = self.service.ask(
             text,
             thread_id=self.thread_id,
             regen_of=self.last_turn if regen else None,
-            on_token=lambda t: click.echo(t, nl=False),
+            on_token=show,
+            on_switch=self.switched,
         )
-        self.last_turn = answer.turn_id
-        self.thread_id = answer.thread_id
-        suffix = " [interrupted]" if answer.interrupted else ""
-        click.echo(f"{suffix}\n   [turn {answer.turn_id} · {answer.version}]")
+        if not started:
+            click.echo("bot> ", nl=False)
+        self.last_turn = answer["turn_id"]
+        self.thread_id = answer["thread_id"]
+        self.version = answer["version"]
+        suffix = " [interrupted]" if answer.get("interrupted") else ""
+        click.echo(f"{suffix}\n   [turn {answer['turn_id']} · {answer['version']}]")
+
+    @staticmethod
+    def switched(version: str, seconds: float | None) -> None:
+        loaded = f" (adapter loaded in {seconds * 1000:.0f} ms)" if seconds is not None else ""
+        click.echo(f"↻ now answering with version {version}{loaded}")
 
     def _need_turn(self) -> int:
         if self.last_turn is None:
@@ -140,64 +143,61 @@ class Repl:
 
     def rate(self, rating: str) -> None:
         turn = self._need_turn()
-        self.agent.store.add_feedback(turn, rating, user_name=self.user)
+        started = self.give(turn, rating, None)
         click.echo(f"   noted: turn {turn} {'👍' if rating == 'up' else '👎'}")
-        self.after_feedback()
+        self.say_started(started)
 
     def fix(self, text: str) -> None:
         turn = self._need_turn()
         if not text:
             raise UsageError("the correction is empty: /fix followed by the better answer")
-        self.agent.store.add_feedback(turn, "down", correction=text, user_name=self.user)
+        started = self.give(turn, "down", text)
         click.echo(f"   noted: a better answer for turn {turn}")
-        self.after_feedback()
+        self.say_started(started)
 
-    def after_feedback(self) -> None:
-        if self.background is not None and self.background.poll() is None:
-            return  # ours is still running
-        self.runs_before = len(self.agent.store.runs())
-        due, started = maybe_start(
-            self.agent.store, self.trigger, self.model_spec, LearnConfig(), f"trigger:{self.user}"
-        )
-        if started is not None:
-            self.background = started
+    def give(self, turn: int, rating: str, correction: str | None) -> str | None:
+        """Send the feedback; if it started a cycle, watch for the run that records.
+        Returns why a cycle started, or None."""
+        runs_before = len(self.service.runs()) if self.watching is None else self.watching
+        data = self.service.feedback(turn, rating, correction=correction, who=self.user)
+        started: str | None = data.get("learning_started")
+        if started:
+            self.watching = runs_before
+        return started
+
+    @staticmethod
+    def say_started(reason: str | None) -> None:
+        if reason:
             click.echo(
-                f"   learning started in the background ({due.reason}); keep chatting: "
+                f"   learning started in the background ({reason}); keep chatting: "
                 "/status shows its progress"
             )
 
     def report_background(self) -> None:
-        """Say once how the background cycle this chat started ended."""
-        if self.background is None or self.background.poll() is None:
+        """Say once how the background cycle this chat's feedback started ended."""
+        if self.watching is None:
             return
-        self.background = None
-        runs = self.agent.store.runs()[self.runs_before :]
-        if not runs:  # e.g. another process had started one meanwhile
-            click.echo(f"   background learning did not run: see {background_log()}")
-            return
+        runs = self.service.runs()[self.watching :]
+        if not runs or runs[0]["status"] == "running":
+            return  # not recorded yet, or still going
+        self.watching = None
         run = runs[0]
-        if run.status != "succeeded" or run.version_id is None:
-            click.echo(f"   background learning run {run.id} {run.status}: {run.error or ''}")
+        if run["status"] != "succeeded" or run["version"] is None:
+            click.echo(f"   background learning run {run['run']} {run['status']}: "
+                       f"{run['error'] or ''}")  # fmt: skip
             return
-        version = self.agent.store.get_version(run.version_id)
-        reasons = "; ".join((version.gate or {}).get("reasons", []))
         verdict = "rejected by the gate"
-        if version.status == "promoted":
+        if run["promoted"]:
             verdict = "promoted: it answers from your next message"
-        click.echo(f"   background learning run {run.id}: {version.id} {verdict} ({reasons})")
+        reasons = "; ".join(run["reasons"])
+        click.echo(
+            f"   background learning run {run['run']}: {run['version']} {verdict} ({reasons})"
+        )
 
     def learn(self) -> None:
-        from agent.models import resolve_model
-
         try:
             with CycleProgress() as progress:
-                result = run_cycle(
-                    self.agent.store,
-                    resolve_model(self.model_spec),
-                    LearnConfig(),
-                    progress=progress,
-                    who=f"chat:{self.user}",
-                )
+                result = self.service.learn({}, progress=progress, who=f"chat:{self.user}")
         except (NothingToLearn, CycleFailed) as exc:
             click.echo(f"no new version: {exc}", err=True)
             return
@@ -205,29 +205,28 @@ class Repl:
             click.echo("\nlearning interrupted; the active version is unchanged", err=True)
             return
         click.echo("   " + cycle_summary(result).replace("\n", "\n   "))
-        if result.promoted:
+        if result["promoted"]:
             click.echo("   it answers from your next message")
         else:
-            click.echo(f"   /activate {result.version} uses it anyway")
+            click.echo(f"   /activate {result['version']} uses it anyway")
 
     def activate(self, version: str) -> None:
         if not version:
             raise UsageError("/activate needs a version, e.g. /activate v2 or /activate base")
-        self.agent.store.activate(version, who=f"chat:{self.user}", why="/activate in chat")
+        self.service.activate(version, why="/activate in chat", who=f"chat:{self.user}")
         click.echo(f"   {version} is active; it answers from your next message")
 
     def status(self) -> None:
-        s = self.agent.store.status()
+        s = self.service.status()
         click.echo(
-            f"   model {self.agent.backend.model_name} · answering with "
-            f"{self.agent.backend.version} (active: {s.active_version}) · thread "
-            f"{self.thread_id or '(new)'}\n   {s.turns} turns, {s.feedback} feedback "
-            f"({s.feedback_up} up, {s.feedback_down} down, {s.corrections} corrections), "
-            f"{s.unlearned_feedback} not learned from yet, {s.versions} versions"
+            f"   model {s['model']} · answering with {self.version} (active: "
+            f"{s['active_version']}) · thread {self.thread_id or '(new)'}\n   {s['turns']} "
+            f"turns, {s['feedback']} feedback ({s['feedback_up']} up, {s['feedback_down']} "
+            f"down, {s['corrections']} corrections), {s['unlearned_feedback']} not learned "
+            f"from yet, {s['versions']} versions"
         )
-        if s.running_run is not None:
-            progress = latest_progress(Path(self.agent.store.run_dir_of(s.running_run)))
-            click.echo(f"   learning: {running_text(s.running_run, progress)}")
+        if s["running_run"] is not None:
+            click.echo(f"   learning: {running_text(s['running_run'], s['learning'])}")
 
     def new(self) -> None:
         self.thread_id = None

@@ -7,7 +7,7 @@ import json
 from datetime import date, datetime
 from typing import Any
 
-from storage.records import Status, Turn, Version
+from learnloop.storage.records import Activation, Run, Status, ThreadSummary, Turn, Version
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -43,7 +43,7 @@ def turn_dict(turn: Turn) -> dict[str, Any]:
     }
 
 
-def _when(value: datetime | str) -> datetime:
+def when(value: datetime | str) -> datetime:
     """A time from a record (datetime) or from its JSON form (ISO 8601 text)."""
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
@@ -74,7 +74,7 @@ def turns_text(turns: list[dict[str, Any]]) -> str:
         regen = f" (regen of {t['regen_of']})" if t["regen_of"] else ""
         lines.append(
             f"#{t['turn_id']} thread {t['thread_id']} · {t['version']}{regen} "
-            f"· {_when(t['created_at']):%Y-%m-%d %H:%M} {feedback_mark(t)}"
+            f"· {when(t['created_at']):%Y-%m-%d %H:%M} {feedback_mark(t)}"
         )
         lines.append(f"   you: {_short(t['user_message'])}")
         lines.append(f"   bot: {_short(t['answer'])}")
@@ -82,6 +82,70 @@ def turns_text(turns: list[dict[str, Any]]) -> str:
         if latest and latest["correction"]:
             lines.append(f"   fix: {_short(latest['correction'])}")
     return "\n".join(lines)
+
+
+def thread_summary(t: ThreadSummary) -> dict[str, Any]:
+    """One thread in ``GET /v1/threads``: ids, times, a title from its first message."""
+    return {
+        "id": t.id,
+        "created_at": t.created_at,
+        "last_at": t.last_at,
+        "title": " ".join(t.first_message.split())[:80],
+        "turns": t.turns,
+    }
+
+
+def history_data(rows: list[Activation]) -> list[dict[str, Any]]:
+    """``learnloop history --json``: every switch of the active version."""
+    return [{"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows]
+
+
+def history_text(data: list[dict[str, Any]]) -> str:
+    return (
+        "\n".join(
+            f"{when(a['at']):%Y-%m-%d %H:%M:%S}  {a['version']:6} {a['who']:16} {a['why']}"
+            for a in data
+        )
+        or "no switches yet: the base model has always been active"
+    )
+
+
+def losses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training loss by step across the run's stages (steps numbered on from stage to
+    stage, so SFT then DPO reads as one curve)."""
+    out: list[dict[str, Any]] = []
+    offset, stage, last_step = 0, None, 0
+    for e in events:
+        if e.get("loss") is None:
+            continue
+        if e["stage"] != stage:
+            offset, stage = offset + last_step, e["stage"]
+        last_step = int(e.get("step") or 0)
+        out.append({"step": offset + last_step, "loss": e["loss"], "stage": stage})
+    return out
+
+
+def run_data(
+    run: Run, events: list[dict[str, Any]], gate: dict[str, Any] | None, version: str | None
+) -> dict[str, Any]:
+    """A learning run's state and progress (``GET /v1/learn/{run}``) from its record, its
+    progress events and its version's gate results."""
+    last = events[-1] if events else {}
+    return {
+        "run": run.id,
+        "status": run.status,
+        "stage": last.get("stage", "prepare"),
+        "step": last.get("step"),
+        "total": last.get("total"),
+        "loss": last.get("loss"),
+        "losses": losses(events),
+        "version": version,
+        "promoted": None if gate is None else bool(gate.get("promote")),
+        "reasons": (gate or {}).get("reasons", []),
+        "error": run.error,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
 
 
 def versions_data(versions: list[Version], active: str) -> list[dict[str, Any]]:
@@ -158,7 +222,7 @@ def versions_text(data: list[dict[str, Any]]) -> str:
             continue
         lines.append(
             f"{star:2}{v['id']:8} {v['parent']:7} "
-            f"{_when(v['created_at']):%Y-%m-%d %H:%M} {v['status']:9} {v['method']:12} "
+            f"{when(v['created_at']):%Y-%m-%d %H:%M} {v['status']:9} {v['method']:12} "
             f"{v['sft_examples']:>4} {v['dpo_pairs']:>4} {v['kto_rows']:>4}  {_metric(v)}"
         )
         for reason in (v.get("gate") or {}).get("reasons", []):
@@ -208,3 +272,40 @@ def running_text(run_id: int, progress: dict[str, Any] | None) -> str:
     if progress.get("loss") is not None:
         text += f" · loss {progress['loss']:.3f}"
     return text
+
+
+def keys_text(data: list[dict[str, Any]]) -> str:
+    """``learnloop keys list``: names and dates, never the keys."""
+    lines = []
+    for k in data:
+        revoked = k["revoked_at"]
+        state = f"  revoked {when(revoked):%Y-%m-%d %H:%M:%S}" if revoked else "  valid"
+        role = k.get("role", "user")
+        created = f"created {when(k['created_at']):%Y-%m-%d %H:%M:%S}"
+        lines.append(f"{k['name']:24} {role:5}  {created}{state}")
+    return "\n".join(lines) or "no API keys: `learnloop keys create NAME` makes one"
+
+
+def cycle_view(view: dict[str, Any], versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A finished run as ``learn --json`` prints it through a server: the run's view and
+    its version's record, under the names CycleResult.to_dict() uses."""
+    v = next(x for x in versions if x["id"] == view["version"])
+    seconds = None
+    if view.get("started_at") and view.get("finished_at"):
+        delta = datetime.fromisoformat(view["finished_at"]) - datetime.fromisoformat(
+            view["started_at"]
+        )
+        seconds = round(delta.total_seconds(), 2)
+    return {
+        **view,
+        "run_id": view["run"],
+        "parent": v["parent"],
+        "method": v["method"],
+        "sft_examples": v["sft_examples"],
+        "dpo_pairs": v["dpo_pairs"],
+        "kto_rows": v["kto_rows"],
+        "metrics": v["metrics"],
+        "gate": v["gate"],
+        "adapter_path": v["adapter_path"],
+        "seconds": seconds,
+    }

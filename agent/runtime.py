@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import secrets
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.backend import Backend, Pin
-from agent.chat_model import LocalChatModel
-from agent.config import GenerationConfig
-from agent.graph import build_graph
-from storage.records import Message
-from storage.store import NotFound, Store
+from learnloop.agent.backend import Backend, Pin
+from learnloop.agent.chat_model import LocalChatModel
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.graph import build_graph
+from learnloop.learning.adapters import AdapterDamaged, fall_back, trusted_checksum
+from learnloop.storage.errors import NotFound, UsageError
+from learnloop.storage.records import Message
+from learnloop.storage.store import Store
 
 MAX_MESSAGE_CHARS = 16_000
-
-
-class UsageError(ValueError):
-    """Bad input from the user; the message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,10 @@ def new_thread_id() -> str:
     return secrets.token_hex(4)
 
 
+def say_on_stderr(text: str) -> None:
+    print(f"learnloop: {text}", file=sys.stderr, flush=True)
+
+
 def check_message(text: str) -> str:
     if not text or not text.strip():
         raise UsageError("the message is empty; type something to ask")
@@ -61,18 +64,39 @@ def check_message(text: str) -> str:
 class Agent:
     """One loaded model answering through the graph, logging into ``store``."""
 
-    def __init__(self, store: Store, backend: Backend, generation: GenerationConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        generation: GenerationConfig,
+        warn: Callable[[str], None] = say_on_stderr,
+    ) -> None:
         self.store = store
         self.backend = backend
+        self.warn = warn  # one line about a fault the agent worked around
         self.model = LocalChatModel(backend=backend, generation=generation)
         self.graph = build_graph(self.model, store, system_prompt=generation.system_prompt)
 
     def sync_version(self) -> Switch | None:
-        """Load the active version's adapter if it is not the one loaded."""
+        """Load the active version's adapter if it is not the one loaded. A damaged
+        adapter never stops the agent: it says so in one line, and the newest intact
+        version (or the base) becomes active, recorded in the history, and answers."""
         active = self.store.active_version()
-        if active == self.backend.version:
-            return None
-        path = None
+        skip: set[str] = set()
+        while active != self.backend.version:
+            try:
+                return Switch(active, self._switch_to(active))
+            except AdapterDamaged as damaged:
+                skip.add(damaged.version)
+                chosen = fall_back(
+                    self.store, self.backend.model_name, damaged, skip=frozenset(skip)
+                )
+                active = chosen.id if chosen is not None else "base"
+                self.warn(f"{damaged}; answering with {active} instead (see `learnloop history`)")
+        return None
+
+    def _switch_to(self, active: str) -> float:
+        path = checksum = None
         if active != "base":
             version = self.store.get_version(active)
             if version.base_model != self.backend.model_name:
@@ -80,8 +104,8 @@ class Agent:
                     f"the active version {active} was trained on {version.base_model}, "
                     f"not on {self.backend.model_name}; run with that --model"
                 )
-            path = version.adapter_path
-        return Switch(active, self.backend.switch(active, path))
+            path, checksum = version.adapter_path, trusted_checksum(self.store, version)
+        return self.backend.switch(active, path, checksum)
 
     def check_thread(self, thread_id: str) -> str:
         if not self.store.thread_exists(thread_id):
@@ -153,8 +177,8 @@ class Agent:
 
 def load_agent(store: Store, model_spec: str | None, generation: GenerationConfig) -> Agent:
     """Resolve the model (converting a GGUF once), load it, and load the active version."""
-    from agent.backend import TransformersBackend
-    from agent.models import resolve_model
+    from learnloop.agent.backend import TransformersBackend
+    from learnloop.learning.models import resolve_model
 
     resolved = resolve_model(model_spec)
     agent = Agent(store, TransformersBackend(resolved.path, resolved.name), generation)

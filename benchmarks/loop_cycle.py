@@ -187,7 +187,7 @@ class TreeSampler:
                     continue
                 role = (
                     "trainer"
-                    if "learning.trainer" in cmd
+                    if "learnloop.learning.trainer" in cmd
                     else "learn"
                     if "learnloop" in cmd and Path(p.cmdline()[0]).name != "time"
                     else None
@@ -338,9 +338,9 @@ def measure_swap(agent: Any, work: Path, reps: int) -> Row:
 def measure_cycle_and_swap(
     work: Path, models: Path, n: int, learn_args: list[str], reps: int, ask_tokens: int
 ) -> tuple[Row, Row, Row]:
-    from agent.config import GenerationConfig
-    from agent.runtime import load_agent
-    from storage.store import Store
+    from learnloop.agent.config import GenerationConfig
+    from learnloop.agent.runtime import load_agent
+    from learnloop.storage.store import Store
 
     root = work / "cycle"
     seed_models(root, models)

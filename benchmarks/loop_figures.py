@@ -3,7 +3,8 @@
 Figures (each in its own fresh temporary data root; ``~/.learnloop`` is never touched):
 
 1. first-run conversion of the default GGUF into a safetensors checkpoint: a subprocess
-   running ``agent.models.resolve_model(None)`` in an empty data root, timed end to end;
+   running ``learnloop.learning.models.resolve_model(None)`` in an empty data root, timed
+   end to end;
 2. ``learnloop ask "..." --json --max-new-tokens 32`` with the converted model present:
    wall time of the whole command (process start to exit), plus what the logged turn says
    the generation inside took; the base model load (``TransformersBackend`` construction
@@ -20,9 +21,9 @@ Figures (each in its own fresh temporary data root; ``~/.learnloop`` is never to
 
 Every number printed is measured by this run; the goals are the project's targets.
 
-    python benchmarks/loop_figures.py               # the full run (about 10 minutes here)
-    python benchmarks/loop_figures.py --reps 1 --feedback 10 --learn-args "--max-steps 2"
-    python benchmarks/loop_figures.py --json --out results/
+    python -m benchmarks.loop_figures               # the full run (about 10 minutes here)
+    python -m benchmarks.loop_figures --reps 1 --feedback 10 --learn-args "--max-steps 2"
+    python -m benchmarks.loop_figures --json --out results/
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ GEN_PROMPTS = [
 CONVERT_CODE = (
     "import json, time\n"
     "t = time.perf_counter()\n"
-    "from agent.models import resolve_model\n"
+    "from learnloop.learning.models import resolve_model\n"
     "r = resolve_model(None, progress=False)\n"
     "print(json.dumps({'path': r.path, 'name': r.name, 'in_process_s': time.perf_counter() - t}))\n"
 )
@@ -75,7 +75,9 @@ def measure_conversion(work: Path, reps: int) -> Row:
 
 # --- 2. ask, import floor, base load ------------------------------------------------------
 
-IMPORT_CODE = "import torch, transformers, langgraph.graph, agent.runtime, agent.backend"
+IMPORT_CODE = (
+    "import torch, transformers, langgraph.graph, learnloop.agent.runtime, learnloop.agent.backend"
+)
 
 
 def measure_import_floor(reps: int, env: dict[str, str]) -> Row:
@@ -104,7 +106,7 @@ def measure_ask(work: Path, models: Path, reps: int, tokens: int, root_name: str
     after = sorted(p.name for p in (root / "models").iterdir())
     if after != before:
         raise RuntimeError(f"`learnloop ask` converted again ({before} -> {after}): cache not warm")
-    from storage.store import Store
+    from learnloop.storage.store import Store
 
     use_root(root)
     with Store() as store:
@@ -131,7 +133,7 @@ COLD_LOAD_CODE = (
     "import json, sys, time\n"
     "t0 = time.perf_counter()\n"
     "import torch, transformers\n"
-    "from agent.backend import TransformersBackend\n"
+    "from learnloop.agent.backend import TransformersBackend\n"
     "t1 = time.perf_counter()\n"
     "TransformersBackend(sys.argv[1], sys.argv[2])\n"
     "t2 = time.perf_counter()\n"
@@ -158,7 +160,7 @@ def measure_cold_load(path: str, name: str, reps: int, env: dict[str, str]) -> R
 
 
 def measure_load(path: str, name: str, reps: int) -> tuple[Row, Any]:
-    from agent.backend import TransformersBackend
+    from learnloop.agent.backend import TransformersBackend
 
     times, backend = [], None
     for i in range(reps):
@@ -179,7 +181,7 @@ def measure_load(path: str, name: str, reps: int) -> tuple[Row, Any]:
 
 
 def measure_generation(backend: Any, reps: int, max_new_tokens: int) -> Row:
-    from agent.config import GenerationConfig
+    from learnloop.agent.config import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     warm = backend.stream(

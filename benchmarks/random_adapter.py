@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from storage.store import Store
+from learnloop.storage.store import Store
 
 
 def save_random_adapter(
@@ -34,7 +34,7 @@ def register_adapter(
     store: Store, version_id: str, folder: Path, base_model: str, who: str, why: str
 ) -> None:
     """Record ``folder`` as version ``version_id`` (a child of the base), not activated."""
-    from storage.records import Version
+    from learnloop.storage.records import Version
 
     run_id = store.start_run("sft", {}, str(folder), 0)
     version = Version(

@@ -16,7 +16,7 @@ weights: they only have to be real adapters that take time to load), and measure
 4. the cost of logging: ``Store.add_turn`` and ``Store.add_feedback`` on a DuckDB file
    in this process (``--log-ops`` each), p50 / p95 in ms.
 
-    python benchmarks/serve_load.py --out /tmp/serve-load [--json]
+    python -m benchmarks.serve_load --out /tmp/serve-load [--json]
 
 Output: ``OUT/results.json`` and a Markdown table on stdout.
 """
@@ -62,9 +62,9 @@ def prepare_home(home: Path, model_spec: str | None) -> None:
     """Resolve the model and register two random adapters as versions v1 and v2, before the
     server takes the database."""
     os.environ["LEARNLOOP_HOME"] = str(home)
-    from agent.models import resolve_model
     from benchmarks.random_adapter import register_adapter, save_random_adapter
-    from storage.store import Store
+    from learnloop.learning.models import resolve_model
+    from learnloop.storage.store import Store
 
     model = resolve_model(model_spec)
     with Store() as store:
@@ -81,7 +81,7 @@ def prepare_home(home: Path, model_spec: str | None) -> None:
 
 def start_server(home: Path, port: int, model_spec: str | None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LEARNLOOP_HOME": str(home)}
-    args = [sys.executable, "-m", "agent.cli"]
+    args = [sys.executable, "-m", "learnloop.agent.cli"]
     if model_spec:
         args += ["--model", model_spec]
     args += ["serve", "--port", str(port), "--auto-learn", "false"]
@@ -180,7 +180,8 @@ def under_load(url: str, clients: int, seconds: float, swap_every: float, max_to
         n = 0
         while not stop.wait(swap_every):
             sent = time.perf_counter()
-            r = httpx.post(f"{url}/v1/versions/{('v1', 'v2')[n % 2]}/activate", timeout=60)
+            version = ("v1", "v2")[n % 2]
+            r = httpx.post(f"{url}/v1/versions/{version}/activate", json={}, timeout=60)
             swaps.append(
                 {
                     "ok": r.status_code == 200,
@@ -214,8 +215,8 @@ def under_load(url: str, clients: int, seconds: float, swap_every: float, max_to
 
 def logging_cost(folder: Path, n: int) -> dict[str, Any]:
     """add_turn and add_feedback on a real DuckDB file, one call at a time."""
-    from storage.records import TurnLog
-    from storage.store import Store
+    from learnloop.storage.records import TurnLog
+    from learnloop.storage.store import Store
 
     turn_ms, feedback_ms = [], []
     with Store(folder / "logging.duckdb") as store:

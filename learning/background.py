@@ -1,4 +1,4 @@
-"""``python -m learning.background JOB``: one learning cycle, started by a trigger.
+"""``python -m learnloop.learning.background JOB``: one learning cycle, started by a trigger.
 
 ``JOB`` is a JSON object ``{"model": spec | null, "config": {LearnConfig fields},
 "who": str}``. The cycle is exactly the one ``learnloop learn`` runs (learning/cycle.py),
@@ -12,7 +12,7 @@ import json
 import sys
 from datetime import datetime
 
-from learning.config import LearnConfig
+from learnloop.learning.config import LearnConfig
 
 
 def say(text: str) -> None:
@@ -20,9 +20,10 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from agent.models import resolve_model
-    from learning.cycle import CycleFailed, NothingToLearn, run_cycle
-    from storage.store import Store
+    from learnloop.learning.cycle import CycleFailed, NothingToLearn, run_cycle
+    from learnloop.learning.models import resolve_model
+    from learnloop.storage.errors import Conflict
+    from learnloop.storage.store import Store
 
     job = json.loads(argv[0])
     config = LearnConfig(**job["config"])
@@ -35,6 +36,9 @@ def main(argv: list[str]) -> int:
         except CycleFailed as exc:
             say(f"cycle failed: {exc}")
             return 1
+        except Conflict as exc:  # another cycle got in first
+            say(f"no cycle: {exc}")
+            return 0
     verdict = "promoted" if result.promoted else "rejected"
     say(f"run {result.run_id}: {result.version} {verdict}; " + "; ".join(result.reasons))
     return 0

@@ -2,15 +2,32 @@
 
 Defaults are chosen for a 135M model on a 2-core CPU: one cycle on ~50 feedback items
 should finish in well under three minutes (see README, benchmarks).
+
+Every setting is checked when a config is made, wherever its values come from (CLI
+flags, a ``POST /v1/learn`` body, a run's ``request.json``), so a value that would fail
+in the trainer or do nothing useful is refused before a run starts, in one line naming
+the setting. The bounds live beside each field, in its metadata: ``min`` / ``max``
+(inclusive), ``above`` / ``below`` (exclusive), ``choices``, and ``also`` (one more value
+allowed outside the bounds, such as -1 for "no cap").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from learnloop.storage.errors import UsageError
 
 METHODS = ("auto", "sft", "dpo", "kto")
 GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "task_macro_f1")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+MAX_EPOCHS = 1000.0
+MAX_NEW_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -18,12 +35,13 @@ class LearnConfig:
     method: str = field(
         default="auto",
         metadata={
+            "choices": METHODS,
             "help": "auto | sft | dpo | kto. auto: SFT on the good answers, then DPO when "
-            "there are at least --min-pairs preference pairs, else KTO on the thumbs alone"
+            "there are at least --min-pairs preference pairs, else KTO on the thumbs alone",
         },
     )
     min_pairs: int = field(
-        default=4, metadata={"help": "fewest DPO pairs for auto to choose DPO over KTO"}
+        default=4, metadata={"min": 1, "help": "fewest DPO pairs for auto to choose DPO over KTO"}
     )
     cut_off_sentences: bool = field(
         default=True,
@@ -34,28 +52,52 @@ class LearnConfig:
     )
     max_user_share: float = field(
         default=0.5,
-        metadata={"help": "largest share of the examples one user may supply (with 2+ users)"},
+        metadata={
+            "above": 0.0,
+            "max": 1.0,
+            "help": "largest share of the examples one user may supply (with 2+ users)",
+        },
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)"})
+    lora_r: int = field(default=16, metadata={"min": 1, "help": "LoRA rank"})
+    lora_alpha: int = field(
+        default=32, metadata={"min": 1, "help": "LoRA scaling numerator (alpha / r)"}
+    )
     lora_dropout: float = field(
         default=0.0,
-        metadata={"help": "LoRA dropout; 0 saves ~10% of CPU step time (dropout masks)"},
+        metadata={
+            "min": 0.0,
+            "below": 1.0,
+            "help": "LoRA dropout; 0 saves ~10% of CPU step time (dropout masks)",
+        },
     )
     target_modules: str = field(
         default="q_proj,k_proj,v_proj,o_proj",
         metadata={"help": "comma-separated module names that get a LoRA adapter"},
     )
-    sft_epochs: float = field(default=3.0, metadata={"help": "passes over the SFT examples"})
-    sft_learning_rate: float = field(default=2e-4, metadata={"help": "SFT learning rate"})
-    dpo_epochs: float = field(default=2.0, metadata={"help": "passes over the DPO pairs"})
-    dpo_learning_rate: float = field(default=5e-5, metadata={"help": "DPO learning rate"})
+    sft_epochs: float = field(
+        default=3.0,
+        metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the SFT examples"},
+    )
+    sft_learning_rate: float = field(
+        default=2e-4, metadata={"above": 0.0, "max": 1.0, "help": "SFT learning rate"}
+    )
+    dpo_epochs: float = field(
+        default=2.0, metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the DPO pairs"}
+    )
+    dpo_learning_rate: float = field(
+        default=5e-5, metadata={"above": 0.0, "max": 1.0, "help": "DPO learning rate"}
+    )
     dpo_beta: float = field(
-        default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"}
+        default=0.1,
+        metadata={"above": 0.0, "help": "DPO beta: how far the policy may move from the reference"},
     )
     held_out_share: float = field(
         default=0.2,
-        metadata={"help": "share of threads whose feedback is held out to judge the candidate"},
+        metadata={
+            "min": 0.0,
+            "below": 1.0,
+            "help": "share of threads whose feedback is held out to judge the candidate",
+        },
     )
     gate: bool = field(
         default=True, metadata={"help": "compare the candidate with the active version first"}
@@ -63,23 +105,33 @@ class LearnConfig:
     gate_metric: str = field(
         default="preference_accuracy",
         metadata={
+            "choices": GATE_METRICS,
             "help": "metric the candidate must win on: preference_accuracy | correction_match "
             "(held-out feedback) | task_accuracy | task_macro_f1 (--eval-file; macro-F1 "
-            "does not reward answering every row with the commonest label)"
+            "does not reward answering every row with the commonest label)",
         },
     )
     promote_without_heldout: bool = field(
         default=False, metadata={"help": "promote when there is no held-out feedback at all"}
     )
     control_max_drop: float = field(
-        default=0.1, metadata={"help": "largest allowed drop in control-set accuracy"}
+        default=0.1,
+        metadata={"min": 0.0, "max": 1.0, "help": "largest allowed drop in control-set accuracy"},
     )
     control_max_logp_drop: float = field(
         default=0.25,
-        metadata={"help": "largest allowed drop in the control answers' log-prob per token"},
+        metadata={
+            "min": 0.0,
+            "help": "largest allowed drop in the control answers' log-prob per token",
+        },
     )
     gate_max_new_tokens: int = field(
-        default=48, metadata={"help": "answer length when the gate compares greedy answers"}
+        default=48,
+        metadata={
+            "min": 1,
+            "max": MAX_NEW_TOKENS,
+            "help": "answer length when the gate compares greedy answers",
+        },
     )
     eval_file: str = field(
         default="",
@@ -96,38 +148,60 @@ class LearnConfig:
         metadata={"help": "comma-separated label words of --eval-file ('' = those in the file)"},
     )
     eval_limit: int = field(
-        default=200, metadata={"help": "use at most this many rows of --eval-file"}
+        default=200, metadata={"min": 1, "help": "use at most this many rows of --eval-file"}
     )
     eval_max_new_tokens: int = field(
-        default=16, metadata={"help": "answer length when the gate answers --eval-file texts"}
+        default=16,
+        metadata={
+            "min": 1,
+            "max": MAX_NEW_TOKENS,
+            "help": "answer length when the gate answers --eval-file texts",
+        },
     )
     task_max_drop: float = field(
         default=0.0,
-        metadata={"help": "largest allowed drop in task accuracy on --eval-file"},
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "largest allowed drop in task accuracy on --eval-file",
+        },
     )
-    kto_epochs: float = field(default=2.0, metadata={"help": "passes over the KTO rows"})
-    kto_learning_rate: float = field(default=5e-5, metadata={"help": "KTO learning rate"})
-    kto_beta: float = field(default=0.1, metadata={"help": "KTO beta"})
-    batch_size: int = field(default=4, metadata={"help": "examples per optimizer step"})
+    kto_epochs: float = field(
+        default=2.0, metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the KTO rows"}
+    )
+    kto_learning_rate: float = field(
+        default=5e-5, metadata={"above": 0.0, "max": 1.0, "help": "KTO learning rate"}
+    )
+    kto_beta: float = field(default=0.1, metadata={"above": 0.0, "help": "KTO beta"})
+    batch_size: int = field(default=4, metadata={"min": 1, "help": "examples per optimizer step"})
     max_length: int = field(
-        default=512, metadata={"help": "longest tokenized example; longer ones are truncated"}
+        default=512,
+        metadata={"min": 1, "help": "longest tokenized example; longer ones are truncated"},
     )
     max_steps: int = field(
-        default=-1, metadata={"help": "cap on optimizer steps per stage (-1 = run all epochs)"}
+        default=-1,
+        metadata={
+            "min": 1,
+            "also": -1,
+            "help": "cap on optimizer steps per stage (-1 = run all epochs)",
+        },
     )
-    seed: int = field(default=0, metadata={"help": "random seed for training"})
+    seed: int = field(
+        default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "random seed for training"}
+    )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if not 0 < self.max_user_share <= 1:
-            raise ValueError("--max-user-share must be in (0, 1]")
-        if not 0 <= self.held_out_share < 1:
-            raise ValueError("--held-out-share must be in [0, 1)")
-        if self.gate_metric not in GATE_METRICS:
-            raise ValueError(f"--gate-metric must be one of {', '.join(GATE_METRICS)}")
-        if self.gate_metric.startswith("task_") and not self.eval_file:
-            raise ValueError(f"--gate-metric {self.gate_metric} needs --eval-file")
+        """Refuse a value out of its field's bounds, or of the wrong type, with a
+        UsageError naming the setting (not a CLI flag: the API sends the same names)."""
+        for item in dataclasses.fields(self):
+            check_setting(item.name, getattr(self, item.name), _kinds()[item.name], item.metadata)
+        if not self.modules:
+            raise UsageError("target_modules must name at least one module")
+        for name in self.modules:
+            if not MODULE_NAME.fullmatch(name):
+                raise UsageError(f"target_modules: {name!r} is not a module name")
+        if self.gate_metric.startswith("task_") and not self.eval_file.strip():
+            raise UsageError(f"gate_metric {self.gate_metric} needs an eval_file")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -135,3 +209,57 @@ class LearnConfig:
     @property
     def modules(self) -> list[str]:
         return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@functools.cache
+def _kinds() -> dict[str, type]:
+    return get_type_hints(LearnConfig)
+
+
+def check_setting(name: str, value: object, kind: type, bounds: Mapping[str, Any]) -> None:
+    """Raise a UsageError unless ``value`` is a ``kind`` within ``bounds`` (field metadata)."""
+    if not _is_kind(value, kind):
+        raise UsageError(f"{name} must be {_article(kind)}, not {value!r}")
+    choices = bounds.get("choices")
+    if choices is not None and value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    if kind in (int, float) and not _within(value, bounds):
+        raise UsageError(f"{name} must be {_allowed(bounds)}, not {value!r}")
+
+
+def _is_kind(value: object, kind: type) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    if kind is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _article(kind: type) -> str:
+    return {int: "a whole number", float: "a finite number", bool: "true or false"}.get(
+        kind, "a string"
+    )
+
+
+def _within(value: Any, bounds: Mapping[str, Any]) -> bool:
+    if "also" in bounds and value == bounds["also"]:
+        return True
+    # "not (ok)" rather than "bad": a NaN compares false with everything, so it fails too
+    return not (
+        ("min" in bounds and not value >= bounds["min"])
+        or ("above" in bounds and not value > bounds["above"])
+        or ("max" in bounds and not value <= bounds["max"])
+        or ("below" in bounds and not value < bounds["below"])
+    )
+
+
+def _allowed(bounds: Mapping[str, Any]) -> str:
+    """The bounds in words: "above 0 and at most 1", "-1 or at least 1"."""
+    words = {"min": "at least", "above": "above", "max": "at most", "below": "below"}
+    parts = [f"{words[key]} {_number(bounds[key])}" for key in words if key in bounds]
+    text = " and ".join(parts)
+    return f"{_number(bounds['also'])} or {text}" if "also" in bounds else text
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

@@ -4,58 +4,97 @@ Steps, each leaving the system consistent if the process is killed right after i
 
 1. clean the feedback, split it by thread into train and held-out parts, build the
    datasets the method trains on (pure, learning/snapshot.py);
-2. record the run and its snapshot (which feedback rows went into which dataset, a
-   content hash, the quality report) and write the snapshot files into ``runs/run-N/``;
-3. train and measure in a child process (``python -m learning.trainer``), in its own
-   session so a crash, OOM or Ctrl-C there never reaches the chat; the database is
-   released meanwhile so other learnloop commands can use it;
+2. write the snapshot files into ``runs/run-N/`` (N reserved first), then record the
+   run, its snapshot (which feedback rows went into which dataset, a content hash, the
+   quality report) and the version active now, in one transaction;
+3. train and measure in a child process (``python -m learnloop.learning.trainer``), in
+   its own session so a crash, OOM or Ctrl-C there never reaches the chat; the database
+   is released meanwhile so other learnloop commands can use it;
 4. let the gate decide (learning/gate.py), move the adapter into ``adapters/<version>/``
-   with its config, metrics and gate results beside it, then register the version as
-   promoted (and make it active) or rejected, in one transaction.
+   with its config, metrics and gate results beside it, take its checksum, then register
+   the version as promoted (and make it active) or rejected, with its control answers,
+   in one transaction.
 
-A kill before step 4 commits leaves the active version unchanged; the run stays
-'running' until the next cycle finds its process gone and records it as failed.
+Invariants:
+
+- the candidate is measured against the version active when its run was prepared, and
+  that version is its ``parent``. If the active version changed while the run trained
+  (an ``activate``, a ``rollback``), the candidate is not promoted over that choice: it
+  is recorded as rejected with the reason, and ``learnloop activate`` can still use it.
+  The check and the activation are one transaction, so no switch slips in between;
+- a kill before step 4 commits leaves the active version unchanged; the run stays
+  'running' until the next cycle finds its process gone and records it as failed;
+- a full disk ends the cycle with :class:`DiskFull`, whose message says "no space left
+  on device", whether the trainer child or the cycle's own writes ran out of space.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.models import ResolvedModel
-from learning.config import LearnConfig
-from learning.gate import Decision, decide
-from learning.quality import QualityReport
-from learning.snapshot import (
+from learnloop.learning.adapters import checksum
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.gate import Decision, decide
+from learnloop.learning.models import ResolvedModel
+from learnloop.learning.quality import QualityReport
+from learnloop.learning.snapshot import (
     NothingToLearn,
     Snapshot,
     build_snapshot,
     control_set,
     gate_request,
+    measured_against,
     task_rows,
     write_json,
     write_snapshot,
 )
-from storage.home import adapters_dir, runs_dir
-from storage.records import Version
-from storage.store import Store
+from learnloop.storage.errors import Conflict, LearnloopError
+from learnloop.storage.home import adapters_dir, pid_alive, runs_dir
+from learnloop.storage.records import SnapshotRecord, Version
+from learnloop.storage.registry import ActiveChanged
+from learnloop.storage.store import Store, StoreError
 
-__all__ = ["CycleFailed", "CycleResult", "NothingToLearn", "run_cycle"]
+__all__ = ["CycleFailed", "CycleResult", "DiskFull", "NothingToLearn", "run_cycle"]
 
 Progress = Callable[[dict[str, Any]], None]
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# What a child that ran out of space prints (OSError's text, C libraries' own wording).
+NO_SPACE_TEXT = ("no space left on device", "[errno 28]", "enospc", "disk quota exceeded")
+LOW_SPACE_BYTES = 1 << 20  # less free than this after a failed child: the disk was full
+_TAIL_BYTES = 64 * 1024
 
-class CycleFailed(RuntimeError):
-    """The trainer failed; the run is recorded as failed and nothing changed."""
+
+class HandedOver(Exception):
+    """Training finished but another process (a server started meanwhile) holds the
+    database: it must publish run ``run_id`` (:func:`publish_handed_over`)."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"learning run {run_id} is handed over for publishing")
+        self.run_id = run_id
+
+
+class CycleFailed(LearnloopError):
+    """The cycle failed; the run is recorded as failed and nothing changed."""
+
+
+class DiskFull(CycleFailed):
+    """The disk under the data root ran out of space during the cycle."""
+
+    status = 503
+    kind = "unavailable_error"
 
 
 @dataclass(frozen=True)
@@ -83,60 +122,78 @@ class CycleResult:
         return out
 
 
-def pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prepare_run(
     store: Store, model: ResolvedModel, config: LearnConfig
 ) -> tuple[int, Path, Snapshot]:
-    """Steps 1-2: build the snapshot, record run + snapshot, write the snapshot files."""
+    """Steps 1-2: build the snapshot, write its files, then record the run in one
+    transaction. On any failure neither the run's row nor its folder is left."""
     store.fail_stale_runs(pid_alive)
     running = store.running_run()
     if running is not None:
         raise NothingToLearn(f"learning run {running} is still running; wait for it to finish")
     snap = build_snapshot(store.feedback_examples(), config)
     task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
+    active = store.active_version()
+    gate, control = gate_request(store, model, config, active), control_set(store)
+    run_id = store.reserve_run_id()
+    run_dir = runs_dir() / f"run-{run_id}"
+    try:
+        with disk_writes(f"the snapshot of run {run_id}", run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            write_snapshot(run_dir, snap, model, config, gate, control, task)
+        store.record_prepared_run(
+            run_id,
+            method=snap.data.method,
+            config=config.to_dict(),
+            run_dir=str(run_dir),
+            pid=os.getpid(),
+            active_at_start=active,
+            snapshot=snapshot_record(snap),
+        )
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_id, run_dir, snap
+
+
+def snapshot_record(snap: Snapshot) -> SnapshotRecord:
     data = snap.data
-    root = runs_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    run_id = store.start_run(data.method, config.to_dict(), "", os.getpid())
-    run_dir = root / f"run-{run_id}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir()
-    write_snapshot(
-        run_dir, snap, model, config, gate_request(store, model, config), control_set(store), task
-    )
-    store.record_snapshot(
-        run_id,
-        data.content_hash(),
-        snap.upto,
-        {
+    return SnapshotRecord(
+        content_hash=data.content_hash(),
+        upto=snap.upto,
+        rows={
             "sft": data.sft_feedback,
             "dpo": data.dpo_feedback,
             "kto": data.kto_feedback,
             "heldout": snap.heldout_ids,
         },
-        {"sft": len(data.sft), "dpo": len(data.dpo), "kto": len(data.kto)},
-        asdict(snap.quality),
+        counts={"sft": len(data.sft), "dpo": len(data.dpo), "kto": len(data.kto)},
+        quality=asdict(snap.quality),
     )
-    store.set_run_dir(run_id, str(run_dir))
-    return run_id, run_dir, snap
+
+
+@contextmanager
+def disk_writes(what: str, where: Path) -> Iterator[None]:
+    """The cycle's own file writes: a full disk becomes DiskFull, any other OSError a
+    CycleFailed naming what was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise DiskFull(
+                f"no space left on device while writing {what} in {where}; "
+                "free some space and learn again"
+            ) from exc
+        raise CycleFailed(f"cannot write {what} in {where}: {exc.strerror or exc}") from exc
 
 
 def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Step 3: run the trainer child, relay its progress lines, return its metrics."""
-    log = (run_dir / "trainer.stderr").open("w")
+    with disk_writes("the trainer's log", run_dir):
+        log = (run_dir / "trainer.stderr").open("w")
     child = subprocess.Popen(
-        [sys.executable, "-m", "learning.trainer", str(run_dir)],
+        [sys.executable, "-m", "learnloop.learning.trainer", str(run_dir)],
         stdout=log,
         stderr=log,
         start_new_session=True,
@@ -154,11 +211,44 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
     finally:
         log.close()
     if child.returncode != 0:
-        lines = (run_dir / "trainer.stderr").read_text().strip().splitlines()
-        last = next((line for line in reversed(lines) if line.strip()), "no output")
-        raise CycleFailed(f"training failed (exit {child.returncode}): {last}")
+        raise training_failed(run_dir, child.returncode)
     metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
     return metrics
+
+
+def training_failed(run_dir: Path, code: int) -> CycleFailed:
+    """Why the child failed, in one line. A full disk is named as such: the child's own
+    line may say so, or, when the disk was too full to write even that line, the free
+    space left under the run folder does."""
+    said = _tail(run_dir / "trainer.stderr")
+    lines = [line for line in said.splitlines() if line.strip()]
+    logged = _tail(run_dir / "trainer.log")
+    free = _free_bytes(run_dir)
+    text = (said + logged).lower()
+    if any(t in text for t in NO_SPACE_TEXT) or (free is not None and free < LOW_SPACE_BYTES):
+        room = f", {free // 1024} KiB free" if free is not None else ""
+        return DiskFull(
+            f"training failed: no space left on device ({run_dir}{room}); "
+            "free some space and learn again"
+        )
+    return CycleFailed(f"training failed (exit {code}): {lines[-1] if lines else 'no output'}")
+
+
+def _tail(path: Path) -> str:
+    """The end of a log file (the child may have written a lot, or garbage)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+            return f.read(_TAIL_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def progress_events(run_dir: Path) -> list[dict[str, Any]]:
@@ -212,59 +302,129 @@ def publish(
     config: LearnConfig,
     run_id: int,
     run_dir: Path,
-    snap: Snapshot,
+    counts: dict[str, int],
     metrics: dict[str, Any],
     who: str,
 ) -> tuple[Version, Decision]:
-    """Step 4: gate, move the adapter into its version folder, register it."""
+    """Step 4: gate, move the adapter into its version folder, register it. ``counts``
+    are the snapshot's dataset sizes (the store has them too: :func:`publish_handed_over`).
+
+    The parent is the version the candidate was measured against; a candidate is not
+    promoted over a version someone made active while it trained."""
     measured_path = run_dir / "gate.json"
     measured = json.loads(measured_path.read_text()) if measured_path.exists() else None
+    started = store.get_run(run_id).active_at_start or store.active_version()
+    parent = measured["active_version"] if measured else measured_against(store, model, started)[0]
     decision = decide(measured, config)
-    parent = store.active_version()
+    if store.active_version() != started:
+        decision = superseded(decision, started, store.active_version(), parent)
     version_id = store.next_version_id()
     target = adapters_dir() / version_id
-    adapters_dir().mkdir(parents=True, exist_ok=True)
-    if target.exists():  # left by a cycle killed before it registered: never active
-        shutil.rmtree(target)
-    os.replace(run_dir / "adapter", target)
-    data, gate = snap.data, _gate_record(measured, decision)
-    write_json(
-        target / "learnloop-config.json",
-        {
-            "version": version_id,
-            "parent": parent,
-            "base_model": model.name,
-            "base_model_path": model.path,
-            "run_id": run_id,
-            "method": data.method,
-            "learn_config": config.to_dict(),
-        },
+    with disk_writes(f"the adapter of {version_id}", target):
+        adapters_dir().mkdir(parents=True, exist_ok=True)
+        if target.exists():  # left by a cycle killed before it registered: never active
+            shutil.rmtree(target)
+        move_folder(run_dir / "adapter", target)
+        write_json(
+            target / "learnloop-config.json",
+            {
+                "version": version_id,
+                "parent": parent,
+                "base_model": model.name,
+                "base_model_path": model.path,
+                "run_id": run_id,
+                "method": store.get_run(run_id).method,
+                "learn_config": config.to_dict(),
+            },
+        )
+        write_json(target / "metrics.json", metrics)
+    method = store.get_run(run_id).method
+    version = _version(version_id, parent, run_id, model, target, method, counts, metrics)
+    candidate = measured["candidate"]["control_answers"] if measured else None
+    active = measured["active"]["control_answers"] if measured else None
+    while True:
+        version = _with_verdict(version, measured, decision, target)
+        try:
+            store.add_version(
+                version,
+                activate=decision.promote,
+                who=who,
+                why=f"learning run {run_id}",
+                control_answers=candidate,
+                parent_control=active,
+                expect_active=started,
+            )
+        except ActiveChanged as exc:  # switched between the check above and now
+            decision = superseded(decision, started, exc.active, parent)
+            continue
+        return version, decision
+
+
+def move_folder(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; across file systems (``runs/`` mounted elsewhere)
+    copy it beside the target first, so the target appears complete or not at all."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        os.replace(staging, target)
+        shutil.rmtree(source)
+
+
+def superseded(decision: Decision, started: str, now: str, parent: str) -> Decision:
+    """The verdict once the active version changed from ``started`` to ``now`` during
+    training: whatever the numbers said, not promoted over that switch."""
+    reason = (
+        f"the active version changed from {started} to {now} while this run trained; "
+        f"it was measured against {parent}, so it is not promoted over {now}"
     )
-    write_json(target / "metrics.json", metrics)
-    write_json(target / "gate.json", gate)
-    version = Version(
+    return Decision(False, [*decision.reasons, reason])
+
+
+def _version(
+    version_id: str,
+    parent: str,
+    run_id: int,
+    model: ResolvedModel,
+    target: Path,
+    method: str,
+    counts: dict[str, int],
+    metrics: dict[str, Any],
+) -> Version:
+    return Version(
         id=version_id,
         parent=parent,
         run_id=run_id,
-        method=data.method,
+        method=method,
         base_model=model.name,
         adapter_path=str(target),
-        sft_count=len(data.sft),
-        dpo_count=len(data.dpo),
-        kto_count=len(data.kto),
+        sft_count=counts["sft"],
+        dpo_count=counts["dpo"],
+        kto_count=counts["kto"],
         metrics=metrics,
         created_at=datetime.now(),
+    )
+
+
+def _with_verdict(
+    version: Version, measured: dict[str, Any] | None, decision: Decision, target: Path
+) -> Version:
+    """Write the verdict beside the adapter (gate.json) and take the folder's checksum,
+    which covers every file in it: the version as it is about to be registered."""
+    gate = _gate_record(measured, decision)
+    with disk_writes(f"the gate's verdict on {version.id}", target):
+        write_json(target / "gate.json", gate)
+        digest = checksum(target)
+    return replace(
+        version,
         status="promoted" if decision.promote else "rejected",
         gate=gate,
+        checksum=digest,
     )
-    store.add_version(version, activate=decision.promote, who=who, why=f"learning run {run_id}")
-    if measured is not None:
-        store.record_control_answers(version_id, measured["candidate"]["control_answers"])
-        if not store.control_answers(measured["active_version"]):
-            store.record_control_answers(
-                measured["active_version"], measured["active"]["control_answers"]
-            )
-    return version, decision
 
 
 def run_cycle(
@@ -274,13 +434,38 @@ def run_cycle(
     *,
     progress: Progress | None = None,
     who: str = "learnloop learn",
+    publish_here: Callable[[], bool] = lambda: True,
 ) -> CycleResult:
-    """Run one whole learning cycle; raise NothingToLearn or CycleFailed if none results."""
+    """Run one whole learning cycle; raise NothingToLearn or CycleFailed if none results
+    (or HandedOver: see :func:`complete_cycle`)."""
     started = time.perf_counter()
-    run_id, run_dir, snap = prepare_run(store, model, config)
+    prepared = prepare_run(store, model, config)
     return complete_cycle(
-        store, model, config, (run_id, run_dir, snap), progress=progress, who=who, since=started
-    )
+        store, model, config, prepared, progress=progress, who=who, since=started,
+        publish_here=publish_here,
+    )  # fmt: skip
+
+
+def publish_handed_over(
+    store: Store, model: ResolvedModel, run_id: int, who: str
+) -> tuple[Version, Decision]:
+    """Publish run ``run_id``, trained by another process that could not open the database
+    afterwards (:class:`HandedOver`): its folder holds the adapter, metrics and gate
+    results, the store its settings and dataset sizes."""
+    run = store.get_run(run_id)
+    run_dir = Path(run.run_dir)
+    if run.status != "running":
+        raise Conflict(f"learning run {run_id} is {run.status}: there is nothing to publish")
+    if not (run_dir / "adapter").is_dir() or not (run_dir / "metrics.json").is_file():
+        raise Conflict(f"learning run {run_id} has not finished training: nothing to publish")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = LearnConfig(**run.config)
+    counts = store.snapshot_counts(run_id)
+    try:
+        return publish(store, model, config, run_id, run_dir, counts, metrics, who)
+    except CycleFailed as exc:
+        store.fail_run(run_id, str(exc))
+        raise
 
 
 def complete_cycle(
@@ -292,9 +477,14 @@ def complete_cycle(
     progress: Progress | None = None,
     who: str = "learnloop learn",
     since: float | None = None,
+    publish_here: Callable[[], bool] = lambda: True,
 ) -> CycleResult:
     """Steps 3-5 of a run :func:`prepare_run` recorded: train, judge, publish. The server
-    answers with the run id after step 2 and completes the cycle in a thread."""
+    answers with the run id after step 2 and completes the cycle in a thread.
+
+    ``publish_here`` says, once training is done, whether this process may still open the
+    database; if not (a server started meanwhile and holds it), :class:`HandedOver`
+    tells the caller to have that server publish the trained run."""
     started = since if since is not None else time.perf_counter()
     run_id, run_dir, snap = prepared
     store.release()  # other processes may use the database while the child trains
@@ -306,7 +496,18 @@ def complete_cycle(
     except CycleFailed as exc:
         store.fail_run(run_id, str(exc))
         raise
-    version, decision = publish(store, model, config, run_id, run_dir, snap, metrics, who)
+    counts = snapshot_record(snap).counts
+    try:
+        if not publish_here():
+            raise HandedOver(run_id)
+        version, decision = publish(store, model, config, run_id, run_dir, counts, metrics, who)
+    except CycleFailed as exc:  # raised before the version's transaction: nothing published
+        store.fail_run(run_id, str(exc))
+        raise
+    except StoreError:
+        if publish_here():
+            raise
+        raise HandedOver(run_id) from None  # a server took the database while we trained
     data = snap.data
     return CycleResult(
         version=version.id,

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.records import FeedbackExample, Message
+from learnloop.storage.records import FeedbackExample, Message
 
 Row = dict[str, Any]
 

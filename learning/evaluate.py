@@ -26,8 +26,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from learning.quality import normalise
-from learning.tasks import macro_f1, named_labels
+from learnloop.learning.quality import normalise
+from learnloop.learning.tasks import macro_f1, named_labels
 
 Row = dict[str, Any]
 

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from learning.config import LearnConfig
-from learning.datasets import Datasets
-from learning.request import DPO_KEYS, KTO_KEYS, SFT_KEYS, TrainerError, read_rows
-from learning.snapshot import NothingToLearn, Snapshot, build_snapshot
-from storage.records import FeedbackExample, Run
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.datasets import Datasets
+from learnloop.learning.request import DPO_KEYS, KTO_KEYS, SFT_KEYS, TrainerError, read_rows
+from learnloop.learning.snapshot import NothingToLearn, Snapshot, build_snapshot
+from learnloop.storage.errors import UsageError
+from learnloop.storage.records import FeedbackExample, Run
 
 Row = dict[str, Any]
 
@@ -52,7 +53,7 @@ MANIFEST = "manifest.json"
 CURRENT = "current feedback"
 
 
-class ExportError(ValueError):
+class ExportError(UsageError):
     """The export cannot be made as asked; the message says why. Nothing was written."""
 
 
@@ -93,6 +94,8 @@ class Export:
 
 
 # -- choosing and reading the source (no writes) -------------------------------------------
+# An export is: check_format + check_out_dir, read the source (from_run or current_export,
+# in the process that holds the database), then write_export.
 
 
 def check_format(fmt: str) -> str:
@@ -234,25 +237,11 @@ def write_export(export: Export, out_dir: Path, fmt: str) -> dict[str, Any]:
     return manifest
 
 
-# -- the two entry points --------------------------------------------------------------------
-
-
-def export_run(run: Run, out_dir: Path, fmt: str, *, force: bool = False) -> dict[str, Any]:
-    """Export a recorded run's snapshot; return the manifest."""
-    check_format(fmt)
-    check_out_dir(out_dir, force)
-    return write_export(from_run(run), out_dir, fmt)
-
-
-def export_current(
-    examples: list[FeedbackExample], out_dir: Path, fmt: str, *, force: bool = False
-) -> dict[str, Any]:
-    """Export the current feedback as the next default ``learn`` would snapshot it (pure
-    :func:`build_snapshot`: no run is recorded); return the manifest."""
-    check_format(fmt)
-    check_out_dir(out_dir, force)
+def current_export(examples: list[FeedbackExample]) -> Export:
+    """The current feedback as the next default ``learn`` would snapshot it (pure
+    :func:`build_snapshot`: no run is recorded)."""
     try:
         snap = build_snapshot(examples, LearnConfig())
     except NothingToLearn as exc:
         raise ExportError(f"nothing to export: {exc}") from exc
-    return write_export(from_snapshot(snap), out_dir, fmt)
+    return from_snapshot(snap)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from learning.config import LearnConfig
+from learnloop.learning.config import LearnConfig
 
 # Compared in this order after --gate-metric; a tie moves on to the next measured one.
 # The mean log-prob margin comes last: it breaks ties that small held-out sets produce

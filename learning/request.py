@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from learning.config import LearnConfig
+from learnloop.learning.config import LearnConfig
 
 REQUEST_FILE = "request.json"
 
@@ -53,9 +53,12 @@ def read_request(run_dir: Path) -> Request:
     base_model = Path(raw["base_model"])
     if not (base_model / "config.json").is_file():
         raise TrainerError(f"base model {base_model} is not a checkpoint folder (no config.json)")
+    config_values = raw.get("config") or {}
+    if not isinstance(config_values, dict):
+        raise TrainerError(f'{REQUEST_FILE}: "config" must be an object of learn settings')
     try:
-        config = LearnConfig(**(raw.get("config") or {}))
-    except TypeError as exc:
+        config = LearnConfig(**config_values)
+    except (TypeError, ValueError) as exc:  # an unknown setting; one out of its bounds
         raise TrainerError(f"{REQUEST_FILE} config: {exc}") from exc
     sft = read_rows(run_dir, raw.get("sft"), SFT_KEYS)
     dpo = read_rows(run_dir, raw.get("dpo"), DPO_KEYS)

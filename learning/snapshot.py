@@ -20,17 +20,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agent.models import ResolvedModel
-from learning.config import LearnConfig
-from learning.datasets import Datasets, build_datasets, build_dpo, choose_method, why_empty
-from learning.quality import QualityReport, clean, split_by_thread
-from learning.tasks import labels_of, read_labelled, task_message
-from storage.records import FeedbackExample
-from storage.store import BASE_VERSION, Store
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.datasets import (
+    Datasets,
+    build_datasets,
+    build_dpo,
+    choose_method,
+    why_empty,
+)
+from learnloop.learning.models import ResolvedModel
+from learnloop.learning.quality import QualityReport, clean, split_by_thread
+from learnloop.learning.tasks import labels_of, read_labelled, task_message
+from learnloop.storage.errors import Unprocessable
+from learnloop.storage.records import FeedbackExample
+from learnloop.storage.store import BASE_VERSION, Store
 
 
-class NothingToLearn(RuntimeError):
+class NothingToLearn(Unprocessable):
     """No cycle ran: the message says why."""
+
+    kind = "nothing_to_learn"
+    api_prefix = "nothing to learn: "
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,8 @@ class Snapshot:
 
 
 def default_control_set() -> list[dict[str, str]]:
-    text = resources.files("learning").joinpath("control.jsonl").read_text(encoding="utf-8")
+    shipped = resources.files("learnloop.learning").joinpath("control.jsonl")
+    text = shipped.read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -116,19 +127,28 @@ def task_rows(config: LearnConfig) -> list[dict[str, Any]]:
     ]
 
 
-def gate_request(store: Store, model: ResolvedModel, config: LearnConfig) -> dict[str, Any] | None:
-    """What the trainer needs to measure the candidate against the active version."""
+def measured_against(store: Store, model: ResolvedModel, active: str) -> tuple[str, str | None]:
+    """The version a candidate is measured against while ``active`` is active, and its
+    adapter folder: ``active`` itself, or the base when ``active`` was trained on another
+    base model. It becomes the candidate's parent."""
+    if active == BASE_VERSION:
+        return BASE_VERSION, None
+    version = store.get_version(active)
+    if version.base_model != model.name:
+        return BASE_VERSION, None  # trained on another base: compare with this base
+    return active, version.adapter_path
+
+
+def gate_request(
+    store: Store, model: ResolvedModel, config: LearnConfig, active: str | None = None
+) -> dict[str, Any] | None:
+    """What the trainer needs to measure the candidate against the version active now
+    (or ``active``, the one the caller read when it prepared the run)."""
     if not config.gate:
         return None
-    active, adapter = store.active_version(), None
-    if active != BASE_VERSION:
-        version = store.get_version(active)
-        if version.base_model == model.name:
-            adapter = version.adapter_path
-        else:
-            active = BASE_VERSION  # trained on another base: compare with this base
+    against, adapter = measured_against(store, model, active or store.active_version())
     return {
-        "active_version": active,
+        "active_version": against,
         "active_adapter": adapter,
         "max_new_tokens": config.gate_max_new_tokens,
         "pairs": "heldout_pairs.jsonl",

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import json
 import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
+
+from learnloop.storage.errors import UsageError
 
 
-class TaskFileError(ValueError):
+class TaskFileError(UsageError):
     """A labelled file that cannot be used; the message names the file and the line."""
 
 
@@ -28,21 +33,53 @@ class Example:
     line: int
 
 
+MAX_LINE_CHARS = 1_000_000  # a labelled row is a text and a label, not a megabyte
+
+
 def read_labelled(path: Path, labels: list[str] | None = None) -> list[Example]:
     """Every row of a JSONL file of ``{"text", "label"}`` objects (other keys ignored).
 
-    With ``labels`` given, a row whose label is not one of them is an error."""
-    if not path.is_file():
-        raise TaskFileError(f"{path}: no such file")
+    With ``labels`` given, a row whose label is not one of them is an error. Anything
+    else that is not such a file (missing, a folder, a device such as /dev/zero, binary
+    or unreadable, a line too long to be a row) is a TaskFileError naming the file."""
+    _check_regular_file(path)
     known = {label.lower() for label in labels} if labels else None
     rows: list[Example] = []
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                rows.append(_parse(line, f"{path} line {number}", number, known))
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(_lines(lines, path), start=1):
+                if line.strip():
+                    rows.append(_parse(line, f"{path} line {number}", number, known))
+    except OSError as exc:
+        raise TaskFileError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     if not rows:
         raise TaskFileError(f"{path}: no rows")
     return rows
+
+
+def _check_regular_file(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise TaskFileError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        raise TaskFileError(f"{path} is a folder; give a JSONL file of text and label rows")
+    if not stat.S_ISREG(mode):
+        raise TaskFileError(f"{path} is not a regular file; give a JSONL file")
+
+
+def _lines(lines: TextIO, path: Path) -> Iterator[str]:
+    """The file's lines, refusing one too long to be a row before reading it whole (a
+    file of zeros or a binary has no line breaks)."""
+    while line := lines.readline(MAX_LINE_CHARS + 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise TaskFileError(
+                f"{path}: a line is longer than {MAX_LINE_CHARS:,} characters; "
+                "is it a JSONL file of text and label rows?"
+            )
+        yield line
 
 
 def string_fields(line: str, where: str, keys: tuple[str, ...]) -> dict[str, str]:

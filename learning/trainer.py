@@ -1,4 +1,4 @@
-"""The training child process: ``python -m learning.trainer RUN_DIR``.
+"""The training child process: ``python -m learnloop.learning.trainer RUN_DIR``.
 
 The learning cycle writes a frozen dataset snapshot into ``RUN_DIR`` and starts this
 module as a separate process, so a crash, an OOM kill or a ``kill -9`` never touches the
@@ -37,7 +37,9 @@ Output, all inside ``RUN_DIR``:
 
 Exit status 0 on success. On failure exactly one line goes to stderr, ``learnloop
 trainer: <what went wrong>``, and the status is non-zero (2: bad run folder or request,
-1: training failed).
+1: training failed, 3: the parent died, see :func:`watch_parent`).
+
+Everything the trainer writes is private to its owner (umask 077, as in the parent).
 
 Invariants:
 
@@ -63,14 +65,15 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from learning.config import LearnConfig
-from learning.request import (
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.request import (
     DPO_KEYS,
     SFT_KEYS,
     Request,
@@ -79,6 +82,7 @@ from learning.request import (
     read_request,
     read_rows,
 )
+from learnloop.storage.home import keep_private
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -92,6 +96,10 @@ LOG_FILE = "trainer.log"
 OUTPUT_DIR = "trl-output"
 
 DPO_FINAL_KEYS = ("rewards/accuracies", "rewards/margins")
+
+PARENT_POLL_SECONDS = 0.5
+PARENT_GONE = "the learning cycle that started this trainer is gone; stopping"
+ORPHAN_STATUS = 3
 
 
 # --- progress and metrics files ---------------------------------------------------------
@@ -114,8 +122,6 @@ def progress_callback(progress: Progress, stage: str) -> Any:
     """A ``TrainerCallback`` writing one progress line per optimizer step."""
     from transformers import TrainerCallback
 
-    parent = os.getppid()
-
     class ProgressCallback(TrainerCallback):
         def __init__(self) -> None:
             self.loss: float | None = None
@@ -124,10 +130,6 @@ def progress_callback(progress: Progress, stage: str) -> Any:
             progress.write(stage, 0, state.max_steps, None)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # The child runs in its own session (Ctrl-C in the chat must not reach it), so
-            # it would outlive a killed cycle: stop when the parent is gone.
-            if os.getppid() != parent:
-                raise TrainerError("the learning cycle that started this trainer is gone")
             # A step that logs is reported by on_log, with its fresh loss.
             if not control.should_log:
                 progress.write(stage, state.global_step, state.max_steps, self.loss)
@@ -329,7 +331,7 @@ def measure_gate(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, request: Request, run_dir: Path
 ) -> dict[str, Any]:
     """Candidate vs. active version on the held-out feedback and the control set."""
-    from learning.evaluate import compare
+    from learnloop.learning.evaluate import compare
 
     gate = request.gate or {}
     data = {
@@ -442,17 +444,46 @@ def fail(message: str) -> str:
     return "learnloop trainer: " + " ".join(message.split())
 
 
+def watch_parent(parent: int, report_fds: tuple[int, ...]) -> threading.Thread:
+    """Stop this process within about a second of its parent's death, in any stage.
+
+    The child runs in its own session (Ctrl-C in the chat must not reach it), so nothing
+    else stops it when the cycle that started it is killed; an orphan would go on loading,
+    training and measuring for nobody, and hold the CPU from the next cycle's trainer. A
+    thread watches because the main thread spends long stretches inside one library call
+    (loading the model, a step, the gate's generation) where no callback runs. It ends
+    the process with ``os._exit``: nothing the orphan made is wanted, and a half-written
+    adapter is only ever ``adapter.tmp``. The line goes to ``report_fds`` with plain
+    writes, which take no lock the main thread may hold."""
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a dead parent's children pass to another process
+            time.sleep(PARENT_POLL_SECONDS)
+        line = (fail(PARENT_GONE) + "\n").encode()
+        for fd in report_fds:
+            with contextlib.suppress(OSError):
+                os.write(fd, line)
+        os._exit(ORPHAN_STATUS)
+
+    thread = threading.Thread(target=watch, name="learnloop-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print(fail("usage: python -m learning.trainer RUN_DIR"), file=sys.stderr)
+        print(fail("usage: python -m learnloop.learning.trainer RUN_DIR"), file=sys.stderr)
         return 2
+    parent = os.getppid()  # first: the watcher compares with the parent that started us
+    keep_private()  # the adapter and the run files hold what users wrote
     run_dir = Path(args[0]).resolve()
     if not run_dir.is_dir():
         print(fail(f"run folder {run_dir} does not exist"), file=sys.stderr)
         return 2
     log_path = run_dir / LOG_FILE
     with console_to_log(log_path) as real_err:
+        watch_parent(parent, (2, real_err.fileno()))  # fd 2 is the log here
         try:
             run(run_dir)
         except TrainerError as exc:

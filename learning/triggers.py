@@ -5,7 +5,7 @@ cycle that succeeded and at least ``--learn-every-minutes`` passed since the las
 started (any outcome: a failing cycle is not retried in a loop). ``--auto-learn false``
 turns this off; ``learnloop learn`` and ``/learn`` still start one on demand.
 
-A background cycle is its own process (``python -m learning.background``), started in
+A background cycle is its own process (``python -m learnloop.learning.background``), started in
 its own session so that neither Ctrl-C in the chat nor the chat ending stops it. It
 takes the database only to record its snapshot and to publish its version, the same
 way ``learnloop learn`` from another terminal does. At most one cycle runs at a time:
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from learning.config import LearnConfig
-from storage.home import runs_dir
-from storage.store import Store
+from learnloop.learning.config import LearnConfig
+from learnloop.storage.home import runs_dir
+from learnloop.storage.store import Store
 
 BACKGROUND_LOG = "background.log"
 
@@ -82,8 +82,8 @@ def is_due(
 def check(store: Store, config: TriggerConfig, learn: LearnConfig) -> Due:
     """Whether a cycle is due, from what the store holds now. Feedback that cannot train
     anything yet (say, only thumbs-down) starts no process, and says why."""
-    from learning.cycle import pid_alive
-    from learning.snapshot import NothingToLearn, build_snapshot
+    from learnloop.learning.snapshot import NothingToLearn, build_snapshot
+    from learnloop.storage.home import pid_alive
 
     store.fail_stale_runs(pid_alive)
     status = store.status()
@@ -112,7 +112,7 @@ def start_background(
     job = json.dumps({"model": model_spec, "config": config.to_dict(), "who": who})
     with (root / BACKGROUND_LOG).open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "learning.background", job],
+            [sys.executable, "-m", "learnloop.learning.background", job],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

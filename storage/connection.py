@@ -8,32 +8,129 @@ opening retries for a while on a held lock before it gives up naming the holder.
 The server instead holds the file for as long as it runs (``shared=True``): every thread
 gets its own cursor on the one connection (DuckDB's rule for threads), ``release`` keeps
 the file, and write transactions take turns so that they never conflict.
+
+A damaged file is this module's to report, in one line that says how to restore it
+(:class:`StoreError`): at open when the file ends before a block that holds table data
+(a truncated copy), or on the first query that reads a damaged block (DuckDB checks each
+block's checksum only when it reads it). Every call on :attr:`Connection.db` goes through
+that seam, so no DuckDB error about the file ever reaches a user as a traceback; errors
+about the SQL itself (a constraint, a missing table) are bugs and pass unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import duckdb
 
-from storage.home import db_path, ensure_data_root
-from storage.migrations import migrate
+from learnloop.storage.errors import Unavailable
+from learnloop.storage.home import db_path, ensure_data_root
+from learnloop.storage.migrations import migrate
 
 BASE_VERSION = "base"
 
+# DuckDB's file starts with a main header and two database headers of 4 KiB each; block b
+# follows at _HEADER_BYTES + b * block_size, and is always written whole.
+_HEADER_BYTES = 3 * 4096
+_TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
-class StoreError(RuntimeError):
-    """A problem with the database that the user can act on."""
+# What DuckDB says about a file it cannot read as a database (checksum errors come as a
+# bare duckdb.Error, a torn file as an IOException).
+_DAMAGE_SIGNS = (
+    "not a valid duckdb database file",
+    "could not read enough bytes",
+    "corrupt",
+    "checksum",
+    "replaying wal",
+    "invalidated",
+)
+# The error classes that are about the file or the engine rather than the SQL; the others
+# (constraints, catalog, binder...) are a caller's mistake or a bug and pass unchanged.
+_FILE_ERRORS = (
+    duckdb.IOException,
+    duckdb.FatalException,
+    duckdb.InternalException,
+    duckdb.SerializationException,
+)
 
 
-class NotFound(StoreError):
-    """A referenced row (turn, thread, version) does not exist."""
+class StoreError(Unavailable):
+    """A problem with the database that the user can act on (locked, damaged)."""
+
+
+def damaged(path: Path, reason: str) -> StoreError:
+    """The one line for a damaged database file: what is wrong and how to get it back."""
+    name, wal = path.name, path.name + ".wal"
+    return StoreError(
+        f"the database {path} is damaged ({reason}); restore {name} and {wal} from a backup "
+        f"that holds both (the .wal holds committed rows), or move both away to start afresh"
+    )
+
+
+def store_error(path: Path, exc: duckdb.Error) -> StoreError:
+    """A DuckDB error about the file as a one-line StoreError naming the file."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.replace(f'"{path}"', f'"{path.name}"')  # the line names the path once
+    lowered = text.lower()
+    if "no space left" in lowered:
+        return StoreError(f"no space left on the device of the database {path}; free some space")
+    if "permission denied" in lowered:
+        return StoreError(
+            f"cannot use the database {path}: permission denied; "
+            "check the owner and mode of the file and its folder"
+        )
+    if any(sign in lowered for sign in _DAMAGE_SIGNS):
+        return damaged(path, text)
+    return StoreError(f"cannot use the database {path}: {text}")
+
+
+def is_file_error(exc: duckdb.Error) -> bool:
+    return isinstance(exc, _FILE_ERRORS) or "corrupt" in str(exc).lower()
+
+
+@contextmanager
+def translated(path: Path) -> Iterator[None]:
+    """Turn DuckDB's errors about the file into a :class:`StoreError` naming ``path``."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        if not is_file_error(exc):
+            raise
+        raise store_error(path, exc) from exc
+
+
+class Guarded:
+    """A DuckDB connection or cursor whose every call goes through :func:`translated`.
+
+    It answers to the same calls as the connection it wraps (``execute`` returns the
+    wrapper again, so a following ``fetchone`` is guarded too)."""
+
+    __slots__ = ("_path", "_raw")
+
+    def __init__(self, raw: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self._raw = raw
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._raw, name)
+        if not callable(attr):
+            return attr
+        return self._guard(attr)
+
+    def _guard(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with translated(self._path):
+                result = call(*args, **kwargs)
+            return self if result is self._raw else result
+
+        return guarded
 
 
 def _connect(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
@@ -44,7 +141,7 @@ def _connect(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
         except duckdb.IOException as exc:
             text = str(exc)
             if "lock" not in text.lower():
-                raise StoreError(f"cannot open the database {path}: {text}") from exc
+                raise store_error(path, exc) from exc
             if time.monotonic() >= deadline:
                 holder = re.search(r"PID (\d+)", text)
                 who = f" (PID {holder.group(1)})" if holder else ""
@@ -54,7 +151,52 @@ def _connect(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
                 ) from exc
             time.sleep(0.1)
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+            raise store_error(path, exc) from exc
+
+
+def check_complete(db: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Raise the damaged-file StoreError when ``path`` lacks a block its tables are in.
+
+    DuckDB itself opens a truncated file and fails only on the first query that reads a
+    missing block, by then perhaps after a write: this check makes that fail at open.
+    It asks DuckDB where each table's stored segments lie (its block count will not do:
+    blocks that are free, or replayed from the ``.wal`` and not yet written, may lie
+    past the end of a whole file). Called with the file open, so no other process
+    writes it meanwhile."""
+    if not path.is_file():
+        return  # in memory
+    row = db.execute(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
+    ).fetchone()
+    highest = _highest_block(db)
+    if row is None or highest is None:
+        return
+    expected = _HEADER_BYTES + (highest + 1) * int(row[0])
+    actual = path.stat().st_size
+    if actual < expected:
+        raise damaged(path, f"it holds {actual} of its {expected} bytes: it was cut short")
+
+
+def _highest_block(db: duckdb.DuckDBPyConnection) -> int | None:
+    """The highest block id that holds a stored segment of any table (None: no table)."""
+    names = [
+        str(r[0])
+        for r in db.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+        if _TABLE_NAME.fullmatch(str(r[0]))
+    ]
+    if not names:
+        return None
+    segments = " UNION ALL ".join(
+        f"SELECT block_id, additional_block_ids, persistent FROM pragma_storage_info('{name}')"
+        for name in names
+    )
+    row = db.execute(
+        f"""SELECT max(greatest(block_id, coalesce(list_max(additional_block_ids), -1)))
+            FROM ({segments}) WHERE persistent"""
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 class Connection:
@@ -75,22 +217,28 @@ class Connection:
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
+        """The connection (the server: this thread's cursor), behind the damage seam.
+
+        Typed as DuckDB's connection, which :class:`Guarded` stands in for call by call."""
         if self._db is None:
             with self._opening:
                 if self._db is None:
                     self._db = self._open()
         if not self.shared:
-            return self._db
+            return cast(duckdb.DuckDBPyConnection, Guarded(self._db, self.path))
         cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
         if cursor is None:
-            cursor = self._local.cursor = self._db.cursor()
-        return cursor
+            with translated(self.path):
+                cursor = self._local.cursor = self._db.cursor()
+        return cast(duckdb.DuckDBPyConnection, Guarded(cursor, self.path))
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         ensure_data_root()
         db = _connect(self.path, self.lock_timeout)
         try:
-            migrate(db)
+            with translated(self.path):
+                check_complete(db, self.path)
+                migrate(db)
         except BaseException:
             db.close()
             raise
@@ -104,7 +252,9 @@ class Connection:
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
+            # closing a damaged file can fail too; it is closed either way
+            with contextlib.suppress(duckdb.Error):
+                self._db.close()
             self._db = None
 
     def __enter__(self) -> Self:
@@ -115,14 +265,30 @@ class Connection:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction; one opened inside another (in the same thread) is part of the
+        outer one, so a caller can make a store method and what follows it atomic."""
         db = self.db
         with self._writing:
+            depth = getattr(self._local, "depth", 0)
+            if depth:
+                self._local.depth = depth + 1
+                try:
+                    yield db
+                finally:
+                    self._local.depth = depth
+                return
             db.execute("BEGIN TRANSACTION")
+            self._local.depth = 1
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                # On a damaged file the rollback may fail as well: the first error is the
+                # one that says what happened.
+                with contextlib.suppress(duckdb.Error, StoreError):
+                    db.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.depth = 0
             db.execute("COMMIT")
 
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:

@@ -4,9 +4,17 @@ Layout::
 
     $LEARNLOOP_HOME/            (default ~/.learnloop)
       learnloop.duckdb          threads, turns, feedback, snapshots, runs, versions
+      learnloop.duckdb.wal      committed rows not yet moved into the file: back both up
       models/<name>/            base checkpoints converted from GGUF (safetensors)
       adapters/<version>/       one folder per model version, written once, never changed
       runs/<run>/               a learning run's snapshot files, progress and logs
+      runs/background.log       what background cycles (started by a trigger) printed
+      server.json               while `learnloop serve` runs: its url, pid and token
+
+All of it is private to its owner when learnloop makes it (:func:`ensure_data_root`).
+
+Both sides of the package (the chat side, ``agent``, and the learning side) may import
+this module: it also holds the few process helpers they share.
 """
 
 from __future__ import annotations
@@ -14,8 +22,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from learnloop.storage.errors import Unavailable
 
-class DataRootError(RuntimeError):
+SERVER_FILE = "server.json"
+
+
+class DataRootError(Unavailable):
     """The data root cannot be used (missing permissions, a file in the way...)."""
 
 
@@ -39,11 +51,61 @@ def runs_dir() -> Path:
     return data_root() / "runs"
 
 
+def server_file() -> Path:
+    """Where a running server says where it listens (see ``agent/client.py``)."""
+    return data_root() / SERVER_FILE
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it may hold a token)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an earlier server keeps its mode otherwise
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts as alive)."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+PRIVATE_UMASK = 0o077  # files and folders learnloop makes: read and written by their owner
+
+
+def keep_private() -> None:
+    """From now on, this process makes files and folders its owner alone can read.
+
+    A umask rather than a mode per file, because DuckDB creates the database and its
+    ``.wal`` and the libraries write adapters and logs without asking. It holds for
+    everything the process writes afterwards, an export's files included: they are
+    users' turns too. A stricter umask in place is kept; the umask never becomes
+    looser, not even for an instant."""
+    previous = os.umask(PRIVATE_UMASK)
+    if previous | PRIVATE_UMASK != PRIVATE_UMASK:
+        os.umask(previous | PRIVATE_UMASK)
+
+
 def ensure_data_root() -> Path:
-    """Create the data root if needed and check that it is writable, or raise DataRootError."""
+    """Create the data root if needed and check that it is writable, or raise DataRootError.
+
+    A data root made here is private to its owner (mode 0700), and so is everything this
+    process writes from here on (:func:`keep_private`). An existing root keeps its mode:
+    it may be shared on purpose."""
+    keep_private()
     root = data_root()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.exists():
+            root.mkdir(parents=True, mode=0o700)  # missing parents, too, by the umask
+    except FileExistsError:
+        pass  # made meanwhile by another learnloop process
     except OSError as exc:
         raise DataRootError(
             f"cannot create the data root {root}: {exc.strerror}; "
@@ -55,3 +117,11 @@ def ensure_data_root() -> Path:
             "set LEARNLOOP_HOME to a writable folder"
         )
     return root
+
+
+def private_dir(path: Path) -> Path:
+    """Make the folder ``path`` inside the data root (and the root, see
+    :func:`ensure_data_root`) when missing; return it."""
+    ensure_data_root()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -7,7 +7,10 @@ Invariants:
   sha256 is stored, so the database never holds a usable key;
 - a name has at most one valid key; revoking sets ``revoked_at`` and keeps the row, and
   the name may then get a new key;
-- a key's name is the user its requests count for (feedback's ``user_name``).
+- a key's name is the user its requests count for (feedback's ``user_name``) and the
+  owner of the threads its requests start;
+- a key's role is one of :data:`ROLES`: a "user" key sees only its own threads, an
+  "admin" key may do all the operator may (the server enforces it, agent/server/).
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import hashlib
 import re
 import secrets
 
-from storage.connection import Connection, NotFound, StoreError
-from storage.records import ApiKey
+from learnloop.storage.connection import Connection
+from learnloop.storage.errors import Conflict, NotFound, UsageError
+from learnloop.storage.records import ApiKey
 
 KEY_PREFIX = "ll-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+ROLES = ("user", "admin")
 
-_KEY_COLUMNS = "id, name, created_at, revoked_at"
+_KEY_COLUMNS = "id, name, created_at, revoked_at, role"
 
 
 def new_key() -> str:
@@ -36,7 +41,7 @@ def hash_key(key: str) -> str:
 
 def check_key_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
-        raise StoreError(
+        raise UsageError(
             f"bad key name {name!r}: use 1 to 64 letters, digits and . _ @ -, "
             "starting with a letter or digit"
         )
@@ -46,21 +51,22 @@ def check_key_name(name: str) -> str:
 class Keys(Connection):
     """Create, list, revoke and look up API keys."""
 
-    def create_api_key(self, name: str) -> tuple[ApiKey, str]:
-        """A new key for ``name``: the stored record and the key, which is never
-        retrievable again. Refused while ``name`` has a valid key."""
+    def create_api_key(self, name: str, *, role: str = "user") -> tuple[ApiKey, str]:
+        """A new key for ``name`` with ``role``: the stored record and the key, which is
+        never retrievable again. Refused while ``name`` has a valid key."""
         check_key_name(name)
+        if role not in ROLES:
+            raise UsageError(f"a key's role is one of {', '.join(ROLES)}, not {role!r}")
         key = new_key()
         with self.transaction() as db:
             if db.execute(
                 "SELECT count(*) FROM api_keys WHERE name = ? AND revoked_at IS NULL", [name]
             ).fetchone() != (0,):
-                raise StoreError(
-                    f"{name!r} already has a key; `learnloop keys revoke {name}` first"
-                )
+                raise Conflict(f"{name!r} already has a key; `learnloop keys revoke {name}` first")
             row = db.execute(
-                f"INSERT INTO api_keys (name, key_hash) VALUES (?, ?) RETURNING {_KEY_COLUMNS}",
-                [name, hash_key(key)],
+                f"""INSERT INTO api_keys (name, key_hash, role) VALUES (?, ?, ?)
+                    RETURNING {_KEY_COLUMNS}""",
+                [name, hash_key(key), role],
             ).fetchone()
         assert row is not None
         return ApiKey(*row), key
@@ -88,8 +94,14 @@ class Keys(Connection):
 
     def user_of_key(self, key: str) -> str | None:
         """The name a valid key belongs to, or None for an unknown or revoked key."""
-        name = self._one(
-            "SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        record = self.api_key_of(key)
+        return None if record is None else record.name
+
+    def api_key_of(self, key: str) -> ApiKey | None:
+        """The record of a valid key (its name and role), or None for an unknown or
+        revoked key."""
+        row = self.db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
             [hash_key(key)],
-        )
-        return None if name is None else str(name)
+        ).fetchone()
+        return None if row is None else ApiKey(*row)

@@ -8,15 +8,20 @@ write into a newer schema.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import duckdb
+
+from learnloop.storage.errors import Unavailable
+from learnloop.storage.paths import relocated, stored
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 MIGRATIONS: list[tuple[int, str, Migration]] = []
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(Unavailable):
     """The database was written by a newer learnloop."""
 
 
@@ -200,6 +205,50 @@ def m005_api_keys(db: duckdb.DuckDBPyConnection) -> None:
             revoked_at TIMESTAMP         -- NULL while the key is valid
         )"""
     )
+
+
+@migration
+def m006_adapter_checks_and_relative_paths(db: duckdb.DuckDBPyConnection) -> None:
+    """Three things a version needs to be trusted after the fact:
+
+    - ``versions.checksum``: sha256 of the adapter folder when it was published, checked
+      whenever the adapter is loaded (learning/adapters.py). Versions published before
+      get theirs on their first load, after the folder passed the structural checks;
+    - ``runs.active_at_start``: the version that was active when the run was prepared,
+      so publishing can tell whether someone switched versions while it trained;
+    - adapter and run folders under the data root are saved relative to it (a data root
+      moved or restored elsewhere keeps working). Rows under the folder of this database
+      file are rewritten; a folder saved under an earlier location of the root that is
+      gone there but present in this root is rewritten to this root's copy."""
+    db.execute("ALTER TABLE versions ADD COLUMN checksum VARCHAR")
+    db.execute("ALTER TABLE runs ADD COLUMN active_at_start VARCHAR")
+    row = db.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    if row is None or not row[0]:
+        return  # an in-memory database: no data root to be relative to
+    root = Path(os.path.abspath(row[0])).parent
+    for table, column, folder in (
+        ("versions", "adapter_path", "adapters/"),
+        ("runs", "run_dir", "runs/run-"),
+    ):
+        for key, path in db.execute(f"SELECT id, {column} FROM {table}").fetchall():
+            new = relocated(path, root, f"{folder}{key}") or stored(path, root)
+            if new != path:
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", [new, key])
+
+
+@migration
+def m007_key_roles_and_thread_owners(db: duckdb.DuckDBPyConnection) -> None:
+    """Who sees what on a server with keys:
+
+    - ``api_keys.role``: 'user' (sees and rates its own threads only) or 'admin' (may do
+      all the operator may). Keys made before roles existed become 'user' keys;
+    - ``threads.owner``: the name of the key whose request started the thread; NULL for
+      the operator's (loopback without a key, the CLI), which every thread made before
+      this migration is."""
+    db.execute("ALTER TABLE api_keys ADD COLUMN role VARCHAR NOT NULL DEFAULT 'user'")
+    db.execute("ALTER TABLE threads ADD COLUMN owner VARCHAR")
 
 
 def latest_known() -> int:

@@ -82,6 +82,12 @@ class FeedbackExample:
 
 @dataclass(frozen=True)
 class Version:
+    """A published model version. ``parent`` is the version the gate measured it against
+    (the one active when its run was prepared); ``adapter_path`` is absolute wherever
+    the data root is now (the store saves it relative to the root); ``checksum`` is the
+    sha256 of the adapter folder when it was published (learning/adapters.py), None for
+    a version published before checksums until its first load records one."""
+
     id: str
     parent: str
     run_id: int
@@ -95,6 +101,7 @@ class Version:
     kto_count: int = 0
     status: str = "promoted"  # or "rejected" by the gate
     gate: dict[str, Any] | None = None  # measured numbers, decision and reasons
+    checksum: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,22 @@ class ControlPrompt:
 
 
 @dataclass(frozen=True)
+class SnapshotRecord:
+    """What the store records of a run's frozen inputs: which feedback rows went into
+    which dataset ('heldout' included), the newest feedback id considered, the dataset
+    sizes, a content hash and the quality report."""
+
+    content_hash: str
+    upto: int
+    rows: dict[str, list[int]]
+    counts: dict[str, int]
+    quality: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Run:
+    """A learning run; ``run_dir`` is absolute wherever the data root is now."""
+
     id: int
     status: str
     method: str
@@ -120,6 +142,7 @@ class Run:
     error: str | None
     started_at: datetime
     finished_at: datetime | None
+    active_at_start: str | None = None  # active when the run was prepared (None: older runs)
 
 
 @dataclass(frozen=True)
@@ -149,9 +172,13 @@ class Status:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """An API key as stored: its user's name and dates, never the key itself."""
+    """An API key as stored: its user's name, role and dates, never the key itself.
+
+    ``role``: "user" sees and rates only its own threads and may not switch versions,
+    learn or manage keys; "admin" may do all that the operator may."""
 
     id: int
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str = "user"

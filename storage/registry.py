@@ -1,30 +1,64 @@
 """The learning side of the store: runs, snapshots, versions, activations, control set.
 
 Part of :class:`storage.store.Store` (split off by responsibility; still the only SQL).
+
+Invariants:
+
+- a prepared run (its row, its snapshot and the snapshot's feedback rows) is written in
+  one transaction (:meth:`Registry.record_prepared_run`), with its real folder: never a
+  run without its snapshot, never a placeholder folder;
+- a version (its row, its run's success, its control answers and, when promoted, its
+  activation) is written in one transaction (:meth:`Registry.add_version`); a promotion
+  is refused there, atomically, when the active version is no longer the one the
+  candidate was measured against (:class:`ActiveChanged`);
+- adapter and run folders under the data root are saved relative to it
+  (storage/paths.py) and come out absolute: a moved data root keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from storage.connection import BASE_VERSION, Connection, NotFound
-from storage.records import Activation, ControlPrompt, Run, Version
+import duckdb
+
+from learnloop.storage.connection import BASE_VERSION, Connection
+from learnloop.storage.errors import Conflict, NotFound
+from learnloop.storage.home import data_root
+from learnloop.storage.paths import absolute, stored
+from learnloop.storage.records import Activation, ControlPrompt, Run, SnapshotRecord, Version
 
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
-    "created_at, kto_count, status, gate"
+    "created_at, kto_count, status, gate, checksum"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
-    "started_at, finished_at"
+    "started_at, finished_at, active_at_start"
 )
+
+
+class ActiveChanged(Conflict):
+    """The active version is not the one a candidate was measured against any more."""
+
+    def __init__(self, expected: str, active: str) -> None:
+        super().__init__(f"the active version changed from {expected} to {active}")
+        self.expected = expected
+        self.active = active
 
 
 class Registry(Connection):
     """Learning runs and their snapshots, model versions and which one is active."""
+
+    def _root(self) -> Path:
+        """The data root this store's paths are relative to: its database file's folder."""
+        if str(self.path) == ":memory:":
+            return data_root()
+        return Path(os.path.abspath(self.path)).parent
 
     # -- learning runs, snapshots, versions ------------------------------------------------
 
@@ -32,10 +66,46 @@ class Registry(Connection):
         row = self.db.execute(
             """INSERT INTO runs (status, method, config, run_dir, pid)
                VALUES ('running', ?, ?, ?, ?) RETURNING id""",
-            [method, json.dumps(config), run_dir, pid],
+            [method, json.dumps(config), stored(run_dir, self._root()), pid],
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def reserve_run_id(self) -> int:
+        """A run id no run has or will get (ids come from a sequence): the run's folder can
+        be named and filled before :meth:`record_prepared_run` records it."""
+        return int(self._one("SELECT nextval('run_ids')"))
+
+    def record_prepared_run(
+        self,
+        run_id: int,
+        *,
+        method: str,
+        config: dict[str, Any],
+        run_dir: str,
+        pid: int,
+        active_at_start: str,
+        snapshot: SnapshotRecord,
+    ) -> None:
+        """Record a run whose folder is complete, with its snapshot, in one transaction.
+        Raises Conflict, recording nothing, when another run is running."""
+        with self.transaction() as db:
+            running = db.execute("SELECT max(id) FROM runs WHERE status = 'running'").fetchone()
+            if running is not None and running[0] is not None:
+                raise Conflict(f"learning run {running[0]} is still running; wait for it to finish")
+            db.execute(
+                """INSERT INTO runs (id, status, method, config, run_dir, pid, active_at_start)
+                   VALUES (?, 'running', ?, ?, ?, ?, ?)""",
+                [
+                    run_id,
+                    method,
+                    json.dumps(config),
+                    stored(run_dir, self._root()),
+                    pid,
+                    active_at_start,
+                ],
+            )
+            _insert_snapshot(db, run_id, snapshot)
 
     def record_snapshot(
         self,
@@ -49,32 +119,23 @@ class Registry(Connection):
         """Record which feedback rows went into which dataset of a run's snapshot; ``upto``
         is the newest feedback id the cycle considered, ``counts`` the dataset sizes,
         ``quality`` the report of the cleaning before the builders."""
+        record = SnapshotRecord(content_hash, upto, rows, counts, quality)
         with self.transaction() as db:
-            row = db.execute(
-                """INSERT INTO snapshots (run_id, content_hash, upto_feedback_id, sft_count,
-                       dpo_count, kto_count, quality) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                [
-                    run_id,
-                    content_hash,
-                    upto,
-                    counts.get("sft", 0),
-                    counts.get("dpo", 0),
-                    counts.get("kto", 0),
-                    json.dumps(quality) if quality is not None else None,
-                ],
-            ).fetchone()
-            assert row is not None
-            snapshot_id = int(row[0])
-            pairs = [
-                (snapshot_id, fid, dataset) for dataset, ids in rows.items() for fid in set(ids)
-            ]
-            if pairs:
-                db.executemany("INSERT INTO snapshot_feedback VALUES (?, ?, ?)", pairs)
-            db.execute("UPDATE runs SET snapshot_id = ? WHERE id = ?", [snapshot_id, run_id])
-        return snapshot_id
+            return _insert_snapshot(db, run_id, record)
+
+    def snapshot_counts(self, run_id: int) -> dict[str, int]:
+        """The dataset sizes recorded with run ``run_id``'s snapshot."""
+        row = self.db.execute(
+            "SELECT sft_count, dpo_count, kto_count FROM snapshots WHERE run_id = ?", [run_id]
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"learning run {run_id} has no snapshot")
+        return {"sft": int(row[0]), "dpo": int(row[1]), "kto": int(row[2])}
 
     def set_run_dir(self, run_id: int, run_dir: str) -> None:
-        self.db.execute("UPDATE runs SET run_dir = ? WHERE id = ?", [run_dir, run_id])
+        self.db.execute(
+            "UPDATE runs SET run_dir = ? WHERE id = ?", [stored(run_dir, self._root()), run_id]
+        )
 
     def fail_run(self, run_id: int, error: str, metrics: dict[str, Any] | None = None) -> None:
         self.db.execute(
@@ -99,17 +160,28 @@ class Registry(Connection):
         return self._one("SELECT max(started_at) FROM runs")
 
     def run_dir_of(self, run_id: int) -> str:
-        return str(self._one("SELECT run_dir FROM runs WHERE id = ?", [run_id]) or "")
+        saved = self._one("SELECT run_dir FROM runs WHERE id = ?", [run_id])
+        return absolute(str(saved or ""), self._root())
 
     def runs(self) -> list[Run]:
-        rows = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id").fetchall()
+        return self._runs("ORDER BY id")
+
+    def get_run(self, run_id: int) -> Run:
+        found = self._runs("WHERE id = ?", [run_id])
+        if not found:
+            raise NotFound(f"no learning run {run_id}; `learnloop learn` starts one")
+        return found[0]
+
+    def _runs(self, where: str, params: list[Any] | None = None) -> list[Run]:
+        rows = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where}", params).fetchall()
+        root = self._root()
         return [
             Run(
                 r[0],
                 r[1],
                 r[2],
                 json.loads(r[3]),
-                r[4],
+                absolute(r[4], root),
                 r[5],
                 r[6],
                 r[7],
@@ -117,6 +189,7 @@ class Registry(Connection):
                 r[9],
                 r[10],
                 r[11],
+                r[12],
             )
             for r in rows
         ]
@@ -125,19 +198,38 @@ class Registry(Connection):
         count = self._one("SELECT count(*) FROM versions")
         return f"v{int(count) + 1}"
 
-    def add_version(self, version: Version, *, activate: bool, who: str, why: str) -> None:
+    def add_version(
+        self,
+        version: Version,
+        *,
+        activate: bool,
+        who: str,
+        why: str,
+        control_answers: list[dict[str, Any]] | None = None,
+        parent_control: list[dict[str, Any]] | None = None,
+        expect_active: str | None = None,
+    ) -> None:
         """Register a finished version (its adapter folder complete on disk), close its run,
-        and make it active, all in one transaction."""
+        store its control answers (and its parent's, measured beside it, if the parent has
+        none yet) and make it active, all in one transaction.
+
+        With ``expect_active``, activating is refused when another version is active now:
+        :class:`ActiveChanged` is raised and nothing is written, so the caller can record
+        the version without activating it instead."""
         with self.transaction() as db:
+            if activate and expect_active is not None:
+                active = _active(db)
+                if active != expect_active:
+                    raise ActiveChanged(expect_active, active)
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 13)})",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 14)})",
                 [
                     version.id,
                     version.parent,
                     version.run_id,
                     version.method,
                     version.base_model,
-                    version.adapter_path,
+                    stored(version.adapter_path, self._root()),
                     version.sft_count,
                     version.dpo_count,
                     json.dumps(version.metrics),
@@ -145,8 +237,13 @@ class Registry(Connection):
                     version.kto_count,
                     version.status,
                     json.dumps(version.gate) if version.gate is not None else None,
+                    version.checksum,
                 ],
             )
+            if control_answers is not None:
+                _replace_control_answers(db, version.id, control_answers)
+            if parent_control is not None and not _has_control_answers(db, version.parent):
+                _replace_control_answers(db, version.parent, parent_control)
             db.execute(
                 """UPDATE runs SET status = 'succeeded', version_id = ?, metrics = ?,
                        finished_at = current_timestamp WHERE id = ?""",
@@ -162,6 +259,7 @@ class Registry(Connection):
         rows = self.db.execute(
             f"SELECT {_VERSION_COLUMNS} FROM versions ORDER BY created_at, id"
         ).fetchall()
+        root = self._root()
         return [
             Version(
                 id=r[0],
@@ -169,7 +267,7 @@ class Registry(Connection):
                 run_id=r[2],
                 method=r[3],
                 base_model=r[4],
-                adapter_path=r[5],
+                adapter_path=absolute(r[5], root),
                 sft_count=r[6],
                 dpo_count=r[7],
                 metrics=json.loads(r[8]),
@@ -177,9 +275,18 @@ class Registry(Connection):
                 kto_count=r[10],
                 status=r[11],
                 gate=json.loads(r[12]) if r[12] else None,
+                checksum=r[13],
             )
             for r in rows
         ]
+
+    def record_checksum(self, version_id: str, checksum: str) -> None:
+        """Give a version published before checksums its checksum (on its first load); a
+        recorded checksum is never replaced."""
+        self.db.execute(
+            "UPDATE versions SET checksum = ? WHERE id = ? AND checksum IS NULL",
+            [checksum, version_id],
+        )
 
     def get_version(self, version_id: str) -> Version:
         for v in self.versions():
@@ -188,9 +295,7 @@ class Registry(Connection):
         raise NotFound(f"no version {version_id!r}; `learnloop versions` lists them")
 
     def active_version(self) -> str:
-        return (
-            self._one("SELECT version_id FROM activations ORDER BY id DESC LIMIT 1") or BASE_VERSION
-        )
+        return _active(self.db)
 
     def activate(self, version_id: str, *, who: str, why: str) -> None:
         """Make ``version_id`` ('base' or a registered version) active, recording the switch."""
@@ -226,13 +331,7 @@ class Registry(Connection):
 
     def record_control_answers(self, version_id: str, answers: list[dict[str, Any]]) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM control_answers WHERE version_id = ?", [version_id])
-            if answers:
-                db.executemany(
-                    "INSERT INTO control_answers (version_id, prompt, answer, correct) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(version_id, a["prompt"], a["answer"], a["correct"]) for a in answers],
-                )
+            _replace_control_answers(db, version_id, answers)
 
     def control_answers(self, version_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -241,3 +340,52 @@ class Registry(Connection):
             [version_id],
         ).fetchall()
         return [{"prompt": r[0], "answer": r[1], "correct": r[2]} for r in rows]
+
+
+# -- statements shared by several transactions ------------------------------------------
+
+
+def _active(db: duckdb.DuckDBPyConnection) -> str:
+    row = db.execute("SELECT version_id FROM activations ORDER BY id DESC LIMIT 1").fetchone()
+    return str(row[0]) if row else BASE_VERSION
+
+
+def _insert_snapshot(db: duckdb.DuckDBPyConnection, run_id: int, snap: SnapshotRecord) -> int:
+    row = db.execute(
+        """INSERT INTO snapshots (run_id, content_hash, upto_feedback_id, sft_count,
+               dpo_count, kto_count, quality) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+        [
+            run_id,
+            snap.content_hash,
+            snap.upto,
+            snap.counts.get("sft", 0),
+            snap.counts.get("dpo", 0),
+            snap.counts.get("kto", 0),
+            json.dumps(snap.quality) if snap.quality is not None else None,
+        ],
+    ).fetchone()
+    assert row is not None
+    snapshot_id = int(row[0])
+    pairs = [(snapshot_id, fid, dataset) for dataset, ids in snap.rows.items() for fid in set(ids)]
+    if pairs:
+        db.executemany("INSERT INTO snapshot_feedback VALUES (?, ?, ?)", pairs)
+    db.execute("UPDATE runs SET snapshot_id = ? WHERE id = ?", [snapshot_id, run_id])
+    return snapshot_id
+
+
+def _has_control_answers(db: duckdb.DuckDBPyConnection, version_id: str) -> bool:
+    row = db.execute(
+        "SELECT count(*) FROM control_answers WHERE version_id = ?", [version_id]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _replace_control_answers(
+    db: duckdb.DuckDBPyConnection, version_id: str, answers: list[dict[str, Any]]
+) -> None:
+    db.execute("DELETE FROM control_answers WHERE version_id = ?", [version_id])
+    if answers:
+        db.executemany(
+            "INSERT INTO control_answers (version_id, prompt, answer, correct) VALUES (?, ?, ?, ?)",
+            [(version_id, a["prompt"], a["answer"], a["correct"]) for a in answers],
+        )

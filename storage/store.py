@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from storage.connection import BASE_VERSION, NotFound, StoreError
-from storage.keys import Keys
-from storage.records import (
+from learnloop.storage.connection import BASE_VERSION, StoreError
+from learnloop.storage.errors import NotFound, UsageError
+from learnloop.storage.keys import Keys
+from learnloop.storage.records import (
     FeedbackExample,
     FeedbackRow,
     Status,
@@ -33,7 +34,7 @@ from storage.records import (
     Turn,
     TurnLog,
 )
-from storage.registry import Registry
+from learnloop.storage.registry import Registry
 
 __all__ = ["BASE_VERSION", "NotFound", "Store", "StoreError"]
 
@@ -203,16 +204,19 @@ class Store(Keys, Registry):
         comment: str | None = None,
         user_name: str = "local",
     ) -> int:
-        """Append one feedback row for an existing turn; return its id."""
+        """Append one feedback row for an existing turn; return its id. Inside a caller's
+        :meth:`transaction`, it commits with what the caller reads after it (the trigger
+        check: agent/service.py), so a damaged block found there leaves no row behind."""
         if rating not in ("up", "down"):
-            raise ValueError(f"rating must be 'up' or 'down', not {rating!r}")
-        if not self._one("SELECT count(*) FROM turns WHERE id = ?", [turn_id]):
-            raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
-        row = self.db.execute(
-            """INSERT INTO feedback (turn_id, rating, correction, comment, user_name)
-               VALUES (?, ?, ?, ?, ?) RETURNING id""",
-            [turn_id, rating, correction, comment, user_name],
-        ).fetchone()
+            raise UsageError(f"rating must be 'up' or 'down', not {rating!r}")
+        with self.transaction() as db:
+            if not self._one("SELECT count(*) FROM turns WHERE id = ?", [turn_id]):
+                raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
+            row = db.execute(
+                """INSERT INTO feedback (turn_id, rating, correction, comment, user_name)
+                   VALUES (?, ?, ?, ?, ?) RETURNING id""",
+                [turn_id, rating, correction, comment, user_name],
+            ).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -280,3 +284,50 @@ class Store(Keys, Registry):
             versions=versions,
             running_run=self.running_run(),
         )
+
+    # -- thread owners (who sees what on a server with keys) ------------------------------
+    # A thread's owner is the name of the API key whose request started it; NULL is the
+    # operator's (loopback without a key, the CLI). A turn belongs to its thread's owner.
+
+    def create_owned_thread(self, thread_id: str, owner: str | None) -> str:
+        self.db.execute("INSERT INTO threads (id, owner) VALUES (?, ?)", [thread_id, owner])
+        return thread_id
+
+    def thread_owner(self, thread_id: str) -> str | None:
+        """The thread's owner (None: the operator's); NotFound for no such thread."""
+        row = self.db.execute("SELECT owner FROM threads WHERE id = ?", [thread_id]).fetchone()
+        if row is None:
+            raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
+        return None if row[0] is None else str(row[0])
+
+    def turn_owner(self, turn_id: int) -> str | None:
+        """The owner of the turn's thread (None: the operator's); NotFound for no turn."""
+        row = self.db.execute(
+            """SELECT h.owner FROM turns t LEFT JOIN threads h ON h.id = t.thread_id
+               WHERE t.id = ?""",
+            [turn_id],
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
+        return None if row[0] is None else str(row[0])
+
+    def owned_threads(self, owner: str, limit: int = 50) -> list[ThreadSummary]:
+        """:meth:`threads`, of ``owner``'s threads only."""
+        rows = self.db.execute(
+            """SELECT t.thread_id, min(t.created_at), arg_min(t.user_message, t.id),
+                      count(DISTINCT coalesce(t.regen_of, t.id)), max(t.created_at)
+               FROM turns t JOIN threads h ON h.id = t.thread_id WHERE h.owner = ?
+               GROUP BY t.thread_id ORDER BY max(t.id) DESC LIMIT ?""",
+            [owner, limit],
+        ).fetchall()
+        return [ThreadSummary(*r) for r in rows]
+
+    def owned_recent_turns(self, owner: str, limit: int) -> list[Turn]:
+        """:meth:`recent_turns`, of ``owner``'s threads only."""
+        columns = ", ".join(f"t.{c.strip()}" for c in _TURN_COLUMNS.split(","))
+        rows = self.db.execute(
+            f"""SELECT {columns} FROM turns t JOIN threads h ON h.id = t.thread_id
+                WHERE h.owner = ? ORDER BY t.id DESC LIMIT ?""",
+            [owner, limit],
+        ).fetchall()
+        return self._turns(rows[::-1])

@@ -26,7 +26,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def smol_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoTokenizer
 
-    from agent.models import default_gguf_path
+    from learnloop.learning.models import default_gguf_path
 
     gguf = default_gguf_path()
     folder = tmp_path_factory.mktemp("smol-tokenizer")

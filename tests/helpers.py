@@ -8,14 +8,24 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from agent.cli import cli
-from storage.records import TurnLog
+from learnloop.agent.cli import cli
+from learnloop.storage.records import TurnLog
 
 
 def run_cli(model: Path | None, *args: str, input: str | None = None) -> Result:
     """Invoke ``learnloop [--model MODEL] ARGS`` in-process, the way a shell would."""
     prefix = ["--model", str(model)] if model else []
     return CliRunner().invoke(cli, [*prefix, *args], input=input, catch_exceptions=False)
+
+
+def refused(response: Any, status: int, kind: str, *words: str) -> str:
+    """Assert that an API answer (an httpx response) is the error ``status`` of type
+    ``kind`` whose message names every one of ``words``; return the message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == kind, error
+    assert all(w in error["message"] for w in words), error["message"]
+    return str(error["message"])
 
 
 def run_json(model: Path | None, *args: str) -> Any:

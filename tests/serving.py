@@ -3,22 +3,27 @@ test process, over the tiny model and the test's own data root."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
-from agent.config import GenerationConfig
-from agent.server.app import create_app
-from agent.server.run import build_state
-from agent.server.state import ServerState
-from learning.triggers import TriggerConfig
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.server.app import create_app
+from learnloop.agent.server.run import build_state
+from learnloop.agent.server.state import ServerState
+from learnloop.learning.triggers import TriggerConfig
 
 GEN = GenerationConfig(max_new_tokens=8)
 
@@ -46,14 +51,23 @@ def running_server(
     generation: GenerationConfig = GEN,
     require_keys: bool = False,
     keep_adapters: int = 4,
+    allow_files: tuple[Path, ...] = (),
+    **app_options: Any,
 ) -> Iterator[Running]:
+    """``app_options``: more of ``create_app``'s settings (hosts, max_prompt_tokens)."""
     trigger = trigger or TriggerConfig(auto_learn=False)
     state = build_state(str(model_dir), generation, trigger, None, keep_adapters=keep_adapters)
     store = state.store
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(state, generation, require_keys=require_keys),
+            create_app(
+                state,
+                generation,
+                require_keys=require_keys,
+                allow_files=allow_files,
+                **app_options,
+            ),
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -76,3 +90,46 @@ def running_server(
             if job.thread is not None:
                 job.thread.join(timeout=120)
         store.close()
+
+
+@contextmanager
+def serve_process(
+    model_dir: Path, home: Path, log: Path, *flags: str, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """``learnloop --model MODEL serve FLAGS`` in a child process, as a user starts it, on
+    a free port; yields its URL once it answers and has written server.json. Ctrl-C (as
+    a user stops it) at the end."""
+    port = free_port()
+    command = [sys.executable, "-m", "learnloop.agent.cli", "--model", str(model_dir), "serve"]
+    command += ["--host", host, "--port", str(port), *flags]
+    env = {**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        _wait_until_serving(url, process, log, home / "server.json")
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], log: Path, server_json: Path
+) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            code = process.returncode
+            raise RuntimeError(f"learnloop serve exited with {code}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200 and server_json.exists():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"learnloop serve did not answer in time:\n{log.read_text()}")

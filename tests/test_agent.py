@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.backend import TransformersBackend, stopped_by_limit
-from agent.config import GenerationConfig
-from agent.models import resolve_model
-from agent.runtime import Agent, UsageError
-from learning.config import LearnConfig
-from learning.cycle import run_cycle
-from storage.store import NotFound, Store
+from learnloop.agent.backend import TransformersBackend, stopped_by_limit
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.runtime import Agent
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.cycle import run_cycle
+from learnloop.learning.models import resolve_model
+from learnloop.storage.errors import UsageError
+from learnloop.storage.store import NotFound, Store
 
 GEN = GenerationConfig(max_new_tokens=6)
 
@@ -122,7 +123,7 @@ def test_empty_message_and_unknown_thread_are_refused(store: Store, tiny_model_d
 def test_backend_tokenizer_matches_the_one_training_uses(tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from agent.backend import load_tokenizer
+    from learnloop.agent.backend import load_tokenizer
 
     fast, auto = load_tokenizer(str(tiny_model_dir)), AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = [

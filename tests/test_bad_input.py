@@ -40,7 +40,7 @@ def one_turn(tiny_model_dir: Path) -> dict:
 
 
 def snapshot_rows() -> dict[str, list]:
-    from storage.store import Store
+    from learnloop.storage.store import Store
 
     with Store() as store:
         return {
@@ -123,7 +123,7 @@ def start_learn(model: Path) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "learnloop.agent.cli",
             "--model",
             str(model),
             "learn",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.simulated_user import score
-from learning.tasks import Example, exact_format, is_correct, named_labels
-from storage.store import Store
+from learnloop.agent.bench.simulated_user import score
+from learnloop.learning.tasks import Example, exact_format, is_correct, named_labels
+from learnloop.storage.store import Store
 from tests.helpers import run_cli
 
 LABELS = "positive,negative,neutral"

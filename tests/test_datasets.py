@@ -23,8 +23,8 @@ import pytest
 from datasets import Dataset
 from trl.data_utils import is_conversational
 
-from learning.datasets import Datasets, build_datasets, build_dpo, build_sft, why_empty
-from storage.records import FeedbackExample, Message
+from learnloop.learning.datasets import Datasets, build_datasets, build_dpo, build_sft, why_empty
+from learnloop.storage.records import FeedbackExample, Message
 
 SYSTEM: Message = {"role": "system", "content": "You are helpful."}
 

@@ -28,13 +28,13 @@ from click.testing import Result
 from datasets import Dataset, load_dataset
 from trl.data_utils import is_conversational
 
-from agent.models import ResolvedModel
-from learning.config import LearnConfig
-from learning.cycle import prepare_run
-from learning.quality import is_held_out
-from learning.snapshot import build_snapshot
-from storage.records import TurnLog
-from storage.store import Store
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.cycle import prepare_run
+from learnloop.learning.models import ResolvedModel
+from learnloop.learning.quality import is_held_out
+from learnloop.learning.snapshot import build_snapshot
+from learnloop.storage.records import TurnLog
+from learnloop.storage.store import Store
 from tests.helpers import run_cli, run_json
 
 SHARE = LearnConfig().held_out_share

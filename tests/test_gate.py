@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.backend import TransformersBackend
-from agent.config import GenerationConfig
-from agent.models import resolve_model
-from agent.runtime import Agent
-from learning.config import LearnConfig
-from learning.cycle import run_cycle
-from learning.gate import decide
-from learning.quality import is_held_out
-from learning.snapshot import default_control_set
-from storage.records import ControlPrompt
-from storage.store import Store
+from learnloop.agent.backend import TransformersBackend
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.runtime import Agent
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.cycle import run_cycle
+from learnloop.learning.gate import decide
+from learnloop.learning.models import resolve_model
+from learnloop.learning.quality import is_held_out
+from learnloop.learning.snapshot import default_control_set
+from learnloop.storage.records import ControlPrompt
+from learnloop.storage.store import Store
 from tests.helpers import make_log, run_cli, run_json
 
 
@@ -225,4 +225,5 @@ def test_a_bad_eval_file_is_refused_naming_the_line_and_records_nothing(
 )
 def test_bad_gate_settings_are_refused(flag: tuple[str, str]) -> None:
     result = run_cli(None, "learn", *flag)
-    assert result.exit_code == 1 and flag[0] in result.stderr
+    setting = flag[0].removeprefix("--").replace("-", "_")  # named as the API names it
+    assert result.exit_code == 1 and setting in result.stderr

@@ -88,7 +88,7 @@ def test_concurrent_streams_survive_swaps_and_name_the_version_used(
             n = 0
             with server.client() as http:
                 while not stop.is_set():
-                    response = http.post(f"/v1/versions/{order[n % 3]}/activate")
+                    response = http.post(f"/v1/versions/{order[n % 3]}/activate", json={})
                     if response.status_code != 200:
                         failures.append(AssertionError(response.text))
                         return

@@ -80,7 +80,7 @@ def test_turn_is_logged_as_a_full_trajectory(tiny_model_dir: Path) -> None:
     [turn] = run_json(tiny_model_dir, "log", "-n", "1")
     assert turn["turn_id"] == out["turn_id"] and turn["answer"] == out["answer"]
     assert turn["completion_tokens"] > 0 and turn["prompt_tokens"] > 5
-    from storage.store import Store
+    from learnloop.storage.store import Store
 
     with Store() as store:
         log = store.get_turn(out["turn_id"]).log
@@ -158,7 +158,7 @@ def test_method_flag_picks_what_trains(tiny_model_dir: Path, rated_turns: list[d
     assert (learned["method"], learned["dpo_pairs"], learned["sft_examples"]) == ("dpo", 1, 0)
     assert learned["metrics"]["sft"] is None and learned["metrics"]["dpo"]["steps"] == 3
     bad = run_cli(tiny_model_dir, "learn", "--method", "ppo")
-    assert bad.exit_code == 1 and "--method must be one of auto, sft, dpo, kto" in bad.stderr
+    assert bad.exit_code == 1 and "method must be one of auto, sft, dpo, kto" in bad.stderr
 
 
 def test_learn_with_no_feedback_says_why_and_writes_no_version(tiny_model_dir: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from learning.datasets import Datasets, build_datasets, build_kto, choose_method
-from learning.quality import clean, is_held_out, split_by_thread
-from storage.records import FeedbackExample
+from learnloop.learning.datasets import Datasets, build_datasets, build_kto, choose_method
+from learnloop.learning.quality import clean, is_held_out, split_by_thread
+from learnloop.storage.records import FeedbackExample
 
 _ids = iter(range(1, 10_000))
 
@@ -141,8 +141,8 @@ class TestChooseMethod:
 
 class TestSnapshotSplit:
     def test_the_gate_off_holds_nothing_out(self) -> None:
-        from learning.config import LearnConfig
-        from learning.snapshot import build_snapshot
+        from learnloop.learning.config import LearnConfig
+        from learnloop.learning.snapshot import build_snapshot
 
         examples = [ex(f"q{i}", thread=f"thread-{i}") for i in range(40)]
         gated = build_snapshot(examples, LearnConfig(held_out_share=0.5))
@@ -152,8 +152,8 @@ class TestSnapshotSplit:
         assert ungated.heldout_ids == [] and len(ungated.data.sft) == 40
 
     def test_feedback_all_in_held_out_threads_trains_rather_than_nothing(self) -> None:
-        from learning.config import LearnConfig
-        from learning.snapshot import build_snapshot
+        from learnloop.learning.config import LearnConfig
+        from learnloop.learning.snapshot import build_snapshot
 
         held = next(f"t{i}" for i in range(1000) if is_held_out(f"t{i}", 0.2))
         snap = build_snapshot([ex("q", thread=held)], LearnConfig())

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-import agent.cli_support
-from agent.client import find_server
-from agent.server.run import server_file
-from storage.store import Store
+import learnloop.agent.cli_support
+from learnloop.agent.client import find_server
+from learnloop.storage.home import server_file
+from learnloop.storage.store import Store
 from tests.helpers import run_cli, run_json
 from tests.serving import Running, free_port, running_server
 
-LOCAL_STORE = agent.cli_support.open_store
+LOCAL_STORE = learnloop.agent.cli_support.open_store
 FAST_LEARN = ("--max-steps", "3", "--sft-learning-rate", "1e-2", "--gate", "false")
 
 
@@ -43,7 +43,7 @@ def no_local_store() -> None:
 def server(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
     with running_server(tiny_model_dir) as running:
         path = write_server_file(running.url, os.getpid())
-        monkeypatch.setattr(agent.cli_support, "open_store", no_local_store)
+        monkeypatch.setattr(learnloop.agent.cli_support, "open_store", no_local_store)
         yield running
         path.unlink(missing_ok=True)
 
@@ -136,7 +136,7 @@ class TestThroughTheServer:
 
         # the same commands without the server: the same text and JSON
         server_file().unlink()
-        monkeypatch.setattr(agent.cli_support, "open_store", LOCAL_STORE)
+        monkeypatch.setattr(learnloop.agent.cli_support, "open_store", LOCAL_STORE)
         local = {name: run_cli(tiny_model_dir, name).stdout for name in through}
         assert local == through
         assert (run_json(tiny_model_dir, "versions"), run_json(tiny_model_dir, "log")) == (
@@ -158,14 +158,56 @@ class TestThroughTheServer:
         assert "999" in line
         assert "nothing" in one_error_line(run_cli(tiny_model_dir, "rollback"))
 
-    @pytest.mark.parametrize(
-        "args", [("chat",), ("history",), ("export", "--out", "x"), ("control", "list")]
-    )
-    def test_commands_that_need_the_database_name_the_server(
-        self, server: Running, tiny_model_dir: Path, args: tuple[str, ...]
+    def test_chat_goes_through_it(self, server: Running, tiny_model_dir: Path) -> None:
+        lines = ["Hello", "/up", "/fix Hi there", "/regen", "/status", "/quit"]
+        out = run_cli(tiny_model_dir, "chat", "--max-new-tokens", "4", input="\n".join(lines))
+        assert out.exit_code == 0, out.output
+        assert f"through {server.url}" in out.output
+        assert "[turn 1 · base]" in out.output and "[turn 2 · base]" in out.output
+        assert "noted: turn 1 👍" in out.output and "a better answer for turn 1" in out.output
+        assert "2 turns, 2 feedback (1 up, 1 down, 1 corrections)" in out.output
+        turns = server.state.store.recent_turns(5)
+        assert [t.log.regen_of for t in turns] == [None, 1]
+
+    def test_the_data_commands_go_through_it_with_the_local_output(
+        self, server: Running, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        line = one_error_line(run_cli(tiny_model_dir, *args))
-        assert server.url in line and f"pid {os.getpid()}" in line
+        turn = run_json(tiny_model_dir, "ask", "Hello there")["turn_id"]
+        run_cli(tiny_model_dir, "feedback", str(turn), "down", "--correction", "General Kenobi")
+        added = run_cli(tiny_model_dir, "control", "add", "2+2?", "4")
+        assert added.exit_code == 0 and "added to the control set" in added.stdout
+        created = run_json(tiny_model_dir, "keys", "create", "alice")
+        assert created["key"].startswith("ll-")
+        assert server.state.store.user_of_key(created["key"]) == "alice"  # at once
+        exported = run_json(tiny_model_dir, "export", "--current", "--out", str(tmp_path / "a"))
+        assert exported["source"] == "current feedback" and (tmp_path / "a" / "sft.jsonl").exists()
+        reads = [("history",), ("control", "list"), ("keys", "list")]
+        through = [run_cli(tiny_model_dir, *args).stdout for args in reads]
+        through_json = [run_json(tiny_model_dir, *args) for args in reads]
+
+        server_file().unlink()
+        monkeypatch.setattr(learnloop.agent.cli_support, "open_store", LOCAL_STORE)
+        assert [run_cli(tiny_model_dir, *args).stdout for args in reads] == through
+        assert [run_json(tiny_model_dir, *args) for args in reads] == through_json
+        local = run_json(tiny_model_dir, "export", "--current", "--out", str(tmp_path / "b"))
+        assert {k: v for k, v in local.items() if k != "out"} == {
+            k: v for k, v in exported.items() if k != "out"
+        }
+
+    def test_a_user_key_may_not_manage_keys(self, tiny_model_dir: Path) -> None:
+        import httpx
+
+        with Store() as store:
+            _, key = store.create_api_key("bob")
+        with running_server(tiny_model_dir, require_keys=True) as running:
+            answer = httpx.post(
+                f"{running.url}/v1/keys",
+                json={"name": "mallory"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert answer.status_code == 403
+            assert answer.json()["error"]["type"] == "permission_error"
+            assert [k.name for k in running.state.store.api_keys()] == ["bob"]
 
 
 class TestNoServer:
@@ -186,7 +228,8 @@ class TestNoServer:
     def test_a_server_for_another_data_root_is_ignored(
         self, server: Running, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        monkeypatch.setattr("agent.server.app.data_root", lambda: tmp_path / "other")
+        # the server says its data root in /v1/status (to the operator only)
+        monkeypatch.setattr("learnloop.agent.server.service.data_root", lambda: tmp_path / "other")
         write_server_file(server.url, os.getpid())
         assert find_server() is None
 
@@ -202,8 +245,7 @@ def test_the_servers_token_is_sent_as_a_bearer_key(tiny_model_dir: Path) -> None
 
 
 def test_a_finished_run_reads_as_the_local_summary_without_the_heldout_count() -> None:
-    from agent.remote import cycle_view
-    from agent.report import cycle_summary
+    from learnloop.agent.report import cycle_summary, cycle_view
 
     view = {
         "run": 2,

@@ -81,7 +81,7 @@ def test_ctrl_c_stops_an_answer_and_the_repl_survives(tiny_model_dir: Path) -> N
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "learnloop.agent.cli",
             "--model",
             str(tiny_model_dir),
             "chat",

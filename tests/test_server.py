@@ -200,7 +200,7 @@ class TestFeedbackAndLearning:
             on_base = http.post(
                 "/v1/chat/completions", json={"messages": [{"role": "user", "content": "2+2?"}]}
             )
-            forward = http.post("/v1/versions/v1/activate").json()
+            forward = http.post("/v1/versions/v1/activate", json={}).json()
             history = server.state.store.activations()
         assert (back["previous"], back["active"]) == ("v1", "base")
         assert on_base.headers["X-Learnloop-Version"] == "base"
@@ -227,7 +227,7 @@ class TestBadRequestsAre4xxAndChangeNothing:
             ("POST", "/v1/chat/completions", {"messages": [], "regen_of": 999}, 404),
             ("POST", "/v1/feedback", {"turn_id": 999, "rating": "up"}, 404),
             ("POST", "/v1/feedback", {"turn_id": 1, "rating": "meh"}, 422),
-            ("POST", "/v1/learn", {"lora_r": "big"}, 400),
+            ("POST", "/v1/learn", {"lora_r": "big"}, 422),
             ("POST", "/v1/learn", {"no_such_setting": 1}, 400),
             ("GET", "/v1/learn/42", None, 404),
             ("POST", "/v1/versions/v7/activate", None, 404),

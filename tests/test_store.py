@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from storage.records import Version
-from storage.store import NotFound, Store, StoreError
+from learnloop.storage.errors import LearnloopError
+from learnloop.storage.records import Version
+from learnloop.storage.store import NotFound, Store
 from tests.helpers import make_log
 
 
@@ -330,7 +331,7 @@ class TestUnknownIds:
         with pytest.raises(NotFound, match="`learnloop log`") as err:
             store.get_turn(12345)
         assert "12345" in str(err.value)
-        assert isinstance(err.value, StoreError)
+        assert isinstance(err.value, LearnloopError) and err.value.status == 404
 
     def test_get_version_raises_not_found_pointing_to_learnloop_versions(
         self, store: Store

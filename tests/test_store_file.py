@@ -26,10 +26,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from storage import migrations
-from storage.home import DataRootError, db_path
-from storage.migrations import SchemaTooNew, latest_known, migrate
-from storage.store import Store, StoreError
+from learnloop.storage import migrations
+from learnloop.storage.home import DataRootError, db_path
+from learnloop.storage.migrations import SchemaTooNew, latest_known, migrate
+from learnloop.storage.store import Store, StoreError
 from tests.helpers import make_log
 
 TABLES = {
@@ -120,6 +120,8 @@ class TestAFreshDatabaseMigrates:
             (3, "m003_gate"),
             (4, "m004_truncated_turns"),
             (5, "m005_api_keys"),
+            (6, "m006_adapter_checks_and_relative_paths"),
+            (7, "m007_key_roles_and_thread_owners"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -269,6 +271,8 @@ class TestAMigrationFailingHalfWay:
             (3, "m003_gate"),
             (4, "m004_truncated_turns"),
             (5, "m005_api_keys"),
+            (6, "m006_adapter_checks_and_relative_paths"),
+            (7, "m007_key_roles_and_thread_owners"),
         ]
         tables = {
             r[0]

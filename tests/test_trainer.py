@@ -1,4 +1,4 @@
-"""The training child process, run for real (``python -m learning.trainer RUN_DIR``) on a
+"""The training child process, run for real (``python -m learnloop.learning.trainer RUN_DIR``) on a
 tiny random-weight model: the LoRA weights change, the base does not, the adapter loads
 back, and a bad request fails with one clear line and no adapter folder."""
 
@@ -71,7 +71,7 @@ def make_run(
 def run_trainer(run_dir: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "learning.trainer", str(run_dir)],
+        [sys.executable, "-m", "learnloop.learning.trainer", str(run_dir)],
         capture_output=True,
         text=True,
         env=env,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from learning.triggers import TriggerConfig, background_log, is_due
-from storage.store import Store
+from learnloop.learning.triggers import TriggerConfig, background_log, is_due
+from learnloop.storage.store import Store
 from tests.helpers import make_log, run_cli, run_json
 
 NOW = datetime(2026, 11, 27, 12, 0)
@@ -118,7 +118,7 @@ def test_a_chat_starts_a_background_cycle_keeps_going_and_says_how_it_ended(
     tiny_model_dir: Path,
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--model", str(tiny_model_dir), "chat",
+        [sys.executable, "-m", "learnloop.agent.cli", "--model", str(tiny_model_dir), "chat",
          "--max-new-tokens", "4", "--learn-after", "2", "--learn-every-minutes", "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -13,11 +13,7 @@ Playwright never downloads one here.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +26,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.helpers import run_cli
-from tests.serving import free_port
+from tests.serving import serve_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,7 +37,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-REPO = Path(__file__).resolve().parent.parent
 # Learning settings that make the tiny model's run short and its version promoted: the
 # tiny model's answers cannot pass a real gate, and the gate is tested elsewhere.
 FAST_LEARN = {"max_steps": 3, "sft_learning_rate": 1e-2, "gate": False}
@@ -68,56 +63,11 @@ def server(tiny_model_dir: Path, home: Path, tmp_path: Path) -> Iterator[Server]
 @contextmanager
 def serve(model_dir: Path, home: Path, tmp_path: Path, *flags: str) -> Iterator[Server]:
     """``learnloop serve FLAGS`` in a child process, as a user starts it."""
-    port = free_port()
     bench_results = tmp_path / "bench" / "results.json"
-    log = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "agent.cli",
-        "--model",
-        str(model_dir),
-        "serve",
-        "--port",
-        str(port),
-        "--max-new-tokens",
-        "8",
-        "--auto-learn",
-        "false",
-        "--bench-results",
-        str(bench_results),
-        *flags,
-    ]
-    env = {**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(url, process, log)
+    options = ("--max-new-tokens", "8", "--auto-learn", "false")
+    options += ("--bench-results", str(bench_results), *flags)
+    with serve_process(model_dir, home, tmp_path / "server.log", *options) as url:
         yield Server(url, bench_results)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"learnloop serve exited with {process.returncode}:\n{log.read_text()}"
-            )
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"learnloop serve did not answer /healthz in time:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")

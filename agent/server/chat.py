@@ -10,6 +10,12 @@ Conversations: an OpenAI client sends the whole conversation each time; it becom
 context the model sees, and the answer starts a new stored thread. learnloop's own
 extensions: ``thread_id`` continues a stored thread (send only the new user message: the
 earlier ones come from the thread), and ``regen_of`` answers a logged turn again.
+
+Bounds: a request's prompt, rendered as the model will see it (system prompt, context or
+the thread's history, the new message), may be at most the server's
+``--max-prompt-tokens``; a longer one is refused before anything is stored or generated,
+since generation is serialised and a long prompt would hold every other client up. A
+user key may continue or regenerate only its own threads (another's is a 404).
 """
 
 from __future__ import annotations
@@ -24,14 +30,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.backend import Pin
-from agent.config import GenerationConfig
-from agent.runtime import MAX_MESSAGE_CHARS, Answer, UsageError, check_message, new_thread_id
-from agent.server.state import ServerState
-from storage.records import Message
+from learnloop.agent.backend import Pin
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.graph import conversation
+from learnloop.agent.runtime import (
+    MAX_MESSAGE_CHARS,
+    Answer,
+    UsageError,
+    check_message,
+    new_thread_id,
+)
+from learnloop.agent.server.service import visible_thread, visible_turn
+from learnloop.agent.server.state import ServerState
+from learnloop.storage.records import Message
 
 MAX_MESSAGES = 200
 MAX_TOKENS = 2048
+MAX_PROMPT_TOKENS = 4096  # the default of `serve --max-prompt-tokens`
 
 
 class TextPart(BaseModel):
@@ -106,10 +121,44 @@ def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
     return context, text
 
 
-class Prepared:
-    """A request checked and pinned, its turn id reserved: ready to answer."""
+class PromptTooLong(UsageError):
+    """A request whose rendered prompt is over the server's bound."""
 
-    def __init__(self, state: ServerState, request: ChatRequest, default: GenerationConfig):
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"the prompt is {tokens} tokens; this server takes at most {limit} per request "
+            "(`learnloop serve --max-prompt-tokens`): send fewer or shorter messages, or "
+            "start a new thread"
+        )
+
+
+def prompt_messages(
+    state: ServerState, context: list[Message] | None, text: str, thread_id: str | None
+) -> list[Message]:
+    """The messages the model will see for a new message: the graph's own
+    :func:`~learnloop.agent.graph.conversation`."""
+    system = state.agent.model.generation.system_prompt
+    return conversation(state.store, thread_id, context, system, check_message(text))
+
+
+class Prepared:
+    """A request checked and pinned, its turn id reserved: ready to answer.
+
+    ``owner``: the key user whose thread a new conversation becomes (None: the
+    operator's); ``sees``: whose threads the caller may continue or regenerate (None:
+    everyone's). Every check comes before the thread and the turn id are made, so a
+    refused request leaves nothing behind."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        request: ChatRequest,
+        default: GenerationConfig,
+        *,
+        owner: str | None = None,
+        sees: str | None = None,
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    ):
         self.state = state
         context, self.text = split_messages(request)
         self.context = context
@@ -117,12 +166,18 @@ class Prepared:
         self.pin: Pin = state.pin(request.model)
         self.generation = generation_for(request, default)
         self.regen_of = request.regen_of
+        thread_id: str | None = None
         if self.regen_of is not None:
-            self.thread_id = store.get_turn(self.regen_of).log.thread_id  # 404 if unknown
-        elif request.thread_id is not None:
-            self.thread_id = state.agent.check_thread(request.thread_id)
-        else:  # last: a refused request leaves no empty thread behind
-            self.thread_id = store.create_thread(new_thread_id())
+            turn = store.get_turn(visible_turn(store, self.regen_of, sees))  # 404 if unknown
+            thread_id, messages = turn.log.thread_id, turn.log.messages
+        else:
+            if request.thread_id is not None:
+                thread_id = visible_thread(store, request.thread_id, sees)
+            messages = prompt_messages(state, context, self.text, thread_id)
+        tokens = state.agent.backend.prompt_tokens(messages)
+        if tokens > max_prompt_tokens:
+            raise PromptTooLong(tokens, max_prompt_tokens)
+        self.thread_id = thread_id or store.create_owned_thread(new_thread_id(), owner)
         self.turn_id = store.new_turn_id()
         self.created = int(time.time())
 

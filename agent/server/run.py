@@ -14,26 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config import GenerationConfig
-from learning.triggers import TriggerConfig
-from storage.home import data_root
+from learnloop.agent.config import GenerationConfig
+from learnloop.learning.triggers import TriggerConfig
+from learnloop.storage.home import data_root, server_file, write_private
 
 if TYPE_CHECKING:
-    from agent.server.state import ServerState
-
-SERVER_FILE = "server.json"
-
-
-def server_file() -> Path:
-    return data_root() / SERVER_FILE
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (it may hold a token)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file left by an earlier server keeps its mode otherwise
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    from learnloop.agent.server.state import ServerState
 
 
 def build_state(
@@ -45,12 +31,12 @@ def build_state(
     keep_adapters: int = 4,
 ) -> ServerState:
     """The store (held for good), the model wrapped for adapters, the active version."""
-    from agent.backend import TransformersBackend
-    from agent.models import resolve_model
-    from agent.runtime import Agent
-    from agent.server.state import ServerState
-    from learning.cycle import pid_alive
-    from storage.store import Store
+    from learnloop.agent.backend import TransformersBackend
+    from learnloop.agent.runtime import Agent
+    from learnloop.agent.server.state import ServerState
+    from learnloop.learning.models import resolve_model
+    from learnloop.storage.home import pid_alive
+    from learnloop.storage.store import Store
 
     store = Store(shared=True)
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
@@ -72,15 +58,23 @@ def serve(
     generation: GenerationConfig,
     trigger: TriggerConfig,
     bench_results: Path | None,
+    allow_files: tuple[Path, ...] = (),
+    *,
+    allow_hosts: tuple[str, ...] = (),
+    max_prompt_tokens: int | None = None,
 ) -> None:
+    """``allow_hosts``: names besides the listening address and loopback's that requests
+    may reach the server by; ``max_prompt_tokens``: the bound on a chat request's prompt
+    (None: the default, agent/server/chat.py)."""
     import uvicorn
 
-    from agent.client import find_server
-    from agent.runtime import UsageError
-    from agent.server.app import create_app
-    from agent.server.auth import keys_required
-    from storage.keys import new_key
-    from storage.store import Store
+    from learnloop.agent.client import find_server
+    from learnloop.agent.server.app import create_app
+    from learnloop.agent.server.auth import Hosts, keys_required
+    from learnloop.agent.server.chat import MAX_PROMPT_TOKENS
+    from learnloop.storage.errors import UsageError
+    from learnloop.storage.keys import new_key
+    from learnloop.storage.store import Store
 
     running = find_server()
     if running is not None:
@@ -88,6 +82,7 @@ def serve(
             f"a learnloop server already runs for this data root at {running.url} "
             f"(pid {running.pid}); stop it or set LEARNLOOP_HOME to another data root"
         )
+    hosts = Hosts(host, allow_hosts)  # a bad --allow-host is refused before anything loads
     with Store() as keys:  # before the model loads: a refusal comes at once
         require_keys = keys_required(host, keys)
     token = new_key() if require_keys else None  # the CLI's key to this server
@@ -98,9 +93,29 @@ def serve(
         path.unlink(missing_ok=True)
         state.store.close()
 
-    app = create_app(state, generation, require_keys=require_keys, local_token=token, on_stop=stop)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    app = create_app(
+        state,
+        generation,
+        require_keys=require_keys,
+        local_token=token,
+        allow_files=allow_files,
+        hosts=hosts,
+        max_prompt_tokens=max_prompt_tokens or MAX_PROMPT_TOKENS,
+        on_stop=stop,
+    )
+    url = server_url(host, port)
     info = {"url": url, "pid": os.getpid()} | ({"token": token} if token else {})
     write_private(path, json.dumps(info))
     print(f"learnloop serving {url} (data root {data_root()}); Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")
+
+
+def server_url(host: str, port: int) -> str:
+    """Where this machine's clients reach a server listening on ``host``: an address of
+    every interface on loopback (IPv4's for 0.0.0.0, IPv6's for ::), an IPv6 address in
+    brackets (``http://[::1]:8000``; ``http://::1:8000`` is no URL)."""
+    from learnloop.agent.server.auth import host_name
+
+    bare = host.strip().strip("[]")
+    name = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(bare, host_name(bare))
+    return f"http://{name}:{port}"

@@ -21,18 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backend import Pin
-from agent.models import ResolvedModel
-from agent.runtime import Agent, UsageError
-from learning.config import LearnConfig
-from learning.cycle import CycleFailed, complete_cycle, prepare_run, progress_events
-from learning.triggers import TriggerConfig, check
-from storage.store import BASE_VERSION, NotFound, Store
+from learnloop.agent.backend import Pin
+from learnloop.agent.runtime import Agent
+from learnloop.learning.adapters import AdapterDamaged, fall_back, trusted_checksum
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.cycle import (
+    CycleFailed,
+    complete_cycle,
+    prepare_run,
+    publish_handed_over,
+)
+from learnloop.learning.models import ResolvedModel
+from learnloop.learning.triggers import TriggerConfig
+from learnloop.storage.errors import Conflict, UsageError
+from learnloop.storage.store import BASE_VERSION, NotFound, Store
 
 ACTIVE_ALIAS = "learnloop"  # the model name that means "whichever version is active"
 
 
-class Busy(RuntimeError):
+class Busy(Conflict):
     """A learning cycle is already running; ``run`` names it."""
 
     def __init__(self, run: int) -> None:
@@ -84,7 +91,9 @@ class ServerState:
 
     def pin(self, model_name: str | None) -> Pin:
         """The version a request for ``model_name`` gets: ``learnloop`` (or nothing) is the
-        active one; ``base`` or the base model's name is the base; else a version id."""
+        active one; ``base`` or the base model's name is the base; else a version id.
+        The pin carries the adapter's checksum, which the backend checks when it loads
+        the folder; a damaged adapter raises AdapterDamaged (a 503 naming it)."""
         name = model_name or ACTIVE_ALIAS
         version = self.active if name == ACTIVE_ALIAS else name
         if version in (BASE_VERSION, self.agent.backend.model_name):
@@ -95,7 +104,7 @@ class ServerState:
             raise NotFound(
                 f"no model {name!r}: use {ACTIVE_ALIAS!r}, 'base' or a version from /v1/models"
             ) from None
-        return Pin(found.id, found.adapter_path)
+        return Pin(found.id, found.adapter_path, trusted_checksum(self.store, found))
 
     def activate(self, version: str, *, who: str, why: str) -> Swap:
         """Load ``version`` and make it the one new requests get; record who and why."""
@@ -152,58 +161,20 @@ class ServerState:
             return
         job.version, job.promoted, job.reasons = result.version, result.promoted, result.reasons
         if result.promoted:
+            self._serve_promoted()
+
+    def _serve_promoted(self) -> None:
+        try:
+            self._follow_promotion()
+        except AdapterDamaged as damaged:  # broken between publishing and loading
+            chosen = fall_back(self.store, self.agent.backend.model_name, damaged)
+            self.agent.warn(f"{damaged}; answering with {chosen.id if chosen else 'base'}")
             self._follow_promotion()
 
-    def maybe_learn(self, who: str) -> str | None:
-        """After new feedback: start a cycle when the trigger says one is due; return why."""
-        due = check(self.store, self.trigger, self.learn)
-        if not due.due:
-            return None
-        try:
-            self.start_learning(self.learn, who)
-        except Busy:
-            return None
-        return due.reason
-
-    def run_view(self, run_id: int) -> dict[str, Any]:
-        """A run's state and progress: ``GET /v1/learn/{run}``."""
-        run = next((r for r in self.store.runs() if r.id == run_id), None)
-        if run is None:
-            raise NotFound(f"no learning run {run_id}; POST /v1/learn starts one")
-        job = self.jobs.get(run_id)
-        events = progress_events(Path(run.run_dir)) if run.run_dir else []
-        last = events[-1] if events else {}
-        version = run.version_id or (job.version if job else None)
-        gate = self.store.get_version(version).gate if version else None
-        # the run is over for a client only once its version serves (or it failed)
-        finishing = job is not None and job.thread is not None and job.thread.is_alive()
-        return {
-            "run": run.id,
-            "status": "running" if finishing else run.status,
-            "stage": last.get("stage", "prepare"),
-            "step": last.get("step"),
-            "total": last.get("total"),
-            "loss": last.get("loss"),
-            "losses": losses(events),
-            "version": version,
-            "promoted": None if gate is None else bool(gate.get("promote")),
-            "reasons": (gate or {}).get("reasons", []),
-            "error": run.error,
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
-        }
-
-
-def losses(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training loss by step across the run's stages (steps numbered on from stage to
-    stage, so SFT then DPO reads as one curve)."""
-    out: list[dict[str, Any]] = []
-    offset, stage, last_step = 0, None, 0
-    for e in events:
-        if e.get("loss") is None:
-            continue
-        if e["stage"] != stage:
-            offset, stage = offset + last_step, e["stage"]
-        last_step = int(e.get("step") or 0)
-        out.append({"step": offset + last_step, "loss": e["loss"], "stage": stage})
-    return out
+    def publish_handed_over(self, run_id: int, who: str) -> None:
+        """Publish a run a local ``learn`` trained while this server started (it could
+        not open the database afterwards); a promoted version then serves here."""
+        with self._learning:
+            _, decision = publish_handed_over(self.store, self.model, run_id, who)
+        if decision.promote:
+            self._serve_promoted()

