@@ -170,7 +170,7 @@ def no_server() -> bool:
     return find_server() is None
 
 
-def hand_over(run_id: int, who: str) -> dict[str, Any]:
+def hand_over(run_id: int) -> dict[str, Any]:
     """A server started while run ``run_id`` trained here and holds the database now: it
     publishes the trained run; the result reads as ``learn`` through a server."""
     import click
@@ -180,8 +180,10 @@ def hand_over(run_id: int, who: str) -> dict[str, Any]:
 
     server = find_server()
     if server is None:  # gone again: the next cycle records the run as failed
-        raise UsageError(f"learning run {run_id} trained, but the server that took the "
-                         "database meanwhile is gone; run `learnloop learn` again")  # fmt: skip
+        raise UsageError(
+            f"learning run {run_id} trained, but the server that took the database "
+            "meanwhile is gone; run `learnloop learn` again"
+        )
     click.echo(
         f"a server started at {server.url} while run {run_id} trained; it publishes it",
         err=True,
@@ -315,7 +317,7 @@ class LocalService:
                 publish_here=no_server,
             )
         except HandedOver as exc:
-            return hand_over(exc.run_id, who)
+            return hand_over(exc.run_id)
         return result.to_dict()
 
     def runs(self) -> list[dict[str, Any]]:
