@@ -141,6 +141,11 @@ def check_rating(rating: str, correction: str | None) -> str | None:
         raise UsageError("give exactly one rating: up or down")
     if correction is not None and not correction.strip():
         raise UsageError("the correction is empty; give the better answer as its text")
+    if correction is not None and rating == "up":
+        raise UsageError(
+            "a correction is a better answer, so it goes with `down`: rate `up` alone, "
+            "or `down` with the correction"
+        )
     return correction.strip() if correction else None
 
 

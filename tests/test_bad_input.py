@@ -62,6 +62,7 @@ def test_empty_message(tiny_model_dir: Path, one_turn: dict, text: str) -> None:
         (["999", "up"], "no turn with id 999"),
         (["1", "up", "down"], "exactly one rating"),
         (["1", "down", "--correction", "  "], "correction is empty"),
+        (["1", "up", "--correction", "Hello."], "goes with `down`"),
     ],
 )
 def test_bad_feedback(tiny_model_dir: Path, one_turn: dict, args: list[str], needle: str) -> None:

@@ -211,6 +211,9 @@ class TestFeedbackAndLearning:
         ]
 
 
+USER = {"role": "user", "content": "Hello"}
+
+
 class TestBadRequestsAre4xxAndChangeNothing:
     @pytest.mark.parametrize(
         ("method", "path", "body", "status"),
@@ -227,6 +230,9 @@ class TestBadRequestsAre4xxAndChangeNothing:
             ("POST", "/v1/chat/completions", {"messages": [], "regen_of": 999}, 404),
             ("POST", "/v1/feedback", {"turn_id": 999, "rating": "up"}, 404),
             ("POST", "/v1/feedback", {"turn_id": 1, "rating": "meh"}, 422),
+            ("POST", "/v1/feedback", {"turn_id": 1, "rating": "up", "correction": "x"}, 400),
+            ("POST", "/v1/chat/completions", {"messages": [USER], "n": 2}, 422),
+            ("POST", "/v1/chat/completions", {"messages": [USER], "stop": ["\n"]}, 400),
             ("POST", "/v1/learn", {"lora_r": "big"}, 422),
             ("POST", "/v1/learn", {"no_such_setting": 1}, 400),
             ("GET", "/v1/learn/42", None, 404),

@@ -69,7 +69,9 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The fields of OpenAI's request that a local model can honour; others are ignored."""
+    """The fields of OpenAI's request that a local model can honour; ``n`` above 1 and
+    ``stop`` are named so that a request using them is refused rather than answered as if
+    they had been honoured; other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -82,6 +84,10 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    n: int | None = Field(default=None, ge=1, le=1, description="how many answers: only 1")
+    stop: str | list[str] | None = Field(
+        default=None, description="not supported yet: a request that sets it is refused"
+    )
     thread_id: str | None = Field(
         default=None, max_length=64, description="learnloop: continue this stored thread"
     )
@@ -106,6 +112,8 @@ def generation_for(request: ChatRequest, default: GenerationConfig) -> Generatio
 
 def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
     """(context, new user message): the request's last message must be the user's."""
+    if request.stop:
+        raise UsageError("stop sequences are not supported yet: send the request without stop")
     if request.regen_of is not None:
         return None, ""
     if not request.messages or request.messages[-1].role != "user":
