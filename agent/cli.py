@@ -178,7 +178,12 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     with connect(ctx, values) as service:
         on_token = None if as_json else (lambda t: click.echo(t, nl=False))
         result = service.ask(text, thread_id=thread_id, on_token=on_token)
-    emit(as_json, result, lambda: click.echo(answer_footer(result), err=True))
+
+    def text_end() -> None:
+        click.echo()  # the streamed answer ends its line
+        click.echo(answer_footer(result), err=True)
+
+    emit(as_json, result, text_end)
 
 
 @cli.command()

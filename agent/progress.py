@@ -1,4 +1,6 @@
-"""Terminal progress for a learning cycle: one tqdm bar per stage, loss as postfix."""
+"""Progress for a learning cycle: in a terminal one tqdm bar per stage with the loss as
+postfix; elsewhere (a log, a pipe, a test) plain lines, one when a stage starts and one
+when it ends, so no cursor codes end up in the file."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from tqdm import tqdm
 class CycleProgress:
     """Callable fed with the trainer's progress events (learning/trainer.py)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, terminal: bool | None = None) -> None:
         self.enabled = enabled
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.stage: str | None = None
         self.bar: Any = None
+        self.last: dict[str, Any] = {}  # the latest event of a stage shown as lines
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
@@ -27,7 +31,12 @@ class CycleProgress:
                 if stage != "done":
                     tqdm.write(f"learn: {stage}…", file=sys.stderr)
                 return
-            self.bar = tqdm(total=event["total"], desc=f"learn: {stage}", unit="step")
+            if not self.terminal:
+                print(f"learn: {stage}: {event['total']} steps…", file=sys.stderr)
+            else:
+                self.bar = tqdm(total=event["total"], desc=f"learn: {stage}", unit="step")
+        if not self.terminal and event.get("total"):
+            self.last = event
         if self.bar is not None:
             step = int(event.get("step") or 0)
             if event.get("total") and self.bar.total != event["total"]:
@@ -40,6 +49,10 @@ class CycleProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.last:
+            e, self.last = self.last, {}
+            loss = f", loss {e['loss']:.4f}" if e.get("loss") is not None else ""
+            print(f"learn: {e['stage']}: step {e.get('step')}/{e['total']}{loss}", file=sys.stderr)
 
     def __enter__(self) -> CycleProgress:
         return self

@@ -248,7 +248,7 @@ def cycle_summary(result: Any) -> str:
 def answer_footer(answer: dict[str, Any]) -> str:
     """The line after a streamed ``learnloop ask`` answer (on stderr)."""
     return (
-        f"\n[turn {answer['turn_id']} · thread {answer['thread_id']} · version {answer['version']}]"
+        f"[turn {answer['turn_id']} · thread {answer['thread_id']} · version {answer['version']}]"
     )
 
 

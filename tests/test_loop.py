@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,18 @@ def test_only_thumbs_down_without_correction_is_nothing_to_learn(tiny_model_dir:
     result = run_cli(tiny_model_dir, "learn")
     assert result.exit_code == 1 and "without a correction" in result.stderr
     assert run_json(tiny_model_dir, "status")["versions"] == 0
+
+
+def test_text_output_outside_a_terminal_is_plain_lines(
+    tiny_model_dir: Path, rated_turns: list[dict]
+) -> None:
+    """A log or a pipe gets whole lines: the answer ends its line, and the cycle's
+    progress is a line per stage start and end, without a bar's cursor codes."""
+    asked = run_cli(tiny_model_dir, "ask", "Hello", *FAST)
+    assert asked.exit_code == 0 and asked.stdout.endswith("\n")
+    assert asked.stderr.startswith("[turn ")
+    learned = run_cli(tiny_model_dir, "learn", *FAST_LEARN)
+    assert learned.exit_code == 0, learned.output
+    assert "\r" not in learned.stderr and "\x1b[" not in learned.stderr
+    assert "learn: sft: 3 steps…" in learned.stderr
+    assert re.search(r"learn: sft: step 3/3, loss \d", learned.stderr), learned.stderr

@@ -70,7 +70,7 @@ class TestThroughTheServer:
         )
         assert text.exit_code == 0, text.output
         turn = server.state.store.recent_turns(1)[0]
-        assert text.stdout == turn.log.answer  # the streamed tokens, nothing else
+        assert text.stdout == turn.log.answer + "\n"  # the streamed tokens, a line of their own
         assert turn.log.thread_id == answer["thread_id"]
         assert turn.log.settings["seed"] == 3
         footer = f"[turn {turn.id} · thread {answer['thread_id']} · version base]"
