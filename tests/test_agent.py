@@ -7,6 +7,7 @@ into the already-loaded model before the next answer.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from learnloop.learning.cycle import run_cycle
 from learnloop.learning.models import resolve_model
 from learnloop.storage.errors import UsageError
 from learnloop.storage.store import NotFound, Store
+from tests.helpers import run_cli
 
 GEN = GenerationConfig(max_new_tokens=6)
 
@@ -137,3 +139,13 @@ def test_backend_tokenizer_matches_the_one_training_uses(tiny_model_dir: Path) -
     ids = fast(text, add_special_tokens=False)["input_ids"]
     assert ids == auto(text, add_special_tokens=False)["input_ids"]
     assert (fast.eos_token, fast.pad_token) == (auto.eos_token, auto.pad_token)
+
+
+def test_model_may_follow_the_command(tiny_model_dir: Path) -> None:
+    """`learnloop ask "..." --model M` is `learnloop --model M ask "..."`."""
+    model = ("--model", str(tiny_model_dir))
+    after = run_cli(None, "ask", "Hello", "--json", "--max-new-tokens", "2", *model)
+    assert after.exit_code == 0, after.output
+    assert json.loads(run_cli(None, "status", "--json", *model).stdout)["model"] == str(
+        tiny_model_dir
+    )
