@@ -344,8 +344,13 @@ class LocalService:
 
     # -- versions --------------------------------------------------------------------------
 
+    def active(self) -> str:
+        """The version that answers new questions (the server's pointer may run a swap
+        ahead of the store)."""
+        return self.store.active_version()
+
     def versions(self) -> list[dict[str, Any]]:
-        return versions_data(self.store.versions(), self.store.active_version())
+        return versions_data(self.store.versions(), self.active())
 
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         previous = self.store.active_version()
@@ -362,7 +367,7 @@ class LocalService:
         return self.activate(self.rollback_target(), why=why, who=who)
 
     def rollback_target(self) -> str:
-        current = self.store.active_version()
+        current = self.active()
         if current == BASE_VERSION:
             raise UsageError("the base model is active: there is nothing to roll back to")
         return self.store.get_version(current).parent

@@ -329,10 +329,6 @@ class Registry(Connection):
         ).fetchall()
         return [ControlPrompt(*r) for r in rows]
 
-    def record_control_answers(self, version_id: str, answers: list[dict[str, Any]]) -> None:
-        with self.transaction() as db:
-            _replace_control_answers(db, version_id, answers)
-
     def control_answers(self, version_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT prompt, answer, correct FROM control_answers WHERE version_id = ? "

@@ -21,7 +21,7 @@ import uvicorn
 
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.server.app import create_app
-from learnloop.agent.server.run import build_state
+from learnloop.agent.server.run import build_state, server_url
 from learnloop.agent.server.state import ServerState
 from learnloop.learning.triggers import TriggerConfig
 
@@ -105,7 +105,7 @@ def serve_process(
     env = {**os.environ, "LEARNLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    url = server_url(host, port)
     try:
         _wait_until_serving(url, process, log, home / "server.json")
         yield url

@@ -50,9 +50,9 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from learnloop.agent.server.errors import error
 from learnloop.storage.errors import UsageError
 from learnloop.storage.keys import Keys
 from learnloop.storage.records import ApiKey
@@ -217,12 +217,6 @@ def content_length(headers: Headers) -> int | None:
     return length if length >= 0 else None
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Any:
-    return JSONResponse(
-        {"error": {"message": message, "type": kind}}, status_code=status, headers=headers
-    )
-
-
 def _matches(given: str | None, expected: str | None) -> bool:
     if given is None or expected is None:
         return False
@@ -276,7 +270,7 @@ class Guard:
             scope.setdefault("state", {}).update(user=record.name, role=record.role)
         length = content_length(headers)
         if length is None:
-            refused = _error(
+            refused = error(
                 400, "Content-Length must be a number of bytes", "invalid_request_error"
             )
             await refused(scope, receive, send)
@@ -303,7 +297,7 @@ class Guard:
         """421 for a Host that is not this server's, 403 for another site's Origin."""
         host = headers.get("host")
         if host is not None and not self.hosts.allows(host, scope.get("server")):
-            return _error(
+            return error(
                 421,
                 f"this server answers only to {self.hosts.names()} (with its port), not to "
                 f"{host!r}; `learnloop serve --allow-host NAME` adds a name",
@@ -311,7 +305,7 @@ class Guard:
             )
         origin = headers.get("origin")
         if origin is not None and not same_origin(origin, host or "", self.hosts):
-            return _error(
+            return error(
                 403,
                 f"a request from another web site ({origin}) is refused: only this "
                 "server's own page may call it from a browser",
@@ -325,7 +319,7 @@ class Guard:
             return None
         if _matches(headers.get(PAGE_TOKEN_HEADER), self.page_token):
             return None
-        return _error(
+        return error(
             403,
             "a call from a browser must come from this server's web page (it sends "
             f"{PAGE_TOKEN_HEADER}); reload the page, or call the API from a program",
@@ -336,7 +330,7 @@ class Guard:
         """415 for a call that may change something and does not say its body is JSON."""
         if scope["method"] in SAFE_METHODS or is_json(headers.get("content-type")):
             return None
-        return _error(
+        return error(
             415,
             "send `Content-Type: application/json` with every POST, also one without a "
             f"body (this one said {headers.get('content-type') or 'nothing'})",
@@ -356,10 +350,10 @@ class Guard:
                 "(`learnloop keys create NAME` makes one)"
             )
             challenge = REALM
-        return _error(401, message, "authentication_error", {"WWW-Authenticate": challenge})
+        return error(401, message, "authentication_error", {"WWW-Authenticate": challenge})
 
     def _too_large(self) -> Any:
-        return _error(
+        return error(
             413, f"the request body is larger than {self.max_body} bytes", "request_too_large"
         )
 

@@ -16,8 +16,12 @@ from starlette.exceptions import HTTPException
 from learnloop.storage.errors import LearnloopError
 
 
-def error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind}}, status_code=status, headers=headers
+    )
 
 
 def install_errors(app: FastAPI) -> None:
@@ -45,8 +49,5 @@ def install_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http(_: Request, exc: HTTPException) -> JSONResponse:
         kinds = {404: "not_found_error", 405: "method_not_allowed"}
-        return JSONResponse(
-            {"error": {"message": str(exc.detail), "type": kinds.get(exc.status_code, "error")}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        kind = kinds.get(exc.status_code, "error")
+        return error(exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))

@@ -117,13 +117,8 @@ class ServerService(LocalService):
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         return dataclasses.asdict(self.state.activate(version, who=who or "api", why=why))
 
-    def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
-        return dataclasses.asdict(self.state.rollback(who=who or "api", why=why))
-
-    def versions(self) -> list[dict[str, Any]]:
-        from learnloop.agent.report import versions_data
-
-        return versions_data(self.store.versions(), self.state.active)
+    def active(self) -> str:
+        return self.state.active
 
     def status(self, *, show_root: bool = True) -> dict[str, Any]:
         """``show_root``: with the data root's path (for the operator and admin keys)."""

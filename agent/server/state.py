@@ -33,7 +33,7 @@ from learnloop.learning.cycle import (
 )
 from learnloop.learning.models import ResolvedModel
 from learnloop.learning.triggers import TriggerConfig
-from learnloop.storage.errors import Conflict, UsageError
+from learnloop.storage.errors import Conflict
 from learnloop.storage.store import BASE_VERSION, NotFound, Store
 
 ACTIVE_ALIAS = "learnloop"  # the model name that means "whichever version is active"
@@ -109,11 +109,6 @@ class ServerState:
     def activate(self, version: str, *, who: str, why: str) -> Swap:
         """Load ``version`` and make it the one new requests get; record who and why."""
         return self._swap(version, lambda v: self.store.activate(v, who=who, why=why))
-
-    def rollback(self, *, who: str, why: str) -> Swap:
-        if self.active == BASE_VERSION:
-            raise UsageError("the base model is active: there is nothing to roll back to")
-        return self.activate(self.store.get_version(self.active).parent, who=who, why=why)
 
     def _follow_promotion(self) -> None:
         """A cycle's gate activated its version in the store: load it, move the pointer."""
