@@ -11,6 +11,11 @@ current with ``set_adapter``: no reload of the base, no restart. A lock serialis
 generation and switching, so an answer in progress finishes on the version it started
 with and the next answer uses the new one.
 
+Where an answer ends: at an end-of-turn token, at ``max_new_tokens`` (``truncated``), at a
+stop string of the request, or at the end of its first paragraph (see
+:class:`StopScanner`); the stop string itself is never shown, and ``stopped_by`` says
+which one ended it.
+
 Pinning: a caller that must know which version answers (the server, where a swap can
 happen between a request's arrival and its turn at the model) passes a :class:`Pin`;
 the adapter is made current under the lock just before that answer, so the version a
@@ -19,6 +24,7 @@ request was promised is the one that generates it, whatever was switched meanwhi
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from learnloop.agent.config import GenerationConfig
+from learnloop.agent.config import PARAGRAPH, GenerationConfig
 from learnloop.learning.adapters import AdapterDamaged, check
 from learnloop.learning.models import ModelNotFound
 from learnloop.storage.records import Message
@@ -54,6 +60,7 @@ class TokenStream:
     completion_tokens: int = 0
     interrupted: bool = False
     truncated: bool = False  # stopped by the token limit, not by an end-of-turn token
+    stopped_by: str | None = None  # "stop" (a stop string) or "paragraph" (its first ended)
     version: str = BASE_VERSION  # the version that generated it, known once it starts
 
     def __iter__(self) -> Iterator[str]:
@@ -62,7 +69,9 @@ class TokenStream:
 
 class Backend(Protocol):
     model_name: str
+    fingerprint: str | None  # the base's weights (learning/models.py); None: unknown
     version: str
+    context_tokens: int  # the most tokens the model attends to: prompt and answer together
 
     def render(self, messages: list[Message]) -> str: ...
 
@@ -96,11 +105,19 @@ class Backend(Protocol):
 class TransformersBackend:
     """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
 
-    def __init__(self, checkpoint: str, model_name: str, *, keep_adapters: int = 2) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        model_name: str,
+        *,
+        keep_adapters: int = 2,
+        fingerprint: str | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
         self.model_name = model_name
+        self.fingerprint = fingerprint
         self.version = BASE_VERSION
         self.keep_adapters = keep_adapters
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,6 +130,7 @@ class TransformersBackend:
             raise ModelNotFound(f"cannot load model {checkpoint}: {first_line}") from exc
         self.model: Any = model.to(device)
         self.model.eval()
+        self.context_tokens = context_length(model.config, self.tokenizer)
         self._lock = threading.Lock()  # held while an answer is generated
         self._loading = threading.Lock()  # held while adapters are added or removed
         self._loaded: list[str] = []  # adapter names in load order
@@ -267,11 +285,14 @@ class TransformersBackend:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        stop = self._stop
+        stop = self._stop  # an interrupt: Ctrl-C, a consumer gone
+        ended = threading.Event()  # the answer reached a stop string or its first paragraph
+        scanner = StopScanner(config.stop, paragraph=not config.whole_answer)
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+                done = stop.is_set() or ended.is_set()
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
@@ -310,17 +331,26 @@ class TransformersBackend:
             worker = threading.Thread(target=work, daemon=True)
             worker.start()
             try:
-                yield from streamer
+                for piece in streamer:  # after an ending, what was generated meanwhile is dropped
+                    shown = scanner.feed(piece)
+                    if scanner.stopped_by is not None:
+                        ended.set()
+                    if shown:
+                        yield shown
+                rest = scanner.finish()
+                if rest:
+                    yield rest
             except BaseException:  # the consumer stopped early: stop generating too
                 stop.set()
                 raise
             finally:
                 worker.join()
                 result.interrupted = stop.is_set()
+                result.stopped_by = scanner.stopped_by
                 if "ids" in output:
                     result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
                     new_ids = output["ids"][0, result.prompt_tokens :].tolist()
-                    result.truncated = stopped_by_limit(
+                    result.truncated = scanner.stopped_by is None and stopped_by_limit(
                         new_ids, config.max_new_tokens, self._end_ids()
                     )
         if "error" in output:
@@ -330,6 +360,91 @@ class TransformersBackend:
         ends = self.model.generation_config.eos_token_id
         ids = set(ends if isinstance(ends, list) else [ends])
         return ids | {self.tokenizer.eos_token_id}
+
+
+# A paragraph is complete when it ends a sentence: . ! or ?, then closing quotes, brackets or
+# markdown emphasis. A ':' announces what follows (a list, code), so it ends nothing.
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]*_]*$")
+_LIST_ITEM = re.compile(r"^\s*([-*+\u2022]|\d+[.)])\s")
+MIN_PARAGRAPH_WORDS = 4  # "Sure!" or "Great question." is no answer to stop at
+
+
+class StopScanner:
+    """Where a streaming answer must end, found as its pieces arrive.
+
+    Two kinds of ending: a stop string (a request's ``stop``) wherever it occurs, and,
+    with ``paragraph``, the blank line after a complete first paragraph: one that has at
+    least :data:`MIN_PARAGRAPH_WORDS` words, ends a sentence, is not a list item and is
+    not inside a code block. The answer is the text before the ending; ``stopped_by``
+    names its kind ("stop" or "paragraph").
+
+    Invariant: no character of a stop string is ever handed out. :meth:`feed` holds back
+    the last ``longest stop - 1`` characters, since they may be the start of one; a stop
+    string that starts in text already handed out would have been complete, and found,
+    when that text was."""
+
+    def __init__(self, stops: tuple[str, ...] | list[str], *, paragraph: bool) -> None:
+        self.stops = tuple(stops)
+        self.paragraph = paragraph
+        longest = max([len(s) for s in self.stops] + [len(PARAGRAPH) if paragraph else 0])
+        self.hold = max(longest - 1, 0)
+        self.text = ""
+        self.shown = 0  # characters of ``text`` handed out
+        self.judged = 0  # paragraph breaks before this index were no ending
+        self.stopped_by: str | None = None
+
+    def feed(self, piece: str) -> str:
+        """Take the next piece; return the text that is safe to show now."""
+        if self.stopped_by is not None:
+            return ""
+        self.text += piece
+        end = self._ending()
+        if end is None:
+            end = max(self.shown, len(self.text) - self.hold)
+        shown, self.shown = self.text[self.shown : end], end
+        return shown
+
+    def finish(self) -> str:
+        """The text held back, once the answer ended by itself (no stop string came)."""
+        if self.stopped_by is not None:
+            return ""
+        rest, self.shown = self.text[self.shown :], len(self.text)
+        return rest
+
+    def _ending(self) -> int | None:
+        found = [(i, "stop") for i in (self.text.find(s, self.shown) for s in self.stops)]
+        if self.paragraph:
+            found.append((self._paragraph_end(), "paragraph"))
+        hits = [(i, kind) for i, kind in found if i >= 0]
+        if not hits:
+            return None
+        end, self.stopped_by = min(hits)
+        return end
+
+    def _paragraph_end(self) -> int:
+        while True:
+            at = self.text.find(PARAGRAPH, max(self.judged, self.shown))
+            if at < 0 or ends_paragraph(self.text[:at]):
+                return at
+            self.judged = at + 1
+
+
+def ends_paragraph(text: str) -> bool:
+    """Whether a blank line after ``text`` ends a complete first paragraph (see
+    :class:`StopScanner`)."""
+    body = text.rstrip()
+    if len(body.split()) < MIN_PARAGRAPH_WORDS or body.count("```") % 2:
+        return False
+    last_line = body.splitlines()[-1]
+    return not _LIST_ITEM.match(last_line) and _SENTENCE_END.search(body) is not None
+
+
+def context_length(config: Any, tokenizer: Any) -> int:
+    """The most tokens the model attends to: its position embeddings, or its tokenizer's
+    ``model_max_length`` when smaller (unset, that is a huge placeholder: ignored)."""
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < 10**7]
+    return min(known) if known else 2048
 
 
 def load_tokenizer(checkpoint: str) -> Any:

@@ -3,13 +3,15 @@
 Token streaming goes through LangChain's callbacks, which is what LangGraph's
 ``stream_mode="messages"`` listens to. The final chunk carries the trajectory details the
 agent logs with the turn: the exact rendered prompt, the version that answered, the
-generation settings, token counts and timings.
+generation settings (as applied to this message: see ``GenerationConfig.for_message``),
+what ended the answer, token counts and timings.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -79,6 +81,9 @@ class LocalChatModel(BaseChatModel):
         pin: Pin | None = kwargs.get("pin")
         generation: GenerationConfig = kwargs.get("generation") or self.generation
         generation = generation.for_attempt(kwargs.get("attempt", 0))
+        generation = generation.for_message(_last_user_message(dicts))
+        if stop:  # LangChain's own stop sequences (``invoke(..., stop=[...])``)
+            generation = replace(generation, stop=tuple(stop))
         started = time.perf_counter()
         first: float | None = None
         stream = backend.stream(dicts, generation, pin)
@@ -104,6 +109,7 @@ class LocalChatModel(BaseChatModel):
                     "total_ms": total * 1000,
                     "interrupted": stream.interrupted,
                     "truncated": stream.truncated,
+                    "stopped_by": stream.stopped_by,
                 },
                 usage_metadata={
                     "input_tokens": stream.prompt_tokens,
@@ -112,3 +118,7 @@ class LocalChatModel(BaseChatModel):
                 },
             )
         )
+
+
+def _last_user_message(messages: list[Message]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

@@ -10,7 +10,6 @@ nowhere else; nothing stored is changed by a command that fails.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
@@ -30,11 +29,13 @@ from learnloop.agent.cli_support import (
     model_option,
     quiet_libraries,
 )
+from learnloop.agent.cli_versions import versions_rm
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.options import dataclass_options, pop_config_values
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.errors import LearnloopError, UsageError
+from learnloop.storage.records import LOCAL_USER
 
 
 class LearnloopGroup(click.Group):
@@ -82,6 +83,10 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     Learning starts by itself in the background once --learn-after new feedback items
     wait and --learn-every-minutes passed since the last cycle (--auto-learn false: off).
     With a server running for the data root, the chat goes through it.
+
+    Answers are short by default (see `learnloop ask --help`: --max-new-tokens 128, the
+    first paragraph unless asked for more, --whole-answer for all of it); when a thread
+    grows longer than the model's context, its oldest turns are left out, said on stderr.
     """
     from learnloop.agent.repl import Repl
 
@@ -130,8 +135,10 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     type=click.IntRange(min=1),
     default=4096,
     show_default=True,
-    help="the most tokens a chat request's prompt may have (its messages or thread "
-    "history, rendered); a longer one is refused with a 400",
+    help="the most tokens of a chat request's prompt the model sees (its messages or "
+    "thread history, rendered; the model's context bounds it too): the oldest earlier "
+    "messages are left out to fit (X-Learnloop-Trimmed says how many), and a message "
+    "that does not fit alone is refused with a 400",
 )
 @dataclass_options(GenerationConfig)
 @dataclass_options(TriggerConfig)
@@ -178,7 +185,13 @@ def serve(
 @dataclass_options(GenerationConfig)
 @click.pass_context
 def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
-    """Ask one question; the answer streams, the turn id is printed for feedback."""
+    """Ask one question; the answer streams, the turn id is printed for feedback.
+
+    Answers are short by default, to be quick on a CPU: at most --max-new-tokens (128),
+    and they end at their first paragraph unless the question asks for more (a list,
+    steps, detail, code, "write ...", "more"); --whole-answer turns that stop off. A
+    thread longer than the model's context has its oldest turns left out (said on stderr).
+    """
     from learnloop.agent.report import answer_footer
     from learnloop.agent.runtime import check_message
 
@@ -201,7 +214,12 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
 @click.argument("rating", nargs=-1, required=True, type=click.Choice(["up", "down"]))
 @click.option("--correction", default=None, help="a better answer for this turn")
 @click.option("--comment", default=None, help="a free-text note kept with the feedback")
-@click.option("--user", "user_name", default=None, help="who gives the feedback [default: $USER]")
+@click.option(
+    "--user",
+    "user_name",
+    default=None,
+    help="who gives the feedback [default: local, the operator, as in the REPL and web page]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 @dataclass_options(TriggerConfig)
 @click.pass_context
@@ -232,7 +250,7 @@ def feedback(
             rating[0],
             correction=correction,
             comment=comment,
-            who=user_name or getpass.getuser(),
+            who=user_name or LOCAL_USER,
         )
     emit(as_json, data, lambda: click.echo(feedback_text(data)))
 
@@ -243,7 +261,9 @@ def feedback(
 @dataclass_options(LearnConfig)
 @click.pass_context
 def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
-    """Run one learning cycle now: train on all feedback, activate the new version."""
+    """Run one learning cycle now: train on the feedback given, judge the new version
+    against the active one, and activate it when it is better (the verdict says why).
+    With no feedback since the last cycle it does nothing (--force trains anyway)."""
     from learnloop.agent.progress import CycleProgress
     from learnloop.agent.report import cycle_summary
     from learnloop.learning.cycle import NothingToLearn
@@ -262,15 +282,50 @@ def learn(ctx: click.Context, as_json: bool, **values: Any) -> None:
 
 
 @cli.command()
+@click.argument("run_id", metavar="[RUN]", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the run as a JSON object")
+@click.pass_context
+def cancel(ctx: click.Context, run_id: int | None, as_json: bool) -> None:
+    """Stop the learning run that is running (or RUN), wherever it runs: a `learn` in
+    another terminal, a background cycle, or a server's. It is recorded as cancelled; the
+    active version does not change."""
+    with connect(ctx) as service:
+        data = service.cancel(run_id)
+    emit(as_json, data, lambda: click.echo(f"learning run {data['run']}: {data['status']}"))
+
+
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of a table")
 @click.pass_context
 def versions(ctx: click.Context, as_json: bool) -> None:
-    """List model versions: parent, time, method, data counts, metrics, which is active."""
+    """List model versions: parent, time, method, data counts, metrics, which is active.
+
+    `versions compare A B` shows two versions' answers to the control prompts;
+    `versions rm VERSION...` (or --rejected) deletes versions' adapter files."""
     from learnloop.agent.report import versions_text
 
+    if ctx.invoked_subcommand is not None:
+        return
     with connect(ctx) as service:
         data = service.versions()
     emit(as_json, data, lambda: click.echo(versions_text(data)))
+
+
+@versions.command("compare")
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@click.pass_context
+def versions_compare(ctx: click.Context, a: str | None, b: str | None, as_json: bool) -> None:
+    """Versions A and B's answers to the control prompts, those that differ side by side.
+
+    One version: it beside its parent; none: the active version beside its parent."""
+    from learnloop.agent.compare import compare_text
+
+    older, newer = (a, b) if b is not None else (None, a)
+    with connect(ctx) as service:
+        data = service.compare(older, newer)
+    emit(as_json, data, lambda: click.echo(compare_text(data)))
 
 
 @cli.command()
@@ -335,6 +390,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 for command in (control, history, export, bench, keys):
     cli.add_command(command)
+versions.add_command(versions_rm)
 
 
 def main() -> None:

@@ -141,11 +141,16 @@ class ServerClient:
                     "answer": "",
                     "version": r.headers["X-Learnloop-Version"],
                 }
+                trimmed = int(r.headers.get("X-Learnloop-Trimmed", "0"))
+                if trimmed:  # as LocalService's answer_data says it
+                    result["trimmed"] = trimmed
                 if on_start is not None:
                     on_start(result["version"])
                 for event in _events(r.iter_lines()):
                     if "error" in event:
                         raise ServerError(_message(event), 500, "server_error")
+                    if event.get("stopped_by"):  # the final chunk: what ended the answer
+                        result["stopped_by"] = event["stopped_by"]
                     piece = event["choices"][0]["delta"].get("content") if event["choices"] else ""
                     if piece:
                         answer.append(piece)
@@ -176,6 +181,9 @@ class ServerClient:
     def status(self) -> dict[str, Any]:
         return dict(self.request("GET", "/v1/status"))
 
+    def cancel_run(self, run: int) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/learn/{run}/cancel", {}))
+
     def publish_run(self, run: int) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/learn/{run}/publish", {}))
 
@@ -185,11 +193,23 @@ class ServerClient:
     def history(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/history"))
 
-    def threads(self, limit: int) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/v1/threads", limit=limit))
+    def compare(self, a: str | None, b: str | None) -> dict[str, Any]:
+        given = {k: v for k, v in (("a", a), ("b", b)) if v is not None}
+        return dict(self.request("GET", "/v1/versions/compare", **given))
+
+    def threads(self, limit: int, q: str | None = None) -> list[dict[str, Any]]:
+        search = {"q": q} if q is not None else {}
+        return list(self.request("GET", "/v1/threads", limit=limit, **search))
 
     def thread(self, thread_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/threads/{quote(thread_id, safe='')}"))
+
+    def rename_thread(self, thread_id: str, title: str) -> dict[str, Any]:
+        path = f"/v1/threads/{quote(thread_id, safe='')}"
+        return dict(self.request("PATCH", path, {"title": title}))
+
+    def delete_thread(self, thread_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/v1/threads/{quote(thread_id, safe='')}"))
 
     def control_list(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/control"))
@@ -215,6 +235,9 @@ class ServerClient:
 
     def activate(self, version: str, why: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version}/activate", {"why": why}))
+
+    def remove_versions(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/versions/remove", body))
 
     def rollback(self, why: str) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/rollback", {"why": why}))

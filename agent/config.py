@@ -1,19 +1,56 @@
 """Generation settings: a frozen dataclass whose fields are also CLI flags (agent/options.py).
 
 The resolved settings are logged with every turn, so any answer can be replayed.
+
+Answer length on CPU, measured by benchmarks/answer_length.py (SmolLM2-135M, 20 everyday
+questions): at the old cap of 256 new tokens answers averaged 161 tokens and 7 of 20 were
+cut mid-sentence; a cap of 128 alone cut 8; 128 with the stop at the first paragraph
+averaged 91 tokens (about 3.3 s at the 28 tokens/s of 2 idle cores, never over 128) and
+cut 5; 96 with it cut 9. So the default cap is 128 new tokens, and an answer ends at its
+first paragraph (a blank line after a complete sentence) unless the message asks for
+something longer (:func:`asks_for_more`) or ``whole_answer`` is set.
+
+A paragraph stop is not a cut-off (the turn's ``truncated`` stays false; its settings say
+``stopped_by: paragraph``): the answer ends on a complete sentence, so a thumbs-up on it
+is a clean SFT target as it is (learning/datasets.py trims only what the token limit cut).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 MIN_SAMPLING_TEMPERATURE = 1e-3  # below it, sampling is greedy decoding in all but name
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+PARAGRAPH = "\n\n"  # a blank line: where the first paragraph ends
+
+# Words that ask for more than one paragraph. Kept small and plain: a false positive costs
+# a longer answer, a miss costs a one-paragraph answer the user can ask again for ("more").
+# "list" only as a request ("List five...", "give me a list"): "a list of three things"
+# in a grammar question asks for no list (measured: benchmarks/answer_length.py).
+_LONGER = re.compile(
+    r"^\W*(please\W+)?list\b|\b(give|make|write|show)\s+(me\s+)?a\s+list\b|"
+    r"\b(steps?|step[- ]by[- ]step|how to|how do i|instructions|"
+    r"details?|detailed|in depth|thorough(ly)?|elaborate|essay|article|story|poem|letter|"
+    r"code|program|script|function|write|draft|outline|examples|paragraphs|"
+    r"more|continue|go on|compare|pros and cons)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_more(message: str) -> bool:
+    """Whether ``message`` asks for more than a paragraph: a list, steps, detail, code,
+    a text to write ("write a poem"), or more of the last answer ("go on")."""
+    return _LONGER.search(message) is not None
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
+    max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "longest answer, in tokens (128: quick on a CPU, see the README)"},
+    )
     temperature: float = field(
         default=0.2, metadata={"help": "sampling temperature; 0 = greedy (deterministic)"}
     )
@@ -26,6 +63,19 @@ class GenerationConfig:
         metadata={"help": "system message for new turns ('' = the model's own default)"},
     )
     seed: int = field(default=-1, metadata={"help": "sampling seed (-1 = random)"})
+    whole_answer: bool = field(
+        default=False,
+        metadata={
+            "help": "generate up to --max-new-tokens; by default an answer ends at its first "
+            "paragraph unless the message asks for more (a list, steps, detail, code, "
+            "'write ...', 'more')",
+            "switch": "--first-paragraph",  # a flag pair, not a value: agent/options.py
+        },
+    )
+    stop: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "strings that end the answer (not part of it)", "cli": False},
+    )
 
     def __post_init__(self) -> None:
         # the bounds the OpenAI-compatible API puts on a request (agent/server/chat.py),
@@ -38,6 +88,10 @@ class GenerationConfig:
             raise ValueError("--top-p must be above 0 and at most 1")
         if self.repetition_penalty <= 0:
             raise ValueError("--repetition-penalty must be above 0")
+        if isinstance(self.stop, str) or len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop takes a list of at most {MAX_STOP_STRINGS} strings")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError("every stop string must be a non-empty string")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -51,6 +105,13 @@ class GenerationConfig:
         if attempt <= 0 or self.seed < 0 or self.greedy:
             return self
         return dataclasses.replace(self, seed=self.seed + attempt)
+
+    def for_message(self, message: str) -> GenerationConfig:
+        """The settings for an answer to ``message``: the whole answer when it asks for
+        more than a paragraph (logged so, the turn replays as it was generated)."""
+        if self.whole_answer or not asks_for_more(message):
+            return self
+        return dataclasses.replace(self, whole_answer=True)
 
     @property
     def greedy(self) -> bool:

@@ -25,6 +25,11 @@ What a call does, whether it is ``invoke`` or ``stream``, in a graph or not:
   that turn trains the next cycle like any other: the messages are the prompt, the
   answer (or the correction) the completion.
 
+- A conversation longer than the model's context has its oldest earlier messages left
+  out (never the system prompt nor the last message), as in learnloop's own chat: one
+  line on stderr says so, the turn logs the messages the model saw, and
+  ``response_metadata["trimmed"]`` counts those left out.
+
 Invariants: a turn is logged once its answer is complete (an answer stopped early is
 logged as interrupted, as in chat); a call refused before generation (no user message,
 an unsupported message type) logs nothing. The model, the store and the version check
@@ -42,7 +47,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 
 from learnloop.agent.chat_model import LocalChatModel, to_dicts
-from learnloop.agent.graph import turn_log
+from learnloop.agent.graph import to_langchain, turn_log
 from learnloop.agent.runtime import Agent, new_thread_id
 from learnloop.agent.service import LocalService
 from learnloop.storage.errors import UsageError
@@ -74,6 +79,10 @@ class LoggedChatModel(LocalChatModel):
         thread_id = str(metadata.get("thread_id") or new_thread_id())
         node = metadata.get("langgraph_node")
         agent.sync_version()
+        fitted = agent.fit(seen, kwargs.get("generation") or self.generation)
+        if fitted.trimmed:
+            agent.warn(fitted.note())
+            messages = to_langchain(fitted.messages)
         pieces: list[str] = []
         for chunk in super()._stream(messages, stop, run_manager, **kwargs):
             meta = chunk.message.response_metadata
@@ -86,11 +95,13 @@ class LoggedChatModel(LocalChatModel):
                 {**meta, "usage": usage},
                 thread_id=thread_id,
                 user_message=user_message,
-                messages=seen,
+                messages=fitted.messages,
                 answer="".join(pieces),
                 nodes=[str(node)] if node else [],
+                trimmed=fitted.trimmed,
             )
-            meta.update(turn_id=agent.store.add_turn(log), thread_id=thread_id)
+            turn_id = agent.store.add_turn(log)
+            meta.update(turn_id=turn_id, thread_id=thread_id, trimmed=fitted.trimmed)
             yield chunk
 
 

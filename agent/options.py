@@ -27,9 +27,21 @@ def dataclass_options(cls: type) -> Callable[[Callable[..., Any]], Callable[...,
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for field in reversed(dataclasses.fields(cls)):
+            if field.metadata.get("cli", True) is False:  # set through the API only
+                continue
             kind = hints[field.name]
             click_type: Any = {int: int, float: float, bool: bool}.get(kind, str)
             help_text = field.metadata.get("help", "")
+            switch = field.metadata.get("switch")
+            if switch and kind is bool:  # a flag pair: --whole-answer / --first-paragraph
+                off = "on" if field.default else "off"
+                fn = click.option(
+                    f"{_flag(field.name)}/{switch}",
+                    field.name,
+                    default=None,
+                    help=f"{help_text} [default: {off}]",
+                )(fn)
+                continue
             if field.default != "":
                 help_text += f" [default: {field.default}]"
             fn = click.option(

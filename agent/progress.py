@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+UNITS = {"gate": "prompt"}  # what a stage counts (training stages: optimizer steps)
+
 
 class CycleProgress:
     """Callable fed with the trainer's progress events (learning/trainer.py)."""
@@ -17,6 +19,7 @@ class CycleProgress:
         self.enabled = enabled
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.stage: str | None = None
+        self.counted = False  # the stage's count (steps, prompts) has been shown
         self.bar: Any = None
         self.last: dict[str, Any] = {}  # the latest event of a stage shown as lines
 
@@ -26,15 +29,18 @@ class CycleProgress:
         stage = event.get("stage", "")
         if stage != self.stage:
             self.close()
-            self.stage = stage
-            if not event.get("total"):  # load / save / done: a line, not a bar
+            self.stage, self.counted = stage, False
+            if not event.get("total"):  # load / save / done, the gate's start: a line
                 if stage != "done":
                     tqdm.write(f"learn: {stage}…", file=sys.stderr)
                 return
+        if event.get("total") and not self.counted:  # the stage's first counted event
+            self.counted = True
+            unit = UNITS.get(stage, "step")
             if not self.terminal:
-                print(f"learn: {stage}: {event['total']} steps…", file=sys.stderr)
+                print(f"learn: {stage}: {event['total']} {unit}s…", file=sys.stderr)
             else:
-                self.bar = tqdm(total=event["total"], desc=f"learn: {stage}", unit="step")
+                self.bar = tqdm(total=event["total"], desc=f"learn: {stage}", unit=unit)
         if not self.terminal and event.get("total"):
             self.last = event
         if self.bar is not None:
@@ -52,7 +58,10 @@ class CycleProgress:
         if self.last:
             e, self.last = self.last, {}
             loss = f", loss {e['loss']:.4f}" if e.get("loss") is not None else ""
-            print(f"learn: {e['stage']}: step {e.get('step')}/{e['total']}{loss}", file=sys.stderr)
+            unit = UNITS.get(e["stage"], "step")
+            print(
+                f"learn: {e['stage']}: {unit} {e.get('step')}/{e['total']}{loss}", file=sys.stderr
+            )
 
     def __enter__(self) -> CycleProgress:
         return self

@@ -31,8 +31,11 @@ from learnloop.agent.service import (
     Progress,
     check_control,
     check_limit,
+    check_query,
     check_rating,
+    check_title,
 )
+from learnloop.storage.errors import Conflict
 
 POLL_S = 0.25  # how often `learn` asks for the run's progress
 
@@ -87,6 +90,8 @@ class RemoteService:
                 body[name] = given[name]
         if given.get("seed", -1) >= 0:  # -1 (random) is the API's "no seed"
             body["seed"] = given["seed"]
+        if "whole_answer" in given:
+            body["whole_answer"] = given["whole_answer"]
         return body
 
     def ask(
@@ -106,10 +111,16 @@ class RemoteService:
             self.version = version
 
         try:
-            return self.server.ask(body, on_token, on_start=started)
+            answer = self.server.ask(body, on_token, on_start=started)
         except KeyboardInterrupt:
             click.echo("\nthe server finishes the answer and logs the turn anyway", err=True)
             raise
+        if answer.get("trimmed"):
+            note(
+                f"the conversation is longer than the server's model takes: its "
+                f"{answer['trimmed']} oldest message(s) were left out of this answer's prompt"
+            )
+        return answer
 
     def feedback(
         self,
@@ -149,6 +160,10 @@ class RemoteService:
                 err=True,
             )
             sys.exit(130)
+        if view["status"] == "cancelled":
+            from learnloop.learning.cycle import Cancelled
+
+            raise Cancelled(f"learning run {run} cancelled; the active version is unchanged")
         if view["status"] != "succeeded" or not view.get("version"):
             from learnloop.learning.cycle import CycleFailed
 
@@ -173,6 +188,13 @@ class RemoteService:
     def run(self, run_id: int) -> dict[str, Any]:
         return self.server.learn_run(run_id)
 
+    def cancel(self, run_id: int | None = None) -> dict[str, Any]:
+        if run_id is None:
+            run_id = self.server.status().get("running_run")
+            if run_id is None:
+                raise Conflict("no learning run is running: there is nothing to cancel")
+        return self.server.cancel_run(int(run_id))
+
     def versions(self) -> list[dict[str, Any]]:
         return self.server.versions()
 
@@ -191,6 +213,12 @@ class RemoteService:
         swap = self.server.activate(version, why)
         return {"previous": swap["previous"], "active": swap["active"]}
 
+    def remove_versions(
+        self, versions: list[str], *, rejected: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        body = {"versions": versions, "rejected": rejected, "dry_run": dry_run}
+        return self.server.remove_versions(body)
+
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
         self._who(who)
         swap = self.server.rollback(why)
@@ -199,14 +227,23 @@ class RemoteService:
     def history(self) -> list[dict[str, Any]]:
         return self.server.history()
 
+    def compare(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
+        return self.server.compare(a, b)
+
     def log(self, limit: int) -> list[dict[str, Any]]:
         return self.server.log(check_limit(limit))
 
-    def threads(self, limit: int) -> list[dict[str, Any]]:
-        return self.server.threads(check_limit(limit))
+    def threads(self, limit: int, q: str | None = None) -> list[dict[str, Any]]:
+        return self.server.threads(check_limit(limit), check_query(q))
 
     def thread(self, thread_id: str) -> dict[str, Any]:
         return self.server.thread(thread_id)
+
+    def rename_thread(self, thread_id: str, title: str) -> dict[str, Any]:
+        return self.server.rename_thread(thread_id, check_title(title))
+
+    def delete_thread(self, thread_id: str) -> dict[str, Any]:
+        return self.server.delete_thread(thread_id)
 
     def control_list(self) -> list[dict[str, Any]]:
         return self.server.control_list()

@@ -20,8 +20,9 @@ import click
 from learnloop.agent.progress import CycleProgress
 from learnloop.agent.report import cycle_summary, running_text
 from learnloop.agent.service import Service
-from learnloop.learning.cycle import CycleFailed, NothingToLearn
+from learnloop.learning.cycle import Cancelled, CycleFailed, NothingToLearn
 from learnloop.storage.errors import LearnloopError, UsageError
+from learnloop.storage.records import LOCAL_USER
 
 HELP = """commands:
   /up              the last answer was good
@@ -159,7 +160,7 @@ class Repl:
         """Send the feedback; if it started a cycle, watch for the run that records.
         Returns why a cycle started, or None."""
         runs_before = len(self.service.runs()) if self.watching is None else self.watching
-        data = self.service.feedback(turn, rating, correction=correction, who=self.user)
+        data = self.service.feedback(turn, rating, correction=correction, who=LOCAL_USER)
         started: str | None = data.get("learning_started")
         if started:
             self.watching = runs_before
@@ -186,19 +187,15 @@ class Repl:
             click.echo(f"   background learning run {run['run']} {run['status']}: "
                        f"{run['error'] or ''}")  # fmt: skip
             return
-        verdict = "rejected by the gate"
-        if run["promoted"]:
-            verdict = "promoted: it answers from your next message"
-        reasons = "; ".join(run["reasons"])
-        click.echo(
-            f"   background learning run {run['run']}: {run['version']} {verdict} ({reasons})"
-        )
+        verdict = run.get("summary") or ("promoted" if run["promoted"] else "not promoted")
+        after = "; it answers from your next message" if run["promoted"] else ""
+        click.echo(f"   background learning run {run['run']}: {run['version']} {verdict}{after}")
 
     def learn(self) -> None:
         try:
             with CycleProgress() as progress:
                 result = self.service.learn({}, progress=progress, who=f"chat:{self.user}")
-        except (NothingToLearn, CycleFailed) as exc:
+        except (NothingToLearn, CycleFailed, Cancelled) as exc:
             click.echo(f"no new version: {exc}", err=True)
             return
         except KeyboardInterrupt:

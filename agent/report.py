@@ -37,6 +37,8 @@ def turn_dict(turn: Turn) -> dict[str, Any]:
                 "comment": f.comment,
                 "user": f.user_name,
                 "created_at": f.created_at,
+                "used_by": f.used_by,
+                "kept_aside": f.kept_aside,
             }
             for f in turn.feedback
         ],
@@ -81,16 +83,28 @@ def turns_text(turns: list[dict[str, Any]]) -> str:
         latest = t["feedback"][-1] if t["feedback"] else None
         if latest and latest["correction"]:
             lines.append(f"   fix: {_short(latest['correction'])}")
+        if latest and latest.get("used_by"):
+            lines.append(f"   use: {feedback_use(latest)}")
     return "\n".join(lines)
 
 
+def feedback_use(feedback: dict[str, Any]) -> str:
+    """What learning did with a feedback item, in words (its JSON: :func:`turn_dict`)."""
+    version = feedback["used_by"]
+    if feedback["kept_aside"]:
+        return f"kept aside to test {version}, not trained on (it judges new versions)"
+    return f"learned by {version}"
+
+
 def thread_summary(t: ThreadSummary) -> dict[str, Any]:
-    """One thread in ``GET /v1/threads``: ids, times, a title from its first message."""
+    """One thread in ``GET /v1/threads``: ids, times, its title (the one it was given,
+    else its first message's start; ``renamed`` says which)."""
     return {
         "id": t.id,
         "created_at": t.created_at,
         "last_at": t.last_at,
-        "title": " ".join(t.first_message.split())[:80],
+        "title": t.title or " ".join(t.first_message.split())[:80],
+        "renamed": t.title is not None,
         "turns": t.turns,
     }
 
@@ -142,6 +156,7 @@ def run_data(
         "version": version,
         "promoted": None if gate is None else bool(gate.get("promote")),
         "reasons": (gate or {}).get("reasons", []),
+        "summary": (gate or {}).get("summary"),
         "error": run.error,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
@@ -165,6 +180,8 @@ def versions_data(versions: list[Version], active: str) -> list[dict[str, Any]]:
                 "gate": v.gate,
                 "metrics": v.metrics,
                 "adapter_path": v.adapter_path,
+                "base_fingerprint": v.base_fingerprint,
+                "removed_at": v.removed_at,  # `versions rm` deleted its files (None: kept)
                 "active": v.id == active,
             }
             for v in versions
@@ -225,6 +242,8 @@ def versions_text(data: list[dict[str, Any]]) -> str:
             f"{when(v['created_at']):%Y-%m-%d %H:%M} {v['status']:9} {v['method']:12} "
             f"{v['sft_examples']:>4} {v['dpo_pairs']:>4} {v['kto_rows']:>4}  {_metric(v)}"
         )
+        if v.get("removed_at"):
+            lines.append(f"{'':11}files removed {when(v['removed_at']):%Y-%m-%d %H:%M}")
         for reason in (v.get("gate") or {}).get("reasons", []):
             lines.append(f"{'':11}gate: {reason}")
     return "\n".join(lines)
@@ -234,15 +253,29 @@ def cycle_summary(result: Any) -> str:
     """What a finished learning cycle did, in two or three lines: a CycleResult, or its
     JSON (through a server, which does not report the held-out count)."""
     r = result if isinstance(result, dict) else result.to_dict()
-    verdict = "promoted and active" if r["promoted"] else "rejected by the gate"
-    heldout = f"{r['heldout']} feedback items held out; " if "heldout" in r else ""
+    verdict = "promoted" if r["promoted"] else "rejected by the gate"
+    summary = r.get("summary") or (r.get("gate") or {}).get("summary") or verdict
+    active = ", now active" if r["promoted"] else f"; {r['parent']} stays active"
+    heldout = r.get("heldout")
+    kept = f"; {heldout} kept aside to test it, not trained on" if heldout else ""
     seconds = f"{r['seconds']:.0f} s" if r.get("seconds") is not None else "time unknown"
     lines = [
-        f"version {r['version']} {verdict} ({r['method']}: {r['sft_examples']} SFT "
-        f"examples, {r['dpo_pairs']} DPO pairs, {r['kto_rows']} KTO rows; {heldout}{seconds})"
+        f"version {r['version']} {summary}",
+        f"  ({r['method']}: {r['sft_examples']} SFT examples, {r['dpo_pairs']} DPO pairs, "
+        f"{r['kto_rows']} KTO rows{kept}; {seconds}{active})",
     ]
-    lines += [f"gate: {reason}" for reason in r["reasons"]]
+    lines += capped_lines(r.get("quality") or {})
+    lines += [f"  gate: {reason}" for reason in r["reasons"]]
     return "\n".join(lines)
+
+
+def capped_lines(quality: dict[str, Any]) -> list[str]:
+    """What the per-user cap left out, one line per user (learning/quality.py)."""
+    return [
+        f"  not used: {n} of {user}'s oldest feedback items (one user may give at most "
+        "--max-user-share of them)"
+        for user, n in (quality.get("capped") or {}).items()
+    ]
 
 
 def answer_footer(answer: dict[str, Any]) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 from learnloop.agent.backend import Backend, Pin
 from learnloop.agent.chat_model import LocalChatModel
 from learnloop.agent.config import GenerationConfig
-from learnloop.agent.graph import build_graph
+from learnloop.agent.graph import Fitted, build_graph, fit_prompt, prompt_budget
 from learnloop.learning.adapters import AdapterDamaged, fall_back, trusted_checksum
+from learnloop.learning.models import same_base, trained_on
 from learnloop.storage.errors import NotFound, UsageError
 from learnloop.storage.records import Message
 from learnloop.storage.store import Store
@@ -37,6 +38,8 @@ class Answer:
     truncated: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stopped_by: str | None = None  # "stop" or "paragraph": what ended it (agent/backend.py)
+    trimmed: int = 0  # earlier messages left out of its prompt so that it fitted
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,23 @@ class Agent:
         self.backend = backend
         self.warn = warn  # one line about a fault the agent worked around
         self.model = LocalChatModel(backend=backend, generation=generation)
-        self.graph = build_graph(self.model, store, system_prompt=generation.system_prompt)
+        self.graph = build_graph(
+            self.model, store, system_prompt=generation.system_prompt, fit=self.fit
+        )
+
+    def fit(
+        self,
+        messages: list[Message],
+        generation: GenerationConfig | None = None,
+        max_prompt_tokens: int | None = None,
+    ) -> Fitted:
+        """``messages`` fitted into the model's context with room for the answer (and
+        within ``max_prompt_tokens`` when given): agent/graph.py fit_prompt."""
+        generation = generation or self.model.generation
+        budget = prompt_budget(
+            self.backend.context_tokens, generation.max_new_tokens, max_prompt_tokens
+        )
+        return fit_prompt(messages, self.backend.prompt_tokens, budget)
 
     def sync_version(self) -> Switch | None:
         """Load the active version's adapter if it is not the one loaded. A damaged
@@ -89,7 +108,11 @@ class Agent:
             except AdapterDamaged as damaged:
                 skip.add(damaged.version)
                 chosen = fall_back(
-                    self.store, self.backend.model_name, damaged, skip=frozenset(skip)
+                    self.store,
+                    self.backend.model_name,
+                    damaged,
+                    skip=frozenset(skip),
+                    fingerprint=self.backend.fingerprint,
                 )
                 active = chosen.id if chosen is not None else "base"
                 self.warn(f"{damaged}; answering with {active} instead (see `learnloop history`)")
@@ -99,9 +122,10 @@ class Agent:
         path = checksum = None
         if active != "base":
             version = self.store.get_version(active)
-            if version.base_model != self.backend.model_name:
+            if not same_base(version, self.backend.model_name, self.backend.fingerprint):
                 raise UsageError(
-                    f"the active version {active} was trained on {version.base_model}, "
+                    f"the active version {active} was trained on "
+                    f"{trained_on(version, self.backend.model_name)}, "
                     f"not on {self.backend.model_name}; run with that --model"
                 )
             path, checksum = version.adapter_path, trusted_checksum(self.store, version)
@@ -137,13 +161,19 @@ class Agent:
         pin: Pin | None = None,
         generation: GenerationConfig | None = None,
         turn_id: int | None = None,
+        fitted: Fitted | None = None,
     ) -> Answer:
         """Answer ``text`` (or answer turn ``regen_of`` again) in a thread; log the turn.
 
         ``context`` replaces the thread's history with the caller's own earlier messages;
         ``pin`` names the version that must answer; ``turn_id`` is one reserved with
-        ``store.new_turn_id()``."""
+        ``store.new_turn_id()``; ``fitted`` is the prompt the caller fitted already (see
+        :meth:`fit`), which then is what the model sees. When this call fits the prompt
+        itself and leaves messages out, it says so in one line (``warn``) before the
+        answer."""
         state: dict[str, Any] = {"pin": pin, "generation": generation, "turn_id": turn_id}
+        if fitted is not None:
+            state["fitted"] = fitted
         if regen_of is not None:
             thread_id = self.store.get_turn(regen_of).log.thread_id
             state["regen_of"] = regen_of
@@ -155,6 +185,7 @@ class Agent:
                 state["context"] = context
         state["thread_id"] = thread_id or new_thread_id()
         final: dict[str, Any] = {}
+        noted = False
         with self._ctrl_c_stops_answer():
             for mode, data in self.graph.stream(state, stream_mode=["messages", "values"]):
                 if mode == "messages":
@@ -162,6 +193,10 @@ class Agent:
                     if on_token and chunk.content:
                         on_token(str(chunk.content))
                 else:
+                    made = data.get("fitted")
+                    if fitted is None and made is not None and made.trimmed and not noted:
+                        self.warn(made.note())  # once, before the answer streams
+                        noted = True
                     final = data
         return Answer(
             turn_id=final["turn_id"],
@@ -172,6 +207,8 @@ class Agent:
             truncated=bool(final["meta"].get("truncated")),
             prompt_tokens=int(final["meta"].get("usage", {}).get("input_tokens", 0)),
             completion_tokens=int(final["meta"].get("usage", {}).get("output_tokens", 0)),
+            stopped_by=final["meta"].get("stopped_by"),
+            trimmed=int(final.get("trimmed", 0)),
         )
 
 
@@ -181,6 +218,7 @@ def load_agent(store: Store, model_spec: str | None, generation: GenerationConfi
     from learnloop.learning.models import resolve_model
 
     resolved = resolve_model(model_spec)
-    agent = Agent(store, TransformersBackend(resolved.path, resolved.name), generation)
+    backend = TransformersBackend(resolved.path, resolved.name, fingerprint=resolved.fingerprint)
+    agent = Agent(store, backend, generation)
     agent.sync_version()
     return agent

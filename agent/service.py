@@ -19,6 +19,7 @@ Errors are :class:`~learnloop.storage.errors.LearnloopError` subclasses on both 
 from __future__ import annotations
 
 import getpass
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -35,8 +36,8 @@ from learnloop.agent.report import (
 )
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import TriggerConfig
-from learnloop.storage.errors import UsageError
-from learnloop.storage.records import ControlPrompt, Run
+from learnloop.storage.errors import Conflict, UsageError
+from learnloop.storage.records import LOCAL_USER, ControlPrompt, Run, Turn
 from learnloop.storage.store import BASE_VERSION, Store
 
 if TYPE_CHECKING:  # the model's modules load only when a question is asked
@@ -48,6 +49,9 @@ OnSwitch = Callable[[str, float | None], Any]  # version, seconds to load (None:
 Progress = Callable[[dict[str, Any]], None]
 
 MAX_LIST = 1000  # the most turns, threads or runs one call lists
+CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for the cycle to record it
+MAX_TITLE = 200  # the longest title a thread may be given
+MAX_QUERY = 200  # the longest text a thread search may look for
 
 
 class Service(Protocol):
@@ -84,19 +88,54 @@ class Service(Protocol):
 
     def run(self, run_id: int) -> dict[str, Any]: ...
 
+    def cancel(self, run_id: int | None = None) -> dict[str, Any]:
+        """Stop learning run ``run_id`` (default: the one running); it is recorded as
+        cancelled and the active version stays. A Conflict when none runs."""
+        ...
+
     def versions(self) -> list[dict[str, Any]]: ...
 
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]: ...
+
+    def remove_versions(
+        self, versions: list[str], *, rejected: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Delete the adapter files of ``versions`` (and, with ``rejected``, of every
+        rejected version), keeping their rows; never the active version. ``dry_run``:
+        only say what would go. ``{"dry_run", "removed": [{"id", "status", "bytes"}],
+        "already_removed": [id], "kept": [{"id", "why"}], "bytes_freed"}``."""
+        ...
 
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]: ...
 
     def history(self) -> list[dict[str, Any]]: ...
 
+    def compare(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
+        """Versions ``a`` and ``b``'s stored answers to the control prompts side by side
+        (agent/compare.py); default ``b``: the active version, ``a``: its parent."""
+        ...
+
     def log(self, limit: int) -> list[dict[str, Any]]: ...
 
-    def threads(self, limit: int) -> list[dict[str, Any]]: ...
+    def threads(self, limit: int, q: str | None = None) -> list[dict[str, Any]]:
+        """The latest ``limit`` threads; with ``q``, those whose title or messages
+        contain it (ignoring case)."""
+        ...
 
-    def thread(self, thread_id: str) -> dict[str, Any]: ...
+    def thread(self, thread_id: str) -> dict[str, Any]:
+        """A thread's history; each turn's ``answers`` are every answer to its message
+        (the turn and its regenerations, oldest first; the history holds the newest)."""
+        ...
+
+    def rename_thread(self, thread_id: str, title: str) -> dict[str, Any]:
+        """Give a thread a title (1 to :data:`MAX_TITLE` characters): ``{"id", "title"}``."""
+        ...
+
+    def delete_thread(self, thread_id: str) -> dict[str, Any]:
+        """Delete a thread with its turns and their feedback: ``{"id", "turns",
+        "feedback"}`` (how many of each went). Versions trained on it keep what they
+        learned."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -135,6 +174,41 @@ def check_limit(limit: int) -> int:
     return limit
 
 
+def check_title(title: str) -> str:
+    """A thread's new title, its runs of whitespace made single spaces; a UsageError
+    names the bounds when it is empty or longer than :data:`MAX_TITLE` characters."""
+    cleaned = " ".join(title.split()) if isinstance(title, str) else ""
+    if not 1 <= len(cleaned) <= MAX_TITLE:
+        raise UsageError(
+            f"a thread's title must be 1 to {MAX_TITLE} characters, not {len(cleaned)}"
+        )
+    return cleaned
+
+
+def check_query(q: str | None) -> str | None:
+    """A thread search's text, trimmed (None or blank: no search); at most
+    :data:`MAX_QUERY` characters."""
+    if q is None or not q.strip():
+        return None
+    if len(q.strip()) > MAX_QUERY:
+        raise UsageError(f"a search may be at most {MAX_QUERY} characters")
+    return q.strip()
+
+
+def thread_view(thread_id: str, history: list[Turn], every: list[Turn]) -> dict[str, Any]:
+    """``GET /v1/threads/{id}``: the history's turns, each with ``answers``: all the
+    answers to its user message (``every`` turn of the thread grouped by the turn they
+    regenerate), oldest first."""
+    answers: dict[int, list[dict[str, Any]]] = {}
+    for turn in every:
+        answers.setdefault(turn.log.regen_of or turn.id, []).append(turn_dict(turn))
+    turns = [
+        {**turn_dict(t), "answers": answers.get(t.log.regen_of or t.id, [turn_dict(t)])}
+        for t in history
+    ]
+    return {"id": thread_id, "turns": turns}
+
+
 def check_rating(rating: str, correction: str | None) -> str | None:
     """The feedback's checks before anything is written; returns the correction, trimmed."""
     if rating not in ("up", "down"):
@@ -165,6 +239,10 @@ def answer_data(answer: Answer) -> dict[str, Any]:
     }
     if answer.interrupted:
         data["interrupted"] = True
+    if answer.trimmed:  # earlier messages left out so that the prompt fitted the model
+        data["trimmed"] = answer.trimmed
+    if answer.stopped_by:  # "paragraph": it ended at its first paragraph; "stop"
+        data["stopped_by"] = answer.stopped_by
     return data
 
 
@@ -267,7 +345,7 @@ class LocalService:
         who: str | None = None,
     ) -> dict[str, Any]:
         correction = check_rating(rating, correction)
-        user = who or getpass.getuser()
+        user = who or LOCAL_USER
         # the row commits with the trigger's reads: if those find the file damaged, no row
         # is left for a retry to give twice
         with self.store.transaction():
@@ -334,13 +412,44 @@ class LocalService:
     def run(self, run_id: int) -> dict[str, Any]:
         return self.run_view(self.store.get_run(run_id))
 
+    def cancel(self, run_id: int | None = None) -> dict[str, Any]:
+        from learnloop.learning.cycle import request_cancel
+        from learnloop.storage.home import pid_alive
+
+        self.store.fail_stale_runs(pid_alive)
+        run = self.store.get_run(run_id) if run_id is not None else self.running()
+        if run.status != "running":
+            raise Conflict(f"learning run {run.id} is {run.status}: there is nothing to cancel")
+        request_cancel(Path(run.run_dir))
+        self.await_cancel(run)
+        return self.run(run.id)
+
+    def await_cancel(self, run: Run) -> None:
+        """Wait a while for the cycle running ``run`` to record the cancel."""
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while run.status == "running" and time.monotonic() < deadline:
+            self.store.release()  # the cycle may be in another process: let it record
+            time.sleep(0.25)
+            run = self.store.get_run(run.id)
+
+    def running(self) -> Run:
+        running = self.store.running_run()
+        if running is None:
+            raise Conflict("no learning run is running: there is nothing to cancel")
+        return self.store.get_run(running)
+
     def run_view(self, run: Run, version: str | None = None) -> dict[str, Any]:
         from learnloop.learning.cycle import progress_events
 
         events = progress_events(Path(run.run_dir)) if run.run_dir else []
         version = run.version_id or version
         gate = self.store.get_version(version).gate if version else None
-        return run_data(run, events, gate, version)
+        # what the cleaning dropped (the per-user cap) is shown where the run is, with
+        # the share the cap allowed one user (a setting of the run)
+        quality = self.store.snapshot_quality(run.id)
+        if quality is not None:
+            quality = {**quality, "max_user_share": run.config.get("max_user_share")}
+        return {**run_data(run, events, gate, version), "quality": quality}
 
     # -- versions --------------------------------------------------------------------------
 
@@ -355,13 +464,35 @@ class LocalService:
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         previous = self.store.active_version()
         if version != BASE_VERSION:
-            from learnloop.learning.adapters import check
+            from learnloop.learning.adapters import check, require_files
 
-            record = self.store.get_version(version)
+            record = require_files(self.store.get_version(version))
             # a damaged adapter is refused here, not found out by the next answer
             check(record.id, Path(record.adapter_path), record.checksum)
         self.store.activate(version, who=who or getpass.getuser(), why=why)
         return {"previous": previous, "active": version}
+
+    def remove_versions(
+        self, versions: list[str], *, rejected: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        from learnloop.learning.adapters import folder_bytes, removal_targets, remove
+
+        targets, gone, kept = removal_targets(
+            self.store, versions, rejected=rejected, active=self.active()
+        )
+        removed = [
+            {"id": v.id, "status": v.status, "bytes": folder_bytes(Path(v.adapter_path))}
+            for v in targets
+        ]
+        if targets and not dry_run:
+            remove(self.store, targets)
+        return {
+            "dry_run": dry_run,
+            "removed": removed,
+            "already_removed": gone,
+            "kept": kept,
+            "bytes_freed": sum(r["bytes"] for r in removed),
+        }
 
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
         return self.activate(self.rollback_target(), why=why, who=who)
@@ -375,21 +506,65 @@ class LocalService:
     def history(self) -> list[dict[str, Any]]:
         return history_data(self.store.activations())
 
+    def compare(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
+        from learnloop.agent.compare import compare_data
+        from learnloop.learning.snapshot import control_set
+
+        b = b or self.active()
+        a = a or self.parent_of(b)
+        expected = {c["prompt"]: c["expect"] for c in control_set(self.store)}
+        return compare_data(a, self.control_answers_of(a), b, self.control_answers_of(b), expected)
+
+    def parent_of(self, version: str) -> str:
+        from learnloop.storage.errors import NotFound
+
+        if version == BASE_VERSION:
+            raise NotFound(
+                "the base model has no parent to compare it with: name two versions "
+                "(`learnloop versions` lists them)"
+            )
+        return self.store.get_version(version).parent  # NotFound for an unknown one
+
+    def control_answers_of(self, version: str) -> list[dict[str, Any]]:
+        """The version's stored control answers; NotFound, one message, for an unknown
+        version or one whose answers were never measured."""
+        from learnloop.storage.errors import NotFound
+
+        if version != BASE_VERSION:
+            self.store.get_version(version)
+        answers = self.store.control_answers(version)
+        if not answers:
+            raise NotFound(
+                f"no control answers are stored for {version}: they are stored when the "
+                "gate measures a version, in a learning cycle with the gate on"
+            )
+        return answers
+
     # -- turns, threads, status ------------------------------------------------------------
 
     def log(self, limit: int) -> list[dict[str, Any]]:
         return [turn_dict(t) for t in self.store.recent_turns(check_limit(limit))]
 
-    def threads(self, limit: int) -> list[dict[str, Any]]:
-        return [thread_summary(t) for t in self.store.threads(check_limit(limit))]
+    def threads(self, limit: int, q: str | None = None) -> list[dict[str, Any]]:
+        found = self.store.threads(check_limit(limit), check_query(q))
+        return [thread_summary(t) for t in found]
 
     def thread(self, thread_id: str) -> dict[str, Any]:
         from learnloop.storage.errors import NotFound
 
         if not self.store.thread_exists(thread_id):
             raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
-        turns = [turn_dict(t) for t in self.store.thread_history(thread_id)]
-        return {"id": thread_id, "turns": turns}
+        history = self.store.thread_history(thread_id)
+        return thread_view(thread_id, history, self.store.thread_turns(thread_id))
+
+    def rename_thread(self, thread_id: str, title: str) -> dict[str, Any]:
+        title = check_title(title)
+        self.store.rename_thread(thread_id, title)
+        return {"id": thread_id, "title": title}
+
+    def delete_thread(self, thread_id: str) -> dict[str, Any]:
+        turns, feedback = self.store.delete_thread(thread_id)
+        return {"id": thread_id, "turns": turns, "feedback": feedback}
 
     def status(self) -> dict[str, Any]:
         from learnloop.learning.cycle import latest_progress

@@ -15,16 +15,23 @@ adapter from disk, and :func:`fall_back` picks what answers instead.
 - A damaged active version never stops the agent: :func:`fall_back` activates the newest
   intact version that was promoted or has been active (or the base), and records that
   in the activation history as who ``learnloop``, why naming the damage.
+- ``learnloop versions rm`` (:func:`remove`) deletes a version's folder on purpose: the
+  store records that first (never the active version), then the folder goes. A removed
+  version is refused wherever a version would load (:func:`trusted_checksum`), with
+  one message that says its files were removed, not that they are damaged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
-from learnloop.storage.errors import Unavailable
+from learnloop.learning.models import same_base
+from learnloop.storage.errors import Unavailable, UsageError
 from learnloop.storage.records import Version
+from learnloop.storage.registry import ActiveNotRemovable, VersionRemoved
 from learnloop.storage.store import BASE_VERSION, Store
 
 CONFIG_FILE = "adapter_config.json"
@@ -116,7 +123,9 @@ def check(version: str, folder: Path, expected: str | None) -> str:
 
 def trusted_checksum(store: Store, version: Version) -> str:
     """The checksum a load of ``version`` must match. A version published before
-    checksums gets one now, once its folder passes :func:`check` (raises otherwise)."""
+    checksums gets one now, once its folder passes :func:`check` (raises otherwise).
+    A version whose files were removed raises VersionRemoved."""
+    require_files(version)
     if version.checksum is not None:
         return version.checksum
     found = check(version.id, Path(version.adapter_path), None)
@@ -124,17 +133,79 @@ def trusted_checksum(store: Store, version: Version) -> str:
     return found
 
 
+def require_files(version: Version) -> Version:
+    """``version``, unless its files were removed (``versions rm``): VersionRemoved."""
+    if version.removed_at is not None:
+        raise VersionRemoved(version)
+    return version
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under ``folder`` (0 when it is gone)."""
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def removal_targets(
+    store: Store, ids: list[str], *, rejected: bool, active: str
+) -> tuple[list[Version], list[str], list[dict[str, str]]]:
+    """What ``versions rm IDS [--rejected]`` removes, checked before anything changes:
+    (versions whose folders go, ids whose files were removed already, versions
+    ``--rejected`` keeps and why). An unknown id is a NotFound, ``base`` a UsageError, the
+    active version a Conflict; ``--rejected`` keeps an active rejected version instead."""
+    if not ids and not rejected:
+        raise UsageError("name the versions whose files to remove, or give --rejected")
+    if BASE_VERSION in ids:
+        raise UsageError("the base model has no adapter files to remove")
+    named = [store.get_version(v) for v in dict.fromkeys(ids)]  # NotFound names the first
+    if active in ids:
+        raise ActiveNotRemovable(active)
+    picked = {v.id: v for v in named}
+    kept: list[dict[str, str]] = []
+    if rejected:
+        for version in store.versions():
+            if version.status != "rejected" or version.id in picked:
+                continue
+            if version.id == active:
+                kept.append({"id": version.id, "why": "it is the active version"})
+            else:
+                picked[version.id] = version
+    # a removal cut short left files behind: a second one deletes them
+    gone = [v.id for v in picked.values() if v.removed_at and not Path(v.adapter_path).exists()]
+    targets = [v for v in picked.values() if v.id not in gone]
+    return targets, gone, kept
+
+
+def remove(store: Store, versions: list[Version]) -> None:
+    """Delete the adapter folders of ``versions``, their rows kept and marked removed.
+    The mark comes first and refuses the active version (a Conflict, nothing deleted);
+    a deletion cut short leaves a removed version with files left over, which a second
+    ``remove`` deletes."""
+    store.mark_removed([v.id for v in versions])
+    for version in versions:
+        shutil.rmtree(version.adapter_path, ignore_errors=True)
+
+
 def fall_back(
-    store: Store, model_name: str, damaged: AdapterDamaged, *, skip: frozenset[str] = frozenset()
+    store: Store,
+    model_name: str,
+    damaged: AdapterDamaged,
+    *,
+    skip: frozenset[str] = frozenset(),
+    fingerprint: str | None = None,
 ) -> Version | None:
-    """Activate the newest intact version on ``model_name`` that was promoted or has been
-    active, other than the damaged one and ``skip``, else the base; record why in the
-    activation history. Returns that version (None for the base)."""
+    """Activate the newest intact version on this base (``model_name``, ``fingerprint``:
+    :func:`~learnloop.learning.models.same_base`) that was promoted or has been active,
+    other than the damaged one, ``skip`` and removed ones, else the base; record why in
+    the activation history. Returns that version (None for the base)."""
     trusted = {a.version_id for a in store.activations()}
     excluded = skip | {damaged.version}
     chosen: Version | None = None
     for version in reversed(store.versions()):  # newest first
-        if version.id in excluded or version.base_model != model_name:
+        if version.id in excluded or version.removed_at is not None:
+            continue
+        if not same_base(version, model_name, fingerprint):
             continue
         if version.status != "promoted" and version.id not in trusted:
             continue

@@ -20,7 +20,7 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from learnloop.learning.cycle import CycleFailed, NothingToLearn, run_cycle
+    from learnloop.learning.cycle import Cancelled, CycleFailed, NothingToLearn, run_cycle
     from learnloop.learning.models import resolve_model
     from learnloop.storage.errors import Conflict
     from learnloop.storage.store import Store
@@ -36,11 +36,13 @@ def main(argv: list[str]) -> int:
         except CycleFailed as exc:
             say(f"cycle failed: {exc}")
             return 1
+        except Cancelled as exc:
+            say(str(exc))
+            return 0
         except Conflict as exc:  # another cycle got in first
             say(f"no cycle: {exc}")
             return 0
-    verdict = "promoted" if result.promoted else "rejected"
-    say(f"run {result.run_id}: {result.version} {verdict}; " + "; ".join(result.reasons))
+    say(f"run {result.run_id}: {result.version} {result.summary}; " + "; ".join(result.reasons))
     return 0
 
 

@@ -1,7 +1,24 @@
 """Hyperparameters of a learning cycle, saved as ``config.json`` beside every adapter.
 
 Defaults are chosen for a 135M model on a 2-core CPU: one cycle on ~50 feedback items
-should finish in well under three minutes (see README, benchmarks).
+should finish in well under three minutes (see README, benchmarks). The SFT rate and
+``sft_min_steps`` were chosen on the README's walkthrough (one correction of a fact the
+model cannot know, three liked answers), SmolLM2-135M, one cycle each:
+
+=============================================  ===========================================
+SFT rate x steps                               the new version
+=============================================  ===========================================
+2e-4 x 3 (before), x 8, x 32; 1e-3 x 16         does not give the correction
+2e-3 x 16, all rows gone over 16 times          gives it; control logp -1.16 -> -2.62:
+                                               rejected (and promoted on other feedback)
+2e-3 x 18, only the correction repeated         gives it; control accuracy 8/12 -> 6/12
+                                               once: rejected (promoted on other feedback)
+1e-3 x 18, only the correction repeated         gives it, promoted on both feedback sets
+(the defaults)                                 (control 10/12 and 8/12, the base 8/12)
+=============================================  ===========================================
+
+``learnloop bench`` pins its own rates (agent/bench/simulated_user.py), so its figures do
+not move with these defaults.
 
 Every setting is checked when a config is made, wherever its values come from (CLI
 flags, a ``POST /v1/learn`` body, a run's ``request.json``), so a value that would fail
@@ -78,8 +95,22 @@ class LearnConfig:
         default=3.0,
         metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the SFT examples"},
     )
+    sft_min_steps: int = field(
+        default=16,
+        metadata={
+            "min": 0,
+            "help": "fewest SFT optimizer steps when there are corrections: a handful of "
+            "them is repeated so that a first correction is learned (0 = just the epochs)",
+        },
+    )
     sft_learning_rate: float = field(
-        default=2e-4, metadata={"above": 0.0, "max": 1.0, "help": "SFT learning rate"}
+        default=1e-3,
+        metadata={
+            "above": 0.0,
+            "max": 1.0,
+            "help": "SFT learning rate (a LoRA-sized rate: 2e-4 did not teach a first "
+            "correction even in 32 steps)",
+        },
     )
     dpo_epochs: float = field(
         default=2.0, metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the DPO pairs"}
@@ -99,6 +130,15 @@ class LearnConfig:
             "help": "share of threads whose feedback is held out to judge the candidate",
         },
     )
+    min_heldout: int = field(
+        default=8,
+        metadata={
+            "min": 1,
+            "help": "fewest held-out feedback items worth judging by (corrections, or "
+            "answers rated up and down for the same prompt); with fewer, nothing is held "
+            "out: all of it trains and the gate judges by what was taught",
+        },
+    )
     gate: bool = field(
         default=True, metadata={"help": "compare the candidate with the active version first"}
     )
@@ -111,8 +151,25 @@ class LearnConfig:
             "does not reward answering every row with the commonest label)",
         },
     )
+    gate_min_margin: float = field(
+        default=1.0,
+        metadata={
+            "min": 0.0,
+            "help": "smallest gain in the mean log-prob margin of held-out pairs (nats) that "
+            "counts as a win when the accuracies tie",
+        },
+    )
+    taught_min_gain: float = field(
+        default=0.05,
+        metadata={
+            "min": 0.0,
+            "help": "judged by what was taught: smallest rise in the liked answers' mean "
+            "log-prob per token that counts as learned them",
+        },
+    )
     promote_without_heldout: bool = field(
-        default=False, metadata={"help": "promote when there is no held-out feedback at all"}
+        default=False,
+        metadata={"help": "promote when there is nothing at all to judge the candidate by"},
     )
     control_max_drop: float = field(
         default=0.1,
@@ -184,6 +241,13 @@ class LearnConfig:
             "min": 1,
             "also": -1,
             "help": "cap on optimizer steps per stage (-1 = run all epochs)",
+        },
+    )
+    force: bool = field(
+        default=False,
+        metadata={
+            "switch": "--no-force",
+            "help": "learn even when no feedback arrived since the last cycle",
         },
     )
     seed: int = field(

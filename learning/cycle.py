@@ -13,7 +13,13 @@ Steps, each leaving the system consistent if the process is killed right after i
 4. let the gate decide (learning/gate.py), move the adapter into ``adapters/<version>/``
    with its config, metrics and gate results beside it, take its checksum, then register
    the version as promoted (and make it active) or rejected, with its control answers,
-   in one transaction.
+   in one transaction; keep the control scores measured (learning/control_cache.py).
+
+Before step 1 commits to anything, a cycle that could only waste time is refused with
+:class:`NothingToLearn`: no feedback since the last cycle that made a version (unless
+``--force``), or nothing the gate could judge a candidate by. During step 3 a cancel
+(:func:`request_cancel`, from any process) stops the trainer; the run is recorded as
+cancelled.
 
 Invariants:
 
@@ -44,6 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from learnloop.learning import control_cache
 from learnloop.learning.adapters import checksum
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.gate import Decision, decide
@@ -62,11 +69,11 @@ from learnloop.learning.snapshot import (
 )
 from learnloop.storage.errors import Conflict, LearnloopError
 from learnloop.storage.home import adapters_dir, pid_alive, runs_dir
-from learnloop.storage.records import SnapshotRecord, Version
+from learnloop.storage.records import FeedbackExample, SnapshotRecord, Version
 from learnloop.storage.registry import ActiveChanged
-from learnloop.storage.store import Store, StoreError
+from learnloop.storage.store import BASE_VERSION, Store, StoreError
 
-__all__ = ["CycleFailed", "CycleResult", "DiskFull", "NothingToLearn", "run_cycle"]
+__all__ = ["Cancelled", "CycleFailed", "CycleResult", "DiskFull", "NothingToLearn", "run_cycle"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -75,6 +82,7 @@ NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXT = ("no space left on device", "[errno 28]", "enospc", "disk quota exceeded")
 LOW_SPACE_BYTES = 1 << 20  # less free than this after a failed child: the disk was full
 _TAIL_BYTES = 64 * 1024
+CANCEL_FILE = "cancel"
 
 
 class HandedOver(Exception):
@@ -88,6 +96,14 @@ class HandedOver(Exception):
 
 class CycleFailed(LearnloopError):
     """The cycle failed; the run is recorded as failed and nothing changed."""
+
+
+class Cancelled(LearnloopError):
+    """Someone cancelled the run (:func:`request_cancel`): it is recorded as cancelled and
+    the active version is unchanged."""
+
+    status = 409
+    kind = "cancelled"
 
 
 class DiskFull(CycleFailed):
@@ -104,6 +120,7 @@ class CycleResult:
     run_id: int
     method: str
     promoted: bool
+    summary: str  # the verdict in one line of plain words
     reasons: list[str]
     sft_examples: int
     dpo_pairs: int
@@ -131,10 +148,16 @@ def prepare_run(
     running = store.running_run()
     if running is not None:
         raise NothingToLearn(f"learning run {running} is still running; wait for it to finish")
-    snap = build_snapshot(store.feedback_examples(), config)
+    examples = store.feedback_examples()
+    if not config.force:
+        nothing_new(store, examples)
+    real_users = frozenset(key.name for key in store.api_keys())
+    snap = build_snapshot(examples, config, real_users)
     task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
-    active = store.active_version()
-    gate, control = gate_request(store, model, config, active), control_set(store)
+    if config.gate and not config.promote_without_heldout:
+        judgeable(snap, task)
+    active, control = store.active_version(), control_set(store)
+    gate = gate_request(store, model, config, active, control)
     run_id = store.reserve_run_id()
     run_dir = runs_dir() / f"run-{run_id}"
     try:
@@ -155,6 +178,30 @@ def prepare_run(
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run_id, run_dir, snap
+
+
+def nothing_new(store: Store, examples: list[FeedbackExample]) -> None:
+    """Raise NothingToLearn when no feedback arrived since the last cycle that made a
+    version: training again on the same feedback would only repeat it."""
+    last = store.last_learned()
+    if last is None or not examples or max(e.feedback_id for e in examples) > last[1]:
+        return
+    raise NothingToLearn(
+        f"no new feedback since learning run {last[0]} made {last[2]}; "
+        "give some feedback first, or `learn --force` to train on the same feedback again"
+    )
+
+
+def judgeable(snap: Snapshot, task: list[dict[str, Any]]) -> None:
+    """Raise NothingToLearn, before anything is trained or measured, when the gate would
+    have nothing to judge the candidate by (it would only reject it)."""
+    if snap.heldout_pairs or snap.heldout_fixes or task or snap.taught_fixes or snap.taught_liked:
+        return
+    raise NothingToLearn(
+        "the gate would have nothing to judge a new version by: no correction, no liked "
+        "answer, no held-out feedback and no --eval-file; give a correction or a thumbs-up, "
+        "or learn with --promote-without-heldout true"
+    )
 
 
 def snapshot_record(snap: Snapshot) -> SnapshotRecord:
@@ -203,6 +250,8 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
         while child.poll() is None:
             time.sleep(0.2)
             seen = _relay(run_dir / "progress.jsonl", seen, progress)
+            if (run_dir / CANCEL_FILE).exists():
+                raise Cancelled("cancelled")
         _relay(run_dir / "progress.jsonl", seen, progress)
     except BaseException:
         child.kill()
@@ -214,6 +263,12 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
         raise training_failed(run_dir, child.returncode)
     metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
     return metrics
+
+
+def request_cancel(run_dir: Path) -> None:
+    """Ask the process running this run's cycle, whichever it is, to stop its trainer;
+    it records the run as cancelled (``train_in_child`` polls for the file)."""
+    (run_dir / CANCEL_FILE).touch()
 
 
 def training_failed(run_dir: Path, code: int) -> CycleFailed:
@@ -332,6 +387,7 @@ def publish(
                 "parent": parent,
                 "base_model": model.name,
                 "base_model_path": model.path,
+                "base_fingerprint": model.fingerprint,
                 "run_id": run_id,
                 "method": store.get_run(run_id).method,
                 "learn_config": config.to_dict(),
@@ -357,7 +413,22 @@ def publish(
         except ActiveChanged as exc:  # switched between the check above and now
             decision = superseded(decision, started, exc.active, parent)
             continue
+        if measured is not None:  # only now: the version id is taken for good
+            keep_control_scores(model, config, run_dir, version_id, measured)
         return version, decision
+
+
+def keep_control_scores(
+    model: ResolvedModel, config: LearnConfig, run_dir: Path, version_id: str, measured: Any
+) -> None:
+    """Keep the control scores of the (up to) three versions measured, for later cycles."""
+    control = [json.loads(line) for line in (run_dir / "control.jsonl").read_text().splitlines()]
+    sides = {
+        version_id: measured["candidate"],
+        measured["active_version"]: measured["active"],
+        BASE_VERSION: measured.get("base_control") or {},
+    }
+    control_cache.keep(model, config, control, sides)
 
 
 def move_folder(source: Path, target: Path) -> None:
@@ -382,7 +453,11 @@ def superseded(decision: Decision, started: str, now: str, parent: str) -> Decis
         f"the active version changed from {started} to {now} while this run trained; "
         f"it was measured against {parent}, so it is not promoted over {now}"
     )
-    return Decision(False, [*decision.reasons, reason])
+    return Decision(
+        False,
+        [*decision.reasons, reason],
+        f"not promoted: {now} was made active while it trained, and it is not put over that",
+    )
 
 
 def _version(
@@ -401,6 +476,7 @@ def _version(
         run_id=run_id,
         method=method,
         base_model=model.name,
+        base_fingerprint=model.fingerprint,
         adapter_path=str(target),
         sft_count=counts["sft"],
         dpo_count=counts["dpo"],
@@ -490,6 +566,11 @@ def complete_cycle(
     store.release()  # other processes may use the database while the child trains
     try:
         metrics = train_in_child(run_dir, progress)
+    except Cancelled as exc:
+        store.cancel_run(run_id, "cancelled; the active version is unchanged")
+        raise Cancelled(
+            f"learning run {run_id} cancelled; the active version is unchanged"
+        ) from exc
     except KeyboardInterrupt:
         store.fail_run(run_id, "interrupted by the user (Ctrl-C)")
         raise
@@ -515,6 +596,7 @@ def complete_cycle(
         run_id=run_id,
         method=version.method,
         promoted=decision.promote,
+        summary=decision.summary,
         reasons=decision.reasons,
         sft_examples=len(data.sft),
         dpo_pairs=len(data.dpo),

@@ -9,11 +9,16 @@ data in the same process:
   log p(chosen | prompt) > log p(rejected | prompt), summed over the answer's tokens,
   and the mean margin between the two (a tie-breaker that does not saturate);
 - held-out corrections: the share of held-out corrected turns whose greedy answer now
-  matches the correction (equal after normalising case, punctuation and whitespace);
+  matches the correction (equal after normalising case, punctuation and whitespace;
+  generated only as far as the correction goes);
+- what was taught, when nothing is held out (a first handful of feedback): how many of
+  the trained corrections the greedy answers now give, and the liked answers' mean
+  log-probability per token;
 - the control set: prompts with known good answers; per version the mean log-probability
   per token of the good answer and the share of greedy answers containing it, plus the
   greedy answers themselves (stored with the version), and the same numbers for the base
-  model, which the gate holds the control set against;
+  model, which the gate holds the control set against. A version's control scores never
+  change, so those measured in an earlier cycle are reused;
 - with ``--eval-file``: task accuracy, the share of labelled rows whose greedy answer
   names exactly the gold label (learning/tasks.py).
 
@@ -23,7 +28,7 @@ Deciding what the numbers mean is not done here: see ``learning/gate.py``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from learnloop.learning.quality import normalise
@@ -55,23 +60,41 @@ def answer_logp(
     return float(logp), len(ids) - start
 
 
-def greedy(model: Any, tokenizer: Any, prompt: list[dict[str, str]], max_new_tokens: int) -> str:
+def greedy(
+    model: Any,
+    tokenizer: Any,
+    prompt: list[dict[str, str]],
+    max_new_tokens: int,
+    decided: Callable[[str], bool] | None = None,
+) -> str:
+    """The greedy answer to ``prompt``. ``decided(text so far)``, when given, ends it
+    early once the answer so far settles the question being asked of it: greedy decoding
+    is deterministic, so the rest could not change the verdict, only cost time."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    start = inputs["input_ids"].shape[1]
+
+    class Decided(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            so_far = tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
+            return torch.full((input_ids.shape[0],), bool(decided and decided(so_far)))
+
     with torch.inference_mode():
         out = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([Decided()]) if decided else None,
         )
-    return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    return str(tokenizer.decode(out[0, start:], skip_special_tokens=True))
 
 
 def task_scores(
-    model: Any, tokenizer: Any, task: list[Row], max_new_tokens: int
+    model: Any, tokenizer: Any, task: list[Row], max_new_tokens: int, tick: Tick
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of greedy answers to labelled rows (learning/tasks.py judges:
     an answer predicts a label when it names exactly that one)."""
@@ -80,6 +103,7 @@ def task_scores(
         named = named_labels(greedy(model, tokenizer, row["prompt"], max_new_tokens), row["labels"])
         predictions.append(named[0] if len(named) == 1 else None)
         golds.append(row["label"])
+        tick()
     hits = sum(p == g for p, g in zip(predictions, golds, strict=True))
     return {
         "task_accuracy": hits / len(task),
@@ -87,48 +111,122 @@ def task_scores(
     }
 
 
-def measure(
-    model: Any,
-    tokenizer: Any,
-    data: dict[str, list[Row]],
-    max_new_tokens: int,
-    task_max_new_tokens: int,
-) -> dict[str, Any]:
-    """All gate metrics for whichever adapter is current on ``model``; ``data`` holds the
-    "pairs", "fixes", "control" and "task" rows (each possibly empty)."""
-    pairs, fixes, control, task = data["pairs"], data["fixes"], data["control"], data["task"]
+Tick = Callable[[], None]
+
+
+def fix_match(model: Any, tokenizer: Any, fix: Row) -> bool:
+    """Whether the greedy answer to a corrected prompt now equals its correction. The
+    answer is generated only as far as the correction goes (plus a few tokens for the end
+    and punctuation): anything longer cannot be equal."""
+    target = fix["completion"][0]["content"]
+    limit = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 3
+    wanted = normalise(target)
+
+    def strayed(text: str) -> bool:  # no longer on the way to the correction
+        # the last word may still be growing ("Hop" -> "Hopper"): judge the words before it
+        done = normalise(text).rsplit(" ", 1)[0] if " " in normalise(text) else ""
+        return bool(done) and not wanted.startswith(done)
+
+    answer = greedy(model, tokenizer, fix["prompt"], limit, strayed)
+    return normalise(answer) == wanted
+
+
+def held_out_scores(model: Any, tokenizer: Any, data: dict[str, list[Row]], tick: Tick) -> Row:
+    """Preference accuracy and margin on held-out pairs; correction match on held-out fixes."""
+    pairs, fixes = data["pairs"], data["fixes"]
     wins, margins = 0, []
     for pair in pairs:
         chosen, _ = answer_logp(model, tokenizer, pair["prompt"], pair["chosen"][0]["content"])
         rejected, _ = answer_logp(model, tokenizer, pair["prompt"], pair["rejected"][0]["content"])
         wins += chosen > rejected
         margins.append(chosen - rejected)
+        tick()
     matched = 0
     for fix in fixes:
-        answer = greedy(model, tokenizer, fix["prompt"], max_new_tokens)
-        matched += normalise(answer) == normalise(fix["completion"][0]["content"])
-    answers, per_token, hits = [], [], 0
-    for item in control:
-        prompt = [{"role": "user", "content": item["prompt"]}]
-        logp, n = answer_logp(model, tokenizer, prompt, item["answer"])
-        per_token.append(logp / max(n, 1))
-        answer = greedy(model, tokenizer, prompt, max_new_tokens)
-        hit = normalise(item["expect"]) in normalise(answer)
-        hits += hit
-        answers.append({"prompt": item["prompt"], "answer": answer, "correct": hit})
+        matched += fix_match(model, tokenizer, fix)
+        tick()
     return {
         "heldout_pairs": len(pairs),
         "preference_accuracy": wins / len(pairs) if pairs else None,
         "preference_margin": sum(margins) / len(margins) if margins else None,
         "heldout_corrections": len(fixes),
         "correction_match": matched / len(fixes) if fixes else None,
+    }
+
+
+def taught_scores(model: Any, tokenizer: Any, data: dict[str, list[Row]], tick: Tick) -> Row:
+    """What the candidate was taught: how many trained corrections its greedy answers now
+    give, and the liked answers' mean log-probability per token."""
+    fixes, liked = data.get("taught_fixes", []), data.get("taught_liked", [])
+    matched = 0
+    for fix in fixes:
+        matched += fix_match(model, tokenizer, fix)
+        tick()
+    per_token = []
+    for row in liked:
+        logp, n = answer_logp(model, tokenizer, row["prompt"], row["answer"])
+        per_token.append(logp / max(n, 1))
+        tick()
+    return {
+        "taught_corrections": len(fixes),
+        "taught_corrected": matched,
+        "taught_liked": len(liked),
+        "taught_liked_logp": sum(per_token) / len(per_token) if per_token else None,
+    }
+
+
+def contains(expect: str) -> Callable[[str], bool]:
+    """Decided: the answer so far names the expected words (a control hit)."""
+    return lambda text: expect in normalise(text)
+
+
+def control_scores(
+    model: Any, tokenizer: Any, control: list[Row], max_new_tokens: int, tick: Tick
+) -> Row:
+    """Per control prompt: the good answer's log-prob per token and whether the greedy
+    answer contains the expected words; the answers themselves."""
+    answers, per_token, hits = [], [], 0
+    for item in control:
+        prompt = [{"role": "user", "content": item["prompt"]}]
+        logp, n = answer_logp(model, tokenizer, prompt, item["answer"])
+        per_token.append(logp / max(n, 1))
+        expect = normalise(item["expect"])
+        answer = greedy(model, tokenizer, prompt, max_new_tokens, contains(expect))
+        hit = expect in normalise(answer)
+        hits += hit
+        answers.append({"prompt": item["prompt"], "answer": answer, "correct": hit})
+        tick()
+    return {
         "control_prompts": len(control),
         "control_logp_per_token": sum(per_token) / len(per_token) if per_token else None,
         "control_accuracy": hits / len(control) if control else None,
         "control_answers": answers,
+    }
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    data: dict[str, list[Row]],
+    tokens: tuple[int, int],
+    tick: Tick = lambda: None,
+    control: Row | None = None,
+) -> dict[str, Any]:
+    """All gate metrics for whichever adapter is current on ``model``; ``data`` holds the
+    "pairs", "fixes", "control", "task", "taught_fixes" and "taught_liked" rows (each
+    possibly empty). ``control``: this version's control scores measured before (on the
+    same control set and answer length), reused instead of measured again."""
+    max_new_tokens, task_max_new_tokens = tokens
+    task = data["task"]
+    if control is None:
+        control = control_scores(model, tokenizer, data["control"], max_new_tokens, tick)
+    return {
+        **held_out_scores(model, tokenizer, data, tick),
+        **taught_scores(model, tokenizer, data, tick),
+        **control,
         "task_rows": len(task),
         **(
-            task_scores(model, tokenizer, task, task_max_new_tokens)
+            task_scores(model, tokenizer, task, task_max_new_tokens, tick)
             if task
             else {"task_accuracy": None, "task_macro_f1": None}
         ),
@@ -150,30 +248,61 @@ def as_version(model: Any, adapter: str | None) -> Iterator[None]:
         model.set_adapter(previous)
 
 
-NONE: dict[str, list[Row]] = {"pairs": [], "fixes": [], "control": [], "task": []}
+NONE: dict[str, list[Row]] = {
+    "pairs": [], "fixes": [], "control": [], "task": [], "taught_fixes": [], "taught_liked": [],
+}  # fmt: skip
 CONTROL_KEYS = ("control_prompts", "control_accuracy", "control_logp_per_token")
 
 
-def compare(model: Any, tokenizer: Any, gate: Row, data: dict[str, list[Row]]) -> dict[str, Any]:
-    """Measure the candidate ("default" adapter) and the active version on the same data."""
+def work(data: dict[str, list[Row]], control_known: bool) -> int:
+    """How many prompts one version's measurement goes through (for progress k of N)."""
+    return sum(len(rows) for key, rows in data.items() if key != "control" or not control_known)
+
+
+def compare(
+    model: Any,
+    tokenizer: Any,
+    gate: Row,
+    data: dict[str, list[Row]],
+    progress: Callable[[int, int], None] = lambda k, n: None,
+) -> dict[str, Any]:
+    """Measure the candidate ("default" adapter) and the active version on the same data.
+
+    The control set is measured once per version: the gate request carries what is known
+    already (``active_control``, ``base_control``: the cycle keeps them per version,
+    learning/control_cache.py), and only the rest is measured. ``progress(k, n)`` is
+    called after each prompt."""
     model.eval()
     active_adapter = gate.get("active_adapter")
-    if active_adapter:
-        model.load_adapter(active_adapter, adapter_name="active")
+    known_active, known_base = gate.get("active_control"), gate.get("base_control")
+    total = work(data, False) + work(data, known_active is not None)
+    if active_adapter and known_base is None:
+        total += len(data["control"])
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        progress(done, total)
+
     tokens = int(gate.get("max_new_tokens", 48)), int(gate.get("task_max_new_tokens", 16))
     with as_version(model, "default"):
-        candidate = measure(model, tokenizer, data, *tokens)
-    with as_version(model, "active" if active_adapter else None):
-        active = measure(model, tokenizer, data, *tokens)
+        candidate = measure(model, tokenizer, data, tokens, tick)
     if active_adapter:
+        model.load_adapter(active_adapter, adapter_name="active")
+    with as_version(model, "active" if active_adapter else None):
+        active = measure(model, tokenizer, data, tokens, tick, known_active)
+    if not active_adapter:
+        base = active
+    elif known_base is not None:
+        base = known_base
+    else:
         model.delete_adapter("active")
         with as_version(model, None):  # the base: the control set's fixed reference
-            base = measure(model, tokenizer, {**NONE, "control": data["control"]}, *tokens)
-    else:
-        base = active
+            base = control_scores(model, tokenizer, data["control"], tokens[0], tick)
     return {
         "active_version": gate.get("active_version", "base"),
         "candidate": candidate,
         "active": active,
-        "base_control": {k: base[k] for k in CONTROL_KEYS},
+        "base_control": {k: base[k] for k in (*CONTROL_KEYS, "control_answers") if k in base},
     }

@@ -8,9 +8,11 @@ Applied in this order, each step counted in a :class:`QualityReport`:
 2. duplicates: examples whose prompts are equal after normalisation (case, punctuation,
    whitespace: "near-duplicates" in the plain sense) and that teach the same thing (same
    rating and same target answer after normalisation) collapse to the newest one;
-3. the per-user cap: when two or more users gave feedback, no one user may supply more
-   than ``max_user_share`` of the examples; the oldest surplus of that user is dropped.
-   With a single user (the everyday local case) there is nobody to balance against.
+3. the per-user cap: when two or more *real* users gave feedback (the names of API keys:
+   people a server tells apart), no one of them may supply more than ``max_user_share`` of
+   the examples; the oldest surplus of that user is dropped. The operator (``local``: the
+   CLI, the REPL and the web page on loopback are one person) and names given by hand are
+   never capped: one person typing in two places is not two users to balance.
 
 The train / held-out split is by thread (a hash of the thread id), so feedback from a
 held-out conversation never leaks into training.
@@ -71,13 +73,14 @@ def collapse_duplicates(examples: list[FeedbackExample]) -> list[FeedbackExample
 
 
 def cap_users(
-    examples: list[FeedbackExample], max_share: float
+    examples: list[FeedbackExample], max_share: float, real_users: frozenset[str]
 ) -> tuple[list[FeedbackExample], dict[str, int]]:
-    """Drop the oldest examples of any user above ``max_share`` (only with 2+ users)."""
+    """Drop the oldest examples of any real user above ``max_share`` of all examples (only
+    with 2+ real users among them)."""
     kept = list(examples)
     dropped: dict[str, int] = {}
     while True:
-        counts = Counter(ex.user_name for ex in kept)
+        counts = Counter(ex.user_name for ex in kept if ex.user_name in real_users)
         if len(counts) < 2:
             return kept, dropped
         user, n = counts.most_common(1)[0]
@@ -93,11 +96,14 @@ def cap_users(
 
 
 def clean(
-    examples: list[FeedbackExample], *, max_user_share: float = 0.5
+    examples: list[FeedbackExample],
+    *,
+    max_user_share: float = 0.5,
+    real_users: frozenset[str] = frozenset(),
 ) -> tuple[list[FeedbackExample], QualityReport]:
     """Apply the quality steps to the latest feedback per turn; report what each did."""
     deduped = collapse_duplicates(examples)
-    kept, capped = cap_users(deduped, max_user_share)
+    kept, capped = cap_users(deduped, max_user_share, real_users)
     report = QualityReport(
         examples_in=len(examples),
         contradictions=sum(1 for ex in examples if ex.conflicts),

@@ -8,7 +8,7 @@ conversational dataset formats; see ``learning/trainer.py`` for the whole contra
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Request:
     dpo: list[Row]
     kto: list[Row]
     gate: dict[str, Any] | None  # what learning/evaluate.py needs, or None: no gate
+    sft_corrections: list[int] = field(default_factory=list)  # SFT rows that are corrections
 
 
 # --- reading the request (no heavy imports: bad input fails fast) -----------------------
@@ -68,7 +69,12 @@ def read_request(run_dir: Path) -> Request:
     gate = raw.get("gate")
     if gate is not None and not isinstance(gate, dict):
         raise TrainerError(f'{REQUEST_FILE}: "gate" must be an object or null')
-    return Request(base_model=base_model, config=config, sft=sft, dpo=dpo, kto=kto, gate=gate)
+    fixes = raw.get("sft_corrections") or []
+    if not isinstance(fixes, list) or not all(
+        isinstance(i, int) and 0 <= i < len(sft) for i in fixes
+    ):
+        raise TrainerError(f'{REQUEST_FILE}: "sft_corrections" must list SFT row numbers')
+    return Request(base_model, config, sft, dpo, kto, gate, fixes)
 
 
 def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:

@@ -7,25 +7,29 @@ quality report and ``request.json`` tying them together. The store records which
 feedback rows went into which dataset ('heldout' included) and a content hash.
 
 The split is by thread: feedback from a held-out thread is only ever used to judge the
-candidate, never to train it. When all feedback sits in held-out threads, or the gate is
-off, nothing is held out.
+candidate, never to train it. Nothing is held out when the gate is off, when all feedback
+sits in held-out threads, or when the held-out part would give fewer than
+``--min-heldout`` items to judge by (a first handful of feedback all teaches): the gate
+then judges the candidate by what it was taught (``taught_fixes``, ``taught_liked``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from learnloop.learning import control_cache
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.datasets import (
     Datasets,
     build_datasets,
     build_dpo,
     choose_method,
+    endorsed,
     why_empty,
 )
 from learnloop.learning.models import ResolvedModel
@@ -51,6 +55,14 @@ class Snapshot:
     heldout_fixes: list[dict[str, Any]]
     heldout_ids: list[int]
     upto: int  # the newest feedback id considered
+    taught_fixes: list[dict[str, Any]] = field(default_factory=list)  # corrections trained on
+    taught_liked: list[dict[str, Any]] = field(default_factory=list)  # liked answers trained on
+    sft_corrections: list[int] = field(default_factory=list)  # data.sft rows from corrections
+
+    @property
+    def judged_by(self) -> str:
+        """'heldout' when kept-aside feedback can judge the candidate, else 'taught'."""
+        return "heldout" if self.heldout_pairs or self.heldout_fixes else "taught"
 
 
 def default_control_set() -> list[dict[str, str]]:
@@ -72,13 +84,38 @@ def fixes_of(examples: list[FeedbackExample]) -> list[dict[str, Any]]:
     ]
 
 
-def build_snapshot(examples: list[FeedbackExample], config: LearnConfig) -> Snapshot:
-    """Pure: clean, split by thread, build the datasets the method trains on."""
-    cleaned, quality = clean(examples, max_user_share=config.max_user_share)
-    # Held-out feedback only serves the gate: without a gate, all of it trains.
+def liked_of(examples: list[FeedbackExample], cut_off_sentences: bool) -> list[dict[str, Any]]:
+    """The thumbs-up answers (without a correction) as the gate scores them."""
+    return [
+        {"prompt": e.messages, "answer": answer}
+        for e in examples
+        if not e.correction and (answer := endorsed(e, cut_off_sentences))
+    ]
+
+
+def split(
+    cleaned: list[FeedbackExample], config: LearnConfig
+) -> tuple[list[FeedbackExample], list[FeedbackExample]]:
+    """(train, held out). Held-out feedback only serves the gate: without a gate, or with
+    too little of it to judge by (fewer than ``min_heldout`` items that are corrections or
+    in a pair), all of it trains."""
     train, held = split_by_thread(cleaned, config.held_out_share if config.gate else 0.0)
-    if not train:
-        train, held = cleaned, []
+    paired = build_dpo(held, config.cut_off_sentences)[1]
+    judging = set(paired) | {e.feedback_id for e in held if e.correction}
+    if not train or len(judging) < config.min_heldout:
+        return cleaned, []
+    return train, held
+
+
+def build_snapshot(
+    examples: list[FeedbackExample],
+    config: LearnConfig,
+    real_users: frozenset[str] = frozenset(),
+) -> Snapshot:
+    """Pure: clean, split by thread, build the datasets the method trains on.
+    ``real_users`` are the names the per-user cap balances (learning/quality.py)."""
+    cleaned, quality = clean(examples, max_user_share=config.max_user_share, real_users=real_users)
+    train, held = split(cleaned, config)
     built = build_datasets(train, config.cut_off_sentences)
     if built.empty:
         raise NothingToLearn(why_empty(train, config.cut_off_sentences))
@@ -94,6 +131,9 @@ def build_snapshot(examples: list[FeedbackExample], config: LearnConfig) -> Snap
         heldout_fixes=fixes_of(held),
         heldout_ids=[e.feedback_id for e in held],
         upto=max(e.feedback_id for e in examples),
+        sft_corrections=[i for i, row in enumerate(data.sft) if row in fixes_of(train)],
+        taught_fixes=[] if held else fixes_of(train),
+        taught_liked=[] if held else liked_of(train, config.cut_off_sentences),
     )
 
 
@@ -134,25 +174,35 @@ def measured_against(store: Store, model: ResolvedModel, active: str) -> tuple[s
     if active == BASE_VERSION:
         return BASE_VERSION, None
     version = store.get_version(active)
-    if version.base_model != model.name:
+    if not model.trained(version):
         return BASE_VERSION, None  # trained on another base: compare with this base
     return active, version.adapter_path
 
 
 def gate_request(
-    store: Store, model: ResolvedModel, config: LearnConfig, active: str | None = None
+    store: Store,
+    model: ResolvedModel,
+    config: LearnConfig,
+    active: str,
+    control: list[dict[str, str]],
 ) -> dict[str, Any] | None:
-    """What the trainer needs to measure the candidate against the version active now
-    (or ``active``, the one the caller read when it prepared the run)."""
+    """What the trainer needs to measure the candidate against ``active`` (the version
+    the caller read when it prepared the run), with the control scores known already."""
     if not config.gate:
         return None
-    against, adapter = measured_against(store, model, active or store.active_version())
+    against, adapter = measured_against(store, model, active)
     return {
         "active_version": against,
         "active_adapter": adapter,
+        "active_control": control_cache.known(control_cache.key(against, model, config, control)),
+        "base_control": control_cache.known(
+            control_cache.key(BASE_VERSION, model, config, control)
+        ),
         "max_new_tokens": config.gate_max_new_tokens,
         "pairs": "heldout_pairs.jsonl",
         "fixes": "heldout_fixes.jsonl",
+        "taught_fixes": "taught_fixes.jsonl",
+        "taught_liked": "taught_liked.jsonl",
         "control": "control.jsonl",
         "task": "task.jsonl",
         "task_max_new_tokens": config.eval_max_new_tokens,
@@ -175,6 +225,8 @@ def write_snapshot(
         ("kto", data.kto),
         ("heldout_pairs", snap.heldout_pairs),
         ("heldout_fixes", snap.heldout_fixes),
+        ("taught_fixes", snap.taught_fixes),
+        ("taught_liked", snap.taught_liked),
         ("control", control),
         ("task", task),
     ):
@@ -188,6 +240,7 @@ def write_snapshot(
             "sft": "sft.jsonl",
             "dpo": "dpo.jsonl",
             "kto": "kto.jsonl",
+            "sft_corrections": snap.sft_corrections,
             "gate": gate,
         },
     )

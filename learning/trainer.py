@@ -23,7 +23,8 @@ Output, all inside ``RUN_DIR``:
 - ``progress.jsonl``: one flushed JSON line per event, ``{"stage": "load" | "sft" |
   "dpo" | "kto" | "save" | "gate" | "done", "step": int, "total": int, "loss": float |
   null, "t": unix time}``; the parent tails it to draw a progress bar. Training stages
-  write a line when they start (step 0) and one per optimizer step.
+  write a line when they start (step 0) and one per optimizer step; the gate one per
+  prompt measured (step k of total).
 - ``adapter/``: the PEFT LoRA adapter (``adapter_config.json`` +
   ``adapter_model.safetensors``). It is written to ``adapter.tmp`` and renamed, so a
   folder named ``adapter`` is always complete; a killed run leaves none.
@@ -218,6 +219,7 @@ def train_sft(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[Row],
+    corrections: list[int],
     config: LearnConfig,
     run_dir: Path,
     progress: Progress,
@@ -232,9 +234,28 @@ def train_sft(
         completion_only_loss=True,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(with_corrections_repeated(rows, corrections, config)),
+        processing_class=tokenizer,
     )
     return fit(trainer, "sft", len(rows), progress)
+
+
+def with_corrections_repeated(
+    rows: list[Row], corrections: list[int], config: LearnConfig
+) -> list[Row]:
+    """``rows``, plus copies of the correction rows (``corrections``: their indices) when
+    the epochs would take fewer than ``sft_min_steps`` steps (and no --max-steps caps
+    them): a handful of feedback then still teaches its corrections. Only corrections
+    are repeated: measured on the walkthrough, going over the liked answers (the model's
+    own words) that often drove the control answers' log-prob per token from -1.16 to
+    -2.62 and the gate rejected the version."""
+    per_epoch = math.ceil(config.sft_min_steps / config.sft_epochs) * config.batch_size
+    if config.max_steps > 0 or not corrections or len(rows) >= per_epoch:
+        return rows
+    fixes = [rows[i] for i in corrections]
+    return rows + [fixes[k % len(fixes)] for k in range(per_epoch - len(rows))]
 
 
 def train_dpo(
@@ -328,9 +349,14 @@ def fit(trainer: Trainer, stage: str, examples: int, progress: Progress) -> dict
 
 
 def measure_gate(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, request: Request, run_dir: Path
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    request: Request,
+    run_dir: Path,
+    progress: Progress,
 ) -> dict[str, Any]:
-    """Candidate vs. active version on the held-out feedback and the control set."""
+    """Candidate vs. active version on the held-out feedback (or what was taught) and the
+    control set; one progress line per prompt measured."""
     from learnloop.learning.evaluate import compare
 
     gate = request.gate or {}
@@ -339,8 +365,10 @@ def measure_gate(
         "fixes": read_rows(run_dir, gate.get("fixes"), SFT_KEYS),
         "control": read_plain(run_dir, gate.get("control")),
         "task": read_plain(run_dir, gate.get("task")),
+        "taught_fixes": read_rows(run_dir, gate.get("taught_fixes"), SFT_KEYS),
+        "taught_liked": read_plain(run_dir, gate.get("taught_liked")),
     }
-    return compare(model, tokenizer, gate, data)
+    return compare(model, tokenizer, gate, data, lambda k, n: progress.write("gate", k, n))
 
 
 def read_plain(run_dir: Path, name: object) -> list[dict[str, Any]]:
@@ -386,7 +414,11 @@ def run(run_dir: Path) -> dict[str, Any]:
     model = add_fresh_adapter(base, request.config)
     trainable = count_trainable(model)
     stage_args = (request.config, run_dir, progress)
-    sft = train_sft(model, tokenizer, request.sft, *stage_args) if request.sft else None
+    sft = (
+        train_sft(model, tokenizer, request.sft, request.sft_corrections, *stage_args)
+        if request.sft
+        else None
+    )
     dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo else None
     kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
     progress.write("save")
@@ -394,7 +426,8 @@ def run(run_dir: Path) -> dict[str, Any]:
     gate_started = time.monotonic()
     if request.gate is not None:
         progress.write("gate")
-        write_json_atomic(run_dir / GATE_FILE, measure_gate(model, tokenizer, request, run_dir))
+        measured = measure_gate(model, tokenizer, request, run_dir, progress)
+        write_json_atomic(run_dir / GATE_FILE, measured)
     gate_seconds = round(time.monotonic() - gate_started, 3) if request.gate else None
     metrics = {
         "sft": sft,

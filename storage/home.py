@@ -5,13 +5,23 @@ Layout::
     $LEARNLOOP_HOME/            (default ~/.learnloop)
       learnloop.duckdb          threads, turns, feedback, snapshots, runs, versions
       learnloop.duckdb.wal      committed rows not yet moved into the file: back both up
-      models/<name>/            base checkpoints converted from GGUF (safetensors)
+      models/<name>-<digest>/   a GGUF converted by an older learnloop: moved into the
+                                per-machine cache below the first time it is needed
       adapters/<version>/       one folder per model version, written once, never changed
       runs/<run>/               a learning run's snapshot files, progress and logs
       runs/background.log       what background cycles (started by a trigger) printed
       server.json               while `learnloop serve` runs: its url, pid and token
 
 All of it is private to its owner when learnloop makes it (:func:`ensure_data_root`).
+
+What is the same for every data root of a user on the machine lives in the cache,
+``$LEARNLOOP_CACHE`` (default ``$XDG_CACHE_HOME/learnloop``, else ``~/.cache/learnloop``)::
+
+    models/<digest>/            a GGUF converted to safetensors, named by the GGUF's sha256
+    digests/<key>               a file's (or checkpoint's) content digest, keyed by its
+                                path, size and mtime, so each is hashed once
+
+Everything in the cache can be deleted: it is rebuilt when needed.
 
 Both sides of the package (the chat side, ``agent``, and the learning side) may import
 this module: it also holds the few process helpers they share.
@@ -40,7 +50,44 @@ def db_path() -> Path:
 
 
 def models_dir() -> Path:
+    """Where learnloop before the per-machine cache kept its converted GGUFs, per root."""
     return data_root() / "models"
+
+
+def cache_root() -> Path:
+    """The per-machine (per-user) cache shared by every data root: ``$LEARNLOOP_CACHE``,
+    else ``$XDG_CACHE_HOME/learnloop``, else ``~/.cache/learnloop``."""
+    given = os.environ.get("LEARNLOOP_CACHE")
+    if given:
+        return Path(given).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # the XDG spec: a relative $XDG_CACHE_HOME is invalid and to be ignored
+    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else None
+    return (base or Path.home() / ".cache") / "learnloop"
+
+
+def model_cache_dir() -> Path:
+    """Converted base models, one folder per GGUF content digest."""
+    return cache_root() / "models"
+
+
+def digests_dir() -> Path:
+    """Memoised content digests (see learning/models.py)."""
+    return cache_root() / "digests"
+
+
+def cache_dir(path: Path) -> Path:
+    """Make the cache folder ``path`` (private to its owner, like the data root) when
+    missing; return it. Raises DataRootError naming LEARNLOOP_CACHE when it cannot."""
+    keep_private()
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DataRootError(
+            f"cannot create the cache folder {path}: {exc.strerror}; "
+            "set LEARNLOOP_CACHE to a writable folder"
+        ) from exc
+    return path
 
 
 def adapters_dir() -> Path:
@@ -65,7 +112,8 @@ def write_private(path: Path, text: str) -> None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` exists (one of another user's counts as alive)."""
+    """Whether process ``pid`` is running (one of another user's counts as alive; a
+    zombie, killed but not yet reaped by its parent, does not)."""
     if pid is None:
         return False
     try:
@@ -74,7 +122,11 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 PRIVATE_UMASK = 0o077  # files and folders learnloop makes: read and written by their owner

@@ -251,6 +251,27 @@ def m007_key_roles_and_thread_owners(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE threads ADD COLUMN owner VARCHAR")
 
 
+@migration
+def m008_thread_titles(db: duckdb.DuckDBPyConnection) -> None:
+    """``threads.title``: a title its owner gave the conversation (the web page's rename);
+    NULL for one never renamed, which is listed under its first message, as before."""
+    db.execute("ALTER TABLE threads ADD COLUMN title VARCHAR")
+
+
+@migration
+def m009_base_fingerprints_and_removed_adapters(db: duckdb.DuckDBPyConnection) -> None:
+    """Two things about a version's files:
+
+    - ``versions.base_fingerprint``: the sha256 of the base model's weights it was
+      trained on (learning/models.py), so that the same weights in a folder of another
+      name are the same base. NULL for versions published before: their ``base_model``
+      name decides, as it did;
+    - ``versions.removed_at``: when ``learnloop versions rm`` deleted its adapter folder.
+      The row stays, for the history; NULL while the files are there."""
+    db.execute("ALTER TABLE versions ADD COLUMN base_fingerprint VARCHAR")
+    db.execute("ALTER TABLE versions ADD COLUMN removed_at TIMESTAMP")
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -9,6 +9,11 @@ from typing import Any
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
 
+# Who gives feedback when nobody says: the operator. The CLI, the REPL and the web page on
+# loopback are one person, so the per-user cap (learning/quality.py) never splits them.
+LOCAL_USER = "local"
+
+
 @dataclass(frozen=True)
 class TurnLog:
     """One answered message, as the agent logs it (the trajectory of a turn)."""
@@ -40,6 +45,10 @@ class FeedbackRow:
     comment: str | None
     user_name: str
     created_at: datetime
+    # the version the latest cycle that used this row made (None: not used yet), and
+    # whether that cycle kept it aside to test the version rather than training on it
+    used_by: str | None = None
+    kept_aside: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class ThreadSummary:
     first_message: str
     turns: int  # answers in its history: a regeneration replaces the turn it redoes
     last_at: datetime
+    title: str | None = None  # the title its owner gave it (None: never renamed)
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,10 @@ class Version:
     (the one active when its run was prepared); ``adapter_path`` is absolute wherever
     the data root is now (the store saves it relative to the root); ``checksum`` is the
     sha256 of the adapter folder when it was published (learning/adapters.py), None for
-    a version published before checksums until its first load records one."""
+    a version published before checksums until its first load records one.
+    ``base_fingerprint`` identifies the base it was trained on whatever its folder is
+    called (None for versions published before: their ``base_model`` name decides); a
+    version whose files were removed keeps its row, with ``removed_at``."""
 
     id: str
     parent: str
@@ -102,6 +115,8 @@ class Version:
     status: str = "promoted"  # or "rejected" by the gate
     gate: dict[str, Any] | None = None  # measured numbers, decision and reasons
     checksum: str | None = None
+    base_fingerprint: str | None = None  # the base's weights (learning/models.py); None: older
+    removed_at: datetime | None = None  # when `versions rm` deleted its adapter files
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from learnloop.storage.records import Activation, ControlPrompt, Run, SnapshotRe
 
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
-    "created_at, kto_count, status, gate, checksum"
+    "created_at, kto_count, status, gate, checksum, base_fingerprint, removed_at"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
@@ -49,6 +49,30 @@ class ActiveChanged(Conflict):
         super().__init__(f"the active version changed from {expected} to {active}")
         self.expected = expected
         self.active = active
+
+
+class VersionRemoved(Conflict):
+    """A version whose adapter files were removed (``learnloop versions rm``) is asked to
+    answer: its row stays for the history, but it cannot serve again."""
+
+    def __init__(self, version: Version) -> None:
+        when = f" on {version.removed_at:%Y-%m-%d %H:%M}" if version.removed_at else ""
+        super().__init__(
+            f"the files of version {version.id} were removed{when} (`learnloop versions rm`): "
+            "it cannot answer again; `learnloop versions` lists the others"
+        )
+        self.version = version.id
+
+
+class ActiveNotRemovable(Conflict):
+    """``versions rm`` named the active version: its files answer questions."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"{version} is the active version: its files answer questions; activate another "
+            "version (or `learnloop rollback`) first"
+        )
+        self.version = version
 
 
 class Registry(Connection):
@@ -132,6 +156,12 @@ class Registry(Connection):
             raise NotFound(f"learning run {run_id} has no snapshot")
         return {"sft": int(row[0]), "dpo": int(row[1]), "kto": int(row[2])}
 
+    def snapshot_quality(self, run_id: int) -> dict[str, Any] | None:
+        """The quality report recorded with run ``run_id``'s snapshot (what the cleaning
+        kept and dropped, the per-user cap's ``capped`` among it); None without one."""
+        saved = self._one("SELECT quality FROM snapshots WHERE run_id = ?", [run_id])
+        return json.loads(saved) if saved else None
+
     def set_run_dir(self, run_id: int, run_dir: str) -> None:
         self.db.execute(
             "UPDATE runs SET run_dir = ? WHERE id = ?", [stored(run_dir, self._root()), run_id]
@@ -143,6 +173,23 @@ class Registry(Connection):
                    finished_at = current_timestamp WHERE id = ?""",
             [error, json.dumps(metrics) if metrics else None, run_id],
         )
+
+    def cancel_run(self, run_id: int, note: str) -> None:
+        self.db.execute(
+            """UPDATE runs SET status = 'cancelled', error = ?, finished_at = current_timestamp
+               WHERE id = ? AND status = 'running'""",
+            [note, run_id],
+        )
+
+    def last_learned(self) -> tuple[int, int, str] | None:
+        """(run id, newest feedback id its snapshot considered, version it made) of the
+        latest run that made a version, promoted or not; None before the first."""
+        row = self.db.execute(
+            """SELECT r.id, s.upto_feedback_id, r.version_id FROM runs r
+               JOIN snapshots s ON s.run_id = r.id
+               WHERE r.status = 'succeeded' ORDER BY r.id DESC LIMIT 1"""
+        ).fetchone()
+        return (int(row[0]), int(row[1]), str(row[2])) if row else None
 
     def fail_stale_runs(self, is_alive: Callable[[int | None], bool]) -> list[int]:
         """Mark as failed every 'running' run whose process is gone; return their ids."""
@@ -222,7 +269,7 @@ class Registry(Connection):
                 if active != expect_active:
                     raise ActiveChanged(expect_active, active)
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 [
                     version.id,
                     version.parent,
@@ -238,6 +285,8 @@ class Registry(Connection):
                     version.status,
                     json.dumps(version.gate) if version.gate is not None else None,
                     version.checksum,
+                    version.base_fingerprint,
+                    version.removed_at,
                 ],
             )
             if control_answers is not None:
@@ -276,9 +325,26 @@ class Registry(Connection):
                 status=r[11],
                 gate=json.loads(r[12]) if r[12] else None,
                 checksum=r[13],
+                base_fingerprint=r[14],
+                removed_at=r[15],
             )
             for r in rows
         ]
+
+    def mark_removed(self, version_ids: list[str]) -> None:
+        """Record that the adapter files of ``version_ids`` are being deleted (before they
+        are: a deletion cut short leaves a version marked removed, never a live version
+        with half its files). Refused with a Conflict, recording nothing, when one of them
+        is the active version; one marked already keeps its first time."""
+        with self.transaction() as db:
+            active = _active(db)
+            if active in version_ids:
+                raise ActiveNotRemovable(active)
+            db.executemany(
+                "UPDATE versions SET removed_at = current_timestamp "
+                "WHERE id = ? AND removed_at IS NULL",
+                [[v] for v in version_ids],
+            )
 
     def record_checksum(self, version_id: str, checksum: str) -> None:
         """Give a version published before checksums its checksum (on its first load); a
@@ -300,7 +366,9 @@ class Registry(Connection):
     def activate(self, version_id: str, *, who: str, why: str) -> None:
         """Make ``version_id`` ('base' or a registered version) active, recording the switch."""
         if version_id != BASE_VERSION:
-            self.get_version(version_id)  # raises NotFound
+            version = self.get_version(version_id)  # raises NotFound
+            if version.removed_at is not None:
+                raise VersionRemoved(version)
         self.db.execute(
             "INSERT INTO activations (version_id, who, why) VALUES (?, ?, ?)",
             [version_id, who, why],

@@ -15,12 +15,14 @@ Invariants:
 - the active version is the ``version_id`` of the latest ``activations`` row ('base' if none);
 - a version row and its activation are written in one transaction, after its adapter
   folder is complete on disk, so no half-written version is ever active;
-- feedback rows are only ever appended; the latest row for a turn is the one that counts.
+- feedback rows are only ever appended (and deleted only with their thread, by its
+  owner: :meth:`Store.delete_thread`); the latest row for a turn is the one that counts.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from learnloop.storage.connection import BASE_VERSION, StoreError
@@ -140,15 +142,72 @@ class Store(Keys, Registry):
         ).fetchall()
         return self._turns(rows)
 
-    def threads(self, limit: int = 50) -> list[ThreadSummary]:
-        """Threads with at least one turn, the most recently active first."""
+    def threads(self, limit: int = 50, q: str | None = None) -> list[ThreadSummary]:
+        """Threads with at least one turn, the most recently active first; with ``q``, only
+        those whose title or any message (the user's or an answer) contains it, ignoring
+        case."""
+        return self._thread_summaries(limit, q)
+
+    def _thread_summaries(
+        self, limit: int, q: str | None, owner: str | None = None
+    ) -> list[ThreadSummary]:
+        """:meth:`threads`; with ``owner``, of that owner's threads only. ``q`` is matched
+        as plain text (``strpos``, not LIKE), so ``%`` and ``_`` in it match themselves."""
+        where, params = "", []
+        if owner is not None:
+            where, params = "WHERE h.owner = ?", [owner]
+        having = ""
+        if q is not None:
+            having = """HAVING bool_or(strpos(lower(t.user_message), lower(?)) > 0
+                                OR strpos(lower(t.answer), lower(?)) > 0)
+                        OR strpos(lower(coalesce(any_value(h.title), '')), lower(?)) > 0"""
+            params += [q, q, q]
         rows = self.db.execute(
-            """SELECT thread_id, min(created_at), arg_min(user_message, id),
-                      count(DISTINCT coalesce(regen_of, id)), max(created_at)
-               FROM turns GROUP BY thread_id ORDER BY max(id) DESC LIMIT ?""",
-            [limit],
+            f"""SELECT t.thread_id, min(t.created_at), arg_min(t.user_message, t.id),
+                       count(DISTINCT coalesce(t.regen_of, t.id)), max(t.created_at),
+                       any_value(h.title)
+                FROM turns t LEFT JOIN threads h ON h.id = t.thread_id {where}
+                GROUP BY t.thread_id {having} ORDER BY max(t.id) DESC LIMIT ?""",
+            [*params, limit],
         ).fetchall()
         return [ThreadSummary(*r) for r in rows]
+
+    def thread_turns(self, thread_id: str) -> list[Turn]:
+        """Every turn of a thread, regenerations included, oldest first: the answers
+        :meth:`thread_history` leaves out are the earlier answers to the same message."""
+        rows = self.db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE thread_id = ? ORDER BY id", [thread_id]
+        ).fetchall()
+        return self._turns(rows)
+
+    def rename_thread(self, thread_id: str, title: str | None) -> None:
+        """Give a thread its title (None: back to its first message); NotFound for none."""
+        row = self.db.execute(
+            "UPDATE threads SET title = ? WHERE id = ? RETURNING id", [title, thread_id]
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
+
+    def delete_thread(self, thread_id: str) -> tuple[int, int]:
+        """Delete a thread, its turns and their feedback, in one transaction; return
+        (turns, feedback rows) deleted. NotFound for no such thread.
+
+        What was learned from it stays: versions keep their weights, and the runs that
+        used its feedback keep their frozen datasets in their run folders; the snapshot
+        rows in this database name feedback only by id, so they name nothing readable."""
+        with self.transaction() as db:
+            if not self._one("SELECT count(*) FROM threads WHERE id = ?", [thread_id]):
+                raise NotFound(f"no thread {thread_id!r}; `learnloop log` shows thread ids")
+            feedback = db.execute(
+                """DELETE FROM feedback WHERE turn_id IN
+                   (SELECT id FROM turns WHERE thread_id = ?) RETURNING id""",
+                [thread_id],
+            ).fetchall()
+            turns = db.execute(
+                "DELETE FROM turns WHERE thread_id = ? RETURNING id", [thread_id]
+            ).fetchall()
+            db.execute("DELETE FROM threads WHERE id = ?", [thread_id])
+        return len(turns), len(feedback)
 
     def recent_turns(self, limit: int) -> list[Turn]:
         rows = self.db.execute(
@@ -160,12 +219,22 @@ class Store(Keys, Registry):
         ids = [r[0] for r in rows]
         feedback: dict[int, list[FeedbackRow]] = {i: [] for i in ids}
         if ids:
+            # with what the latest cycle that made a version did with each row: trained
+            # on it, or kept it aside to test that version ('heldout')
             for f in self.db.execute(
-                """SELECT id, turn_id, rating, correction, comment, user_name, created_at
-                   FROM feedback WHERE list_contains(?, turn_id) ORDER BY id""",
+                """SELECT f.id, f.turn_id, f.rating, f.correction, f.comment, f.user_name,
+                          f.created_at, arg_max(r.version_id, r.id),
+                          arg_max(sf.dataset = 'heldout', r.id)
+                   FROM feedback f
+                   LEFT JOIN snapshot_feedback sf ON sf.feedback_id = f.id
+                   LEFT JOIN snapshots s ON s.id = sf.snapshot_id
+                   LEFT JOIN runs r ON r.id = s.run_id AND r.status = 'succeeded'
+                   WHERE list_contains(?, f.turn_id)
+                   GROUP BY ALL ORDER BY f.id""",
                 [ids],
             ).fetchall():
-                feedback[f[1]].append(FeedbackRow(*f))
+                row = FeedbackRow(*f[:7])
+                feedback[f[1]].append(replace(row, used_by=f[7], kept_aside=bool(f[8])))
         return [
             Turn(
                 id=r[0],
@@ -311,16 +380,11 @@ class Store(Keys, Registry):
             raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
         return None if row[0] is None else str(row[0])
 
-    def owned_threads(self, owner: str, limit: int = 50) -> list[ThreadSummary]:
+    def owned_threads(
+        self, owner: str, limit: int = 50, q: str | None = None
+    ) -> list[ThreadSummary]:
         """:meth:`threads`, of ``owner``'s threads only."""
-        rows = self.db.execute(
-            """SELECT t.thread_id, min(t.created_at), arg_min(t.user_message, t.id),
-                      count(DISTINCT coalesce(t.regen_of, t.id)), max(t.created_at)
-               FROM turns t JOIN threads h ON h.id = t.thread_id WHERE h.owner = ?
-               GROUP BY t.thread_id ORDER BY max(t.id) DESC LIMIT ?""",
-            [owner, limit],
-        ).fetchall()
-        return [ThreadSummary(*r) for r in rows]
+        return self._thread_summaries(limit, q, owner)
 
     def owned_recent_turns(self, owner: str, limit: int) -> list[Turn]:
         """:meth:`recent_turns`, of ``owner``'s threads only."""

@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session")
+def machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The per-machine cache (converted models, digests) for the whole session: shared by
+    every test's data root, as on a real machine, and never the real ~/.cache."""
+    return tmp_path_factory.mktemp("learnloop-cache")
+
+
 @pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine_cache: Path) -> Path:
     root = tmp_path / "learnloop-home"
     monkeypatch.setenv("LEARNLOOP_HOME", str(root))
+    monkeypatch.setenv("LEARNLOOP_CACHE", str(machine_cache))
     monkeypatch.delenv("LEARNLOOP_MODEL", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

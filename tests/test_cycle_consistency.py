@@ -41,16 +41,20 @@ PROMOTING = LearnConfig(
     max_steps=1,
     held_out_share=0.0,
     promote_without_heldout=True,
+    taught_min_gain=0.0,  # one step on liked answers makes them likelier: a win
     control_max_drop=1.0,
     control_max_logp_drop=1000.0,
 )
 
 
-def seed_feedback(store: Store) -> None:
-    """Three corrected answers in three threads: enough to train SFT."""
+def seed_feedback(store: Store, *, liked: bool = False) -> None:
+    """Three corrected (or liked) answers in three threads: enough to train SFT."""
     for n in range(3):
-        turn = store.add_turn(make_log(f"What is {n} + {n}?", "no idea", thread_id=f"t{n}"))
-        store.add_feedback(turn, "down", correction=f"{n + n}.")
+        turn = store.add_turn(make_log(f"What is {n} + {n}?", f"{n + n}.", thread_id=f"t{n}"))
+        if liked:
+            store.add_feedback(turn, "up")
+        else:
+            store.add_feedback(turn, "down", correction=f"It is {n + n}.")
 
 
 def test_a_version_activated_during_training_is_not_overridden_by_the_cycle(
@@ -60,7 +64,7 @@ def test_a_version_activated_during_training_is_not_overridden_by_the_cycle(
         folder = tmp_path / "v1"
         save_random_adapter(tiny_model_dir, folder, seed=1, modules=["q_proj"], r=4)
         register_adapter(store, "v1", folder, tiny_model_dir.name, "test", "random adapter")
-        seed_feedback(store)
+        seed_feedback(store, liked=True)
         switched: list[str] = []
 
         def activate_once(event: dict) -> None:  # runs while the trainer child runs
@@ -79,7 +83,7 @@ def test_a_version_activated_during_training_is_not_overridden_by_the_cycle(
         "it was measured against base, so it is not promoted over v1"
     )
     # The numbers alone would have promoted it; the switch by hand wins.
-    assert "promoted anyway (--promote-without-heldout)" in result.reasons
+    assert result.reasons[0].startswith("wins on what it was taught")
     assert result.reasons[-1] == changed
     assert (result.version, result.promoted, result.parent) == ("v2", False, "base")
 

@@ -95,6 +95,10 @@ def give_feedback() -> None:
     rate("Say hello.", "Hello!", "up")
     question, answer, fix = HELD_FIX
     rate(question, answer, "down", correction=fix, thread=HELD_THREAD)
+    for n in range(LearnConfig().min_heldout - 1):  # enough to be worth holding out
+        rate(
+            f"What is {n} squared?", "No idea.", "down", correction=f"{n * n}.", thread=HELD_THREAD
+        )
 
 
 def record_run() -> tuple[int, Path]:
@@ -175,7 +179,8 @@ def test_current_feedback_exports_trl_conversational_rows(tmp_path: Path, fmt: s
 
     question, answer, fix = HELD_FIX  # held out: judged with, never trained on
     assert question not in sft and question not in dpo
-    assert [r["prompt"][-1]["content"] for r in rows["heldout_pairs"]] == [question]
+    held = [r["prompt"][-1]["content"] for r in rows["heldout_pairs"]]
+    assert held[0] == question and len(held) == LearnConfig().min_heldout
     assert rows["heldout_pairs"][0]["chosen"] == assistant(fix)
     assert rows["heldout_pairs"][0]["rejected"] == assistant(answer)
     assert rows["heldout_fixes"][0]["completion"] == assistant(fix)

@@ -8,6 +8,7 @@ recorded, a rejected version left inactive) runs for real on the tiny model.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from learnloop.agent.config import GenerationConfig
 from learnloop.agent.runtime import Agent
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import run_cycle
-from learnloop.learning.gate import decide
+from learnloop.learning.gate import NOTHING, decide
 from learnloop.learning.models import resolve_model
 from learnloop.learning.quality import is_held_out
 from learnloop.learning.snapshot import default_control_set
@@ -30,10 +31,14 @@ def side(
     pref: float | None = 0.5, fix: float | None = None, acc: float = 0.8, logp: float = -2.0
 ) -> dict:
     return {
+        "heldout_pairs": 4,
         "preference_accuracy": pref,
+        "heldout_corrections": 4,
         "correction_match": fix,
+        "control_prompts": 10,
         "control_accuracy": acc,
         "control_logp_per_token": logp,
+        "task_rows": 0,
     }
 
 
@@ -77,7 +82,8 @@ class TestDecide:
         empty = result(side(pref=None), side(pref=None))
         d = decide(empty, LearnConfig())
         assert not d.promote
-        assert d.reasons[0] == "no held-out feedback or task rows to judge the candidate by"
+        assert d.reasons[0] == NOTHING
+        assert d.summary.startswith("not promoted: nothing to judge it by")
         assert decide(empty, LearnConfig(promote_without_heldout=True)).promote
 
     def test_the_configured_metric_comes_first(self) -> None:
@@ -95,6 +101,27 @@ class TestDecide:
             "wins on preference_margin 4.500 vs 3.000 for the active version"
         )
         assert not decide(result(act, cand), LearnConfig()).promote
+
+    def test_a_margin_that_moves_less_than_the_minimum_is_noise_not_a_win(self) -> None:
+        """Seen: v2 promoted on preference_margin 11.164 vs 11.128, from 2 held-out pairs."""
+        cand, act = side(pref=1.0), side(pref=1.0)
+        cand["preference_margin"], act["preference_margin"] = 11.164, 11.128
+        d = decide(result(cand, act), LearnConfig())
+        assert not d.promote and d.reasons[0].startswith("does not win: ties on")
+        assert decide(result(cand, act), LearnConfig(gate_min_margin=0.01)).promote
+
+    def test_a_verdict_says_in_plain_words_what_decided(self) -> None:
+        cand, act = side(pref=0.75), side(pref=0.5)
+        for measured in (cand, act):
+            measured.update(heldout_pairs=8, heldout_corrections=0, control_prompts=12)
+        d = decide(result(cand, act), LearnConfig())
+        assert d.summary == (
+            "promoted: judged on 8 kept-aside items it was not trained on: prefers the "
+            "better answer in 6 of 8 kept-aside pairs (before: 4 of 8); general questions "
+            "hold (10 of 12 right, the base model 10 of 12)"
+        )
+        broken = decide(result({**cand, "control_accuracy": 0.5}, act), LearnConfig())
+        assert broken.summary.startswith("not promoted: ") and "worse at general" in broken.summary
 
     def test_task_accuracy_can_be_the_metric_and_always_guards(self) -> None:
         config = LearnConfig(gate_metric="task_accuracy", eval_file="tasks.jsonl")
@@ -123,6 +150,63 @@ class TestDecide:
         assert d.promote and "gate off" in d.reasons[0]
 
 
+def taught(fixed: int, liked_logp: float | None, corrections: int = 1) -> dict:
+    measured = side(pref=None)
+    measured.update(
+        taught_corrections=corrections,
+        taught_corrected=fixed,
+        taught_liked=0 if liked_logp is None else 3,
+        taught_liked_logp=liked_logp,
+        control_prompts=12,
+    )
+    return measured
+
+
+class TestJudgedByWhatWasTaught:
+    """With too little feedback to hold any out, the candidate is judged by what it was
+    taught: the corrections now given, the liked answers more likely, the control set."""
+
+    def test_a_learned_correction_and_likelier_liked_answers_promote(self) -> None:
+        d = decide(result(taught(1, -1.2), taught(0, -2.0)), LearnConfig())
+        assert d.promote
+        assert d.summary == (
+            "promoted: judged on what it was taught: 1 of 1 corrections now answered "
+            "(before: 0), liked answers more likely; general questions hold (10 of 12 "
+            "right, the base model 10 of 12)"
+        )
+
+    def test_a_correction_not_learned_is_not_a_win(self) -> None:
+        d = decide(result(taught(0, None), taught(0, None)), LearnConfig())
+        assert not d.promote and "0 of 1 corrections now answered" in d.summary
+
+    def test_liked_answers_alone_must_become_likelier_by_the_minimum(self) -> None:
+        assert not decide(result(taught(0, -1.99, 0), taught(0, -2.0, 0)), LearnConfig()).promote
+        assert decide(result(taught(0, -1.9, 0), taught(0, -2.0, 0)), LearnConfig()).promote
+
+    def test_a_new_correction_wins_when_the_liked_answers_were_learned_before(self) -> None:
+        """Measured: the second cycle after the walkthrough learned its new correction, but
+        v1 had learned the liked answers already, so they could not rise again."""
+        d = decide(result(taught(2, -0.20, 2), taught(1, -0.21, 2)), LearnConfig())
+        assert d.promote and "liked answers as likely as before" in d.summary
+        worse = decide(result(taught(2, -0.5, 2), taught(1, -0.2, 2)), LearnConfig())
+        assert not worse.promote and "liked answers less likely" in worse.summary
+
+    def test_forgetting_a_correction_the_active_version_gave_rejects(self) -> None:
+        d = decide(result(taught(1, -1.0, 2), taught(2, -2.0, 2)), LearnConfig())
+        assert not d.promote
+
+    def test_the_control_set_still_guards(self) -> None:
+        d = decide(
+            result({**taught(1, -1.0), "control_accuracy": 0.3}, taught(0, -2)), LearnConfig()
+        )
+        assert not d.promote and "control accuracy drops" in d.reasons[1]
+
+    def test_held_out_evidence_decides_when_there_is_some(self) -> None:
+        cand, act = taught(1, -1.0), taught(0, -2.0)
+        cand["preference_accuracy"], act["preference_accuracy"] = 0.25, 0.5
+        assert not decide(result(cand, act), LearnConfig()).promote
+
+
 def threads(held_out: bool, count: int) -> list[str]:
     names = (f"thread-{i}" for i in range(10_000))
     return [n for n in names if is_held_out(n, 0.2) == held_out][:count]
@@ -137,7 +221,9 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
         '{"text": "Sales fell.", "label": "negative"}\n'
         '{"text": "The firm met.", "label": "neutral"}\n'
     )
-    config = LearnConfig(max_steps=2, eval_file=str(tasks), eval_instruction="Sentiment?")
+    config = LearnConfig(
+        max_steps=2, eval_file=str(tasks), eval_instruction="Sentiment?", min_heldout=1
+    )
     with Store() as store:
         store.add_control_prompt(ControlPrompt("Name a fruit.", "An apple.", "apple"))
         agent = Agent(
@@ -176,10 +262,16 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
             "SELECT DISTINCT dataset FROM snapshot_feedback WHERE feedback_id = ?", [rated[held]]
         ).fetchall()
         assert in_training == [("heldout",)]  # held-out feedback never trains
+        # ... and says so where it was given (the thread, `learnloop log`, the page)
+        uses = {f["id"]: f for t in run_json(None, "log", "-n", "10") for f in t["feedback"]}
+        assert uses[rated[held]]["kept_aside"] and uses[rated[held]]["used_by"] == "v1"
+        assert not uses[rated[threads(False, 1)[0]]]["kept_aside"]
+        assert "use: kept aside to test v1, not trained on" in run_cli(None, "log").output
 
         # With a learned version active, the base is measured on the control set too.
         store.activate("v1", who="test", why="a second cycle against v1")
-        second = run_cycle(store, resolve_model(str(tiny_model_dir)), config).gate
+        again = dataclasses.replace(config, force=True)  # no new feedback: only when forced
+        second = run_cycle(store, resolve_model(str(tiny_model_dir)), again).gate
         assert second is not None and second["active_version"] == "v1"
         assert second["base_control"]["control_prompts"] == 13
         assert second["base_control"]["control_accuracy"] == gate["active"]["control_accuracy"]

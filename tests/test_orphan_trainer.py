@@ -118,3 +118,22 @@ def test_the_trainer_stops_soon_after_its_parent_dies(
     )
     assert "done" not in stages(run_dir)
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_killed_cycle_not_yet_reaped_does_not_block_the_next_one() -> None:
+    """Seen: a `learn` killed from a script stayed a zombie until its shell reaped it,
+    and the next `learn` said its run "is still running"."""
+    import subprocess
+    import time
+
+    from learnloop.storage.home import pid_alive
+
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(alive.pid)
+        alive.kill()
+        time.sleep(0.3)  # dead, not waited for: a zombie
+        assert not pid_alive(alive.pid)
+    finally:
+        alive.wait()
+    assert not pid_alive(alive.pid)

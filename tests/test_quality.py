@@ -52,6 +52,9 @@ class TestDuplicates:
         assert len(kept) == 2
 
 
+KEYS = frozenset({"loud", "quiet"})  # the names of API keys: the users a server tells apart
+
+
 class TestUserCap:
     def test_a_single_user_is_never_capped(self) -> None:
         examples = [ex(f"q{i}") for i in range(10)]
@@ -61,10 +64,21 @@ class TestUserCap:
     def test_no_user_supplies_more_than_the_share_and_their_oldest_go_first(self) -> None:
         loud = [ex(f"loud {i}", user="loud") for i in range(8)]
         quiet = [ex(f"quiet {i}", user="quiet") for i in range(2)]
-        kept, report = clean(loud + quiet, max_user_share=0.5)
+        kept, report = clean(loud + quiet, max_user_share=0.5, real_users=KEYS)
         assert report.capped == {"loud": 6}
         assert [e for e in kept if e.user_name == "loud"] == loud[-2:]
         assert report.per_user == {"loud": 2, "quiet": 2}
+
+    def test_only_real_users_are_capped_one_person_in_two_places_is_not(self) -> None:
+        """Seen: the web page recorded feedback as `local`, the CLI as `$USER`: the cap
+        then dropped most of one person's feedback."""
+        mine = [ex(f"cli {i}", user="local") for i in range(8)]
+        also_mine = [ex(f"web {i}", user="ann") for i in range(2)]
+        kept, report = clean(mine + also_mine, max_user_share=0.5, real_users=KEYS)
+        assert report.capped == {} and len(kept) == 10
+        keyed = [ex(f"q {i}", user="loud") for i in range(8)]
+        _, report = clean(keyed + mine, max_user_share=0.5, real_users=KEYS)
+        assert report.capped == {}  # one real user: nobody to balance against
 
 
 class TestReport:
@@ -144,12 +158,29 @@ class TestSnapshotSplit:
         from learnloop.learning.config import LearnConfig
         from learnloop.learning.snapshot import build_snapshot
 
-        examples = [ex(f"q{i}", thread=f"thread-{i}") for i in range(40)]
+        examples = [
+            ex(f"q{i}", rating="down", correction="b", thread=f"thread-{i}") for i in range(40)
+        ]
         gated = build_snapshot(examples, LearnConfig(held_out_share=0.5))
         assert 0 < len(gated.heldout_ids) < 40
         assert len(gated.data.sft) == 40 - len(gated.heldout_ids)
         ungated = build_snapshot(examples, LearnConfig(held_out_share=0.5, gate=False))
         assert ungated.heldout_ids == [] and len(ungated.data.sft) == 40
+
+    def test_too_little_to_hold_out_all_teaches_and_is_judged_by_what_it_taught(self) -> None:
+        """Seen: a web-page correction, told it "will be learned from", was held out and
+        never trained on; the gate then had two pairs to judge by."""
+        from learnloop.learning.config import LearnConfig
+        from learnloop.learning.snapshot import build_snapshot
+
+        examples = [
+            ex(f"q{i}", rating="down", correction="b", thread=f"thread-{i}") for i in range(10)
+        ] + [ex("liked", thread="thread-liked")]
+        snap = build_snapshot(examples, LearnConfig(held_out_share=0.5, min_heldout=9))
+        assert snap.heldout_ids == [] and len(snap.data.sft) == 11
+        assert len(snap.taught_fixes) == 10 and snap.taught_liked[0]["answer"] == "a"
+        held = build_snapshot(examples, LearnConfig(held_out_share=0.5, min_heldout=2))
+        assert held.heldout_ids and held.taught_fixes == []
 
     def test_feedback_all_in_held_out_threads_trains_rather_than_nothing(self) -> None:
         from learnloop.learning.config import LearnConfig

@@ -253,6 +253,7 @@ def test_a_finished_run_reads_as_the_local_summary_without_the_heldout_count() -
         "version": "v2",
         "promoted": False,
         "reasons": ["control set drops"],
+        "summary": "not promoted: but worse at general questions (5 of 12 right)",
         "started_at": "2026-01-01T10:00:00",
         "finished_at": "2026-01-01T10:01:30.5",
     }
@@ -261,6 +262,7 @@ def test_a_finished_run_reads_as_the_local_summary_without_the_heldout_count() -
     data = cycle_view(view, [{"id": "v1"}, record])
     assert (data["run_id"], data["seconds"], data["parent"]) == (2, 90.5, "v1")
     assert cycle_summary(data) == (
-        "version v2 rejected by the gate (sft: 5 SFT examples, 0 DPO pairs, 0 KTO rows; 90 s)"
-        "\ngate: control set drops"
+        "version v2 not promoted: but worse at general questions (5 of 12 right)\n"
+        "  (sft: 5 SFT examples, 0 DPO pairs, 0 KTO rows; 90 s; v1 stays active)\n"
+        "  gate: control set drops"
     )

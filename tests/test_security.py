@@ -21,7 +21,8 @@ Invariants tested here:
   (without the data root) and the dashboard; an admin key sees and may do all; keys
   made before roles are user keys, threads made before owners are the operator's;
 - ``/healthz`` says ``{"status": "ok"}`` and nothing else;
-- a prompt over ``--max-prompt-tokens`` (counted as the model would see it) is a 400
+- a prompt over ``--max-prompt-tokens`` or the model's context (counted as the model would
+  see it) has its oldest earlier messages left out; one that does not fit even so is a 400
   naming its count and the bound, and logs nothing;
 - ``serve --host ::1`` writes a URL the CLI can use, and the CLI goes through it.
 """
@@ -507,9 +508,11 @@ class TestThePromptBound:
         with server.client() as http:
             answer = http.post("/v1/chat/completions", json=body)
             streamed = http.post("/v1/chat/completions", json={**body, "stream": True})
-        message = refused(answer, 400, "invalid_request_error", "at most 4096", "--max-prompt")
-        count = re.search(r"the prompt is (\d+) tokens", message)
-        assert count is not None and int(count.group(1)) > 50_000
+        # the earlier 19 messages could be left out, but the last alone is over the model's
+        # context (the tiny model's 1024 tokens, 8 of them for the answer)
+        message = refused(answer, 400, "invalid_request_error", "at most 1016", "1024 tokens")
+        count = re.search(r"the prompt is (\d+) tokens even without earlier messages", message)
+        assert count is not None and int(count.group(1)) > 3000
         tokens = int(count.group(1))
         refused(streamed, 400, "invalid_request_error", f"the prompt is {tokens} tokens")
         assert time.monotonic() - started < 60  # refused before generating
@@ -531,11 +534,10 @@ class TestThePromptBound:
         short, long = first["usage"]["prompt_tokens"], second["usage"]["prompt_tokens"]
         assert short < long == logged.prompt_tokens
 
+        # under a lower bound the oldest messages are left out, and the response says so
         with running_server(tiny_model_dir, max_prompt_tokens=long - 1) as bounded:
-            before = counts(bounded)
             with bounded.client() as http:
                 fresh = http.post("/v1/chat/completions", json=CHAT)
-                after = counts(bounded)
                 regen = http.post(
                     "/v1/chat/completions", json={"messages": [], "regen_of": second["turn_id"]}
                 )
@@ -543,11 +545,24 @@ class TestThePromptBound:
                     "/v1/chat/completions",
                     json={"thread_id": thread, "messages": [{"role": "user", "content": "Hm?"}]},
                 )
-            assert counts(bounded) == after
+            store = bounded.state.store
+            regen_log = store.get_turn(regen.json()["turn_id"]).log
+            more_log = store.get_turn(more.json()["turn_id"]).log
         assert fresh.status_code == 200 and fresh.json()["usage"]["prompt_tokens"] == short
-        assert after[0] == before[0] + 1
-        refused(regen, 400, "invalid_request_error", f"is {long} tokens", f"at most {long - 1}")
-        refused(more, 400, "invalid_request_error", f"at most {long - 1}")
+        assert fresh.headers["X-Learnloop-Trimmed"] == "0"
+        assert regen.headers["X-Learnloop-Trimmed"] == "2" and regen.json()["trimmed"] == 2
+        assert regen_log.messages == logged.messages[2:]
+        assert regen.json()["usage"]["prompt_tokens"] <= long - 1
+        assert int(more.headers["X-Learnloop-Trimmed"]) >= 2
+        assert more_log.messages[-1] == {"role": "user", "content": "Hm?"}
+        assert more_log.prompt_tokens <= long - 1
+
+        with running_server(tiny_model_dir, max_prompt_tokens=3) as tiny_bound:
+            before = counts(tiny_bound)
+            with tiny_bound.client() as http:
+                alone = http.post("/v1/chat/completions", json=CHAT)
+            assert counts(tiny_bound) == before
+        refused(alone, 400, "invalid_request_error", "at most 3 fit", "--max-prompt-tokens")
 
     def test_the_bound_must_be_a_positive_number(self) -> None:
         result = run_cli(None, "serve", "--max-prompt-tokens", "0", "--port", "1")

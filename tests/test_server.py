@@ -232,7 +232,7 @@ class TestBadRequestsAre4xxAndChangeNothing:
             ("POST", "/v1/feedback", {"turn_id": 1, "rating": "meh"}, 422),
             ("POST", "/v1/feedback", {"turn_id": 1, "rating": "up", "correction": "x"}, 400),
             ("POST", "/v1/chat/completions", {"messages": [USER], "n": 2}, 422),
-            ("POST", "/v1/chat/completions", {"messages": [USER], "stop": ["\n"]}, 400),
+            ("POST", "/v1/chat/completions", {"messages": [USER], "stop": ["a"] * 5}, 422),
             ("POST", "/v1/learn", {"lora_r": "big"}, 422),
             ("POST", "/v1/learn", {"no_such_setting": 1}, 400),
             ("GET", "/v1/learn/42", None, 404),

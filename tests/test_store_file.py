@@ -122,6 +122,8 @@ class TestAFreshDatabaseMigrates:
             (5, "m005_api_keys"),
             (6, "m006_adapter_checks_and_relative_paths"),
             (7, "m007_key_roles_and_thread_owners"),
+            (8, "m008_thread_titles"),
+            (9, "m009_base_fingerprints_and_removed_adapters"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -273,6 +275,8 @@ class TestAMigrationFailingHalfWay:
             (5, "m005_api_keys"),
             (6, "m006_adapter_checks_and_relative_paths"),
             (7, "m007_key_roles_and_thread_owners"),
+            (8, "m008_thread_titles"),
+            (9, "m009_base_fingerprints_and_removed_adapters"),
         ]
         tables = {
             r[0]

@@ -237,6 +237,21 @@ def test_sft_only_run_skips_dpo(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert stages == {"load", "sft", "save", "done"}
 
 
+def test_a_handful_of_corrections_is_repeated_to_the_minimum_steps(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Seen: 4 feedback items trained 3 steps (3 epochs of one batch): nothing learned."""
+    settings = tiny_config(max_steps=-1, sft_epochs=1.0, sft_min_steps=5)
+    for corrections, steps in (([0], 5), ([], 2)):  # liked answers alone: just the epochs
+        run_dir = make_run(tmp_path / f"run{steps}", tiny_model_dir, sft_rows(4), None, **settings)
+        request = json.loads((run_dir / "request.json").read_text())
+        request["sft_corrections"] = corrections
+        (run_dir / "request.json").write_text(json.dumps(request))
+        result = run_trainer(run_dir)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((run_dir / "metrics.json").read_text())["sft"]["steps"] == steps
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.helpers import run_cli
 from tests.serving import serve_process
@@ -88,10 +88,14 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
         yield opened
 
 
+LAPTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 375, "height": 700}
+
+
 @contextmanager
-def open_page(browser: Browser, url: str) -> Iterator[Page]:
+def open_page(browser: Browser, url: str, viewport: ViewportSize = LAPTOP) -> Iterator[Page]:
     """The page in a fresh browser context (its own localStorage), ready to use."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context = browser.new_context(viewport=viewport)
     opened = context.new_page()
     problems: list[str] = []
     opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -199,7 +203,11 @@ def test_feedback_teaches_a_version_that_answers_the_next_message(page: Page) ->
     first.get_by_test_id("correction-input").fill("The capital of France is Paris.")
     first.get_by_test_id("correction-submit").click()
     expect(first.get_by_test_id("correction-input")).to_be_hidden()
-    expect(first.get_by_test_id("feedback-note")).to_contain_text("learned from")
+    # honest: a correction may be kept aside to test the next version rather than train it
+    expect(first.get_by_test_id("feedback-note")).to_have_text(
+        "thanks: the next learning cycle uses it"
+    )
+    expect(first.get_by_test_id("correction-text")).to_have_text("The capital of France is Paris.")
 
     page.evaluate(f"window.LEARN_OPTIONS = {json.dumps(FAST_LEARN)}")
     page.get_by_test_id("tab-learning").click()
@@ -227,6 +235,12 @@ def test_feedback_teaches_a_version_that_answers_the_next_message(page: Page) ->
     send(page, "And the capital of Italy?")
     badges = page.get_by_test_id("version-badge")
     expect(badges).to_have_text(["base", "v1"])  # each answer keeps the version that wrote it
+
+    # reopened, the corrected answer says what learning did with the correction
+    page.get_by_test_id("new-chat").click()
+    page.get_by_test_id("thread-item").filter(has_text="capital of France").click()
+    corrected = page.get_by_test_id("turn").first
+    expect(corrected.get_by_test_id("feedback-note")).to_have_text("learned by v1")
 
 
 def test_threads_resume_regenerate_and_errors_show(page: Page, server: Server) -> None:
@@ -371,3 +385,228 @@ def test_off_loopback_the_page_asks_for_a_key_and_keeps_it(
         page.get_by_test_id("key-forget").click()
         expect(page.get_by_test_id("key-form")).to_be_visible()
         expect(page.get_by_test_id("thread-item")).to_have_count(0)
+
+
+# -- what people expect of a chat page ------------------------------------------------------
+
+
+def test_regenerate_keeps_the_rated_answer_beside_the_new_one(page: Page, server: Server) -> None:
+    send(page, "Tell me about owls")
+    turn = page.get_by_test_id("turn").last
+    first_id = turn.get_attribute("data-turn-id")
+    turn.get_by_test_id("correct").click()
+    turn.get_by_test_id("correction-input").fill("Owls hunt at night.")
+    turn.get_by_test_id("correction-submit").click()
+    expect(turn.get_by_test_id("correction-text")).to_have_text("Owls hunt at night.")
+    expect(turn.get_by_test_id("siblings")).to_be_hidden()  # one answer: no ‹ 1/1 ›
+
+    turn.get_by_test_id("regen").click()
+    expect(turn.get_by_test_id("answer-index")).to_have_text("2/2")
+    expect(turn.get_by_test_id("thumb-up")).to_be_enabled()
+    expect(turn).not_to_have_attribute("data-turn-id", first_id or "")
+    second_id = turn.get_attribute("data-turn-id")
+    expect(turn.get_by_test_id("correction-shown")).to_be_hidden()  # the new one is unrated
+    expect(turn.get_by_test_id("thumb-down")).to_have_attribute("aria-pressed", "false")
+    expect(turn.get_by_test_id("next-answer")).to_be_disabled()
+    turn.get_by_test_id("thumb-up").click()  # rates the answer shown: the new one
+    expect(turn.get_by_test_id("thumb-up")).to_have_attribute("aria-pressed", "true")
+
+    turn.get_by_test_id("prev-answer").click()  # the rated answer is still there
+    expect(turn.get_by_test_id("answer-index")).to_have_text("1/2")
+    expect(turn).to_have_attribute("data-turn-id", first_id or "")
+    expect(turn.get_by_test_id("thumb-down")).to_have_attribute("aria-pressed", "true")
+    expect(turn.get_by_test_id("correction-text")).to_have_text("Owls hunt at night.")
+    expect(turn.get_by_test_id("prev-answer")).to_be_disabled()
+    expect(page.get_by_test_id("turn")).to_have_count(1)
+
+    page.reload()  # the thread keeps both answers, the newest shown
+    page.get_by_test_id("thread-item").first.click()
+    turn = page.get_by_test_id("turn").last
+    expect(turn.get_by_test_id("answer-index")).to_have_text("2/2")
+    expect(turn).to_have_attribute("data-turn-id", second_id or "")
+    turn.get_by_test_id("prev-answer").click()
+    expect(turn.get_by_test_id("correction-text")).to_have_text("Owls hunt at night.")
+    with server.client() as http:
+        log = {t["turn_id"]: t for t in http.get("/v1/log").json()}
+    assert [f["rating"] for f in log[int(first_id or 0)]["feedback"]] == ["down"]
+    assert [f["rating"] for f in log[int(second_id or 0)]["feedback"]] == ["up"]
+
+
+def test_stop_ends_the_answer_and_keeps_what_it_wrote(page: Page, server: Server) -> None:
+    watch_answers(page)
+    # a long answer, so that there is time to stop it: the tiny model never ends by itself
+    page.evaluate("window.CHAT_OPTIONS = {max_tokens: 900, whole_answer: true}")
+    page.get_by_test_id("message-input").fill("Tell me a very long story")
+    page.get_by_test_id("send").click()
+    turn = page.get_by_test_id("turn").last
+    page.wait_for_function("window.answerPieces >= 3")
+    expect(page.get_by_test_id("send")).to_be_disabled()
+    page.get_by_test_id("stop").click()
+
+    expect(turn.get_by_test_id("thumb-up")).to_be_enabled()  # logged, so it can be rated
+    expect(turn.get_by_test_id("feedback-note")).to_have_text("(stopped)")
+    expect(turn).to_have_class(re.compile(r"\bstopped\b"))
+    expect(turn.get_by_test_id("answer")).not_to_be_empty()
+    expect(page.get_by_test_id("stop")).to_be_hidden()
+    expect(page.get_by_test_id("send")).to_be_enabled()
+    turn_id = int(turn.get_attribute("data-turn-id") or 0)
+    with server.client() as http:
+        (logged,) = http.get("/v1/log").json()
+    assert logged["turn_id"] == turn_id
+    assert logged["interrupted"] is True
+    assert 0 < logged["completion_tokens"] < 900  # it stopped generating, not just showing
+    turn.get_by_test_id("thumb-down").click()
+    expect(turn.get_by_test_id("feedback-note")).to_have_text("(stopped) · thanks")
+
+    page.evaluate("window.CHAT_OPTIONS = {}")
+    send(page, "Short one now")  # the next answer runs to its end
+    last = page.get_by_test_id("turn").last
+    expect(last.get_by_test_id("feedback-note")).to_have_text("(cut off at the length limit)")
+
+
+MARKDOWN_ANSWER = """Here is **bold**, *italic*, `code` and snake_case_name.
+
+- first item
+- second with a [link](https://example.org/docs)
+1. one
+2. two
+
+```python
+print("<b>not bold</b>")
+```
+
+<img src=x onerror="window.pwned = 1"> and [bad](javascript:window.pwned=2) stay text.
+<script>window.pwned = 3</script>"""
+
+
+def test_answers_render_as_markdown_and_their_html_as_text(
+    browser: Browser, tiny_model_dir: Path, home: Path, tmp_path: Path
+) -> None:
+    from learnloop.storage.store import Store
+    from tests.helpers import make_log
+
+    with Store() as store:  # an answer as a model might write it, stored before the server
+        store.add_turn(make_log("Show me markdown", MARKDOWN_ANSWER, thread_id="md"))
+    with serve(tiny_model_dir, home, tmp_path) as running, open_page(browser, running.url) as page:
+        page.get_by_test_id("thread-item").first.click()
+        answer = page.get_by_test_id("answer").last
+        expect(answer.locator("strong")).to_have_text("bold")
+        expect(answer.locator("em")).to_have_text("italic")
+        expect(answer.locator("p code")).to_have_text("code")
+        expect(answer).to_contain_text("snake_case_name")  # no italics inside a word
+        expect(answer.locator("ul > li")).to_have_count(2)
+        expect(answer.locator("ol > li")).to_have_text(["one", "two"])
+        link = answer.locator("a")
+        expect(link).to_have_count(1)  # the javascript: one is no link
+        expect(link).to_have_attribute("href", "https://example.org/docs")
+        expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+        expect(answer.locator("pre code")).to_have_text('print("<b>not bold</b>")')
+        expect(answer.locator("img, script, b")).to_have_count(0)  # no HTML got through
+        expect(answer).to_contain_text('<img src=x onerror="window.pwned = 1">')
+        expect(answer).to_contain_text("<script>window.pwned = 3</script>")
+        expect(answer).to_contain_text("[bad](javascript:window.pwned=2)")
+        assert page.evaluate("window.pwned") is None
+
+        # a correction is rendered the same way, and safely
+        turn = page.get_by_test_id("turn").last
+        turn.get_by_test_id("correct").click()
+        turn.get_by_test_id("correction-input").fill(
+            "Use **`ls -la`** <img src=y onerror=alert(1)>"
+        )
+        turn.get_by_test_id("correction-submit").click()
+        shown = turn.get_by_test_id("correction-text")
+        expect(shown.locator("strong code")).to_have_text("ls -la")
+        expect(shown).to_contain_text("<img src=y onerror=alert(1)>")
+        expect(shown.locator("img")).to_have_count(0)
+
+
+def test_conversations_are_renamed_searched_and_deleted(page: Page, server: Server) -> None:
+    send(page, "Plan a trip to Lisbon")
+    page.get_by_test_id("new-chat").click()
+    send(page, "Recipe for pancakes")
+    items = page.get_by_test_id("thread-item")
+    expect(items).to_have_count(2)
+
+    lisbon = page.get_by_test_id("thread-row").filter(has_text="Plan a trip to Lisbon")
+    lisbon.get_by_test_id("thread-rename").click()
+    title = page.get_by_test_id("thread-title-input")
+    title.fill("")
+    title.press("Enter")
+    expect(page.get_by_test_id("error")).to_contain_text("1 to 200 characters")
+    title.fill("Holiday")
+    title.press("Enter")
+    expect(page.get_by_test_id("thread-title")).to_have_text(["Recipe for pancakes", "Holiday"])
+
+    search = page.get_by_test_id("thread-search")
+    search.fill("holi")  # the title
+    expect(page.get_by_test_id("thread-title")).to_have_text(["Holiday"])
+    search.fill("LISBON")  # the messages, any case
+    expect(page.get_by_test_id("thread-title")).to_have_text(["Holiday"])
+    search.fill("no such words")
+    expect(items).to_have_count(0)
+    expect(page.locator("#thread-empty")).to_have_text("No conversation matches “no such words”.")
+    search.fill("")
+    expect(items).to_have_count(2)
+
+    pancakes = page.get_by_test_id("thread-row").filter(has_text="Recipe for pancakes")
+    expect(pancakes.get_by_test_id("thread-item")).to_have_class(re.compile(r"\bcurrent\b"))
+    page.once("dialog", lambda dialog: dialog.dismiss())  # "Delete ...?" Cancel
+    pancakes.get_by_test_id("thread-delete").click()
+    expect(items).to_have_count(2)
+    messages: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        messages.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    pancakes.get_by_test_id("thread-delete").click()
+    expect(items).to_have_count(1)
+    assert "keep what they learned" in messages[0]
+    expect(page.get_by_test_id("turn")).to_have_count(0)  # it was the one shown
+    with server.client() as http:
+        assert [t["title"] for t in http.get("/v1/threads").json()] == ["Holiday"]
+
+
+def test_the_page_fits_a_phone_and_has_an_icon(browser: Browser, server: Server) -> None:
+    def no_sideways_scroll() -> None:
+        width = page.evaluate("document.scrollingElement.scrollWidth")
+        wide = page.evaluate(  # what sticks out, to say in the failure
+            """() => [...document.querySelectorAll("body *")]
+                .filter((e) => e.getBoundingClientRect().right > innerWidth + 0.5)
+                .slice(0, 5).map((e) => `${e.tagName}#${e.id}.${e.className}`)"""
+        )
+        assert width <= PHONE["width"], f"the page is {width} px wide: {wide}"
+
+    with open_page(browser, server.url, PHONE) as page:
+        sidebar = page.locator("#sidebar")
+        expect(sidebar).to_be_hidden()  # the thread list waits behind ☰
+        no_sideways_scroll()
+        send(page, "Hello from a phone")
+        turn = page.get_by_test_id("turn").last
+        turn.get_by_test_id("correct").click()
+        wide = "```\n" + "x" * 300 + "\n```\nand a " + "y" * 200 + " word"
+        turn.get_by_test_id("correction-input").fill(wide)
+        turn.get_by_test_id("correction-submit").click()
+        expect(turn.get_by_test_id("correction-text").locator("pre")).to_be_visible()
+        no_sideways_scroll()
+
+        page.get_by_test_id("threads-toggle").click()
+        expect(sidebar).to_be_visible()
+        expect(page.get_by_test_id("threads-toggle")).to_have_attribute("aria-expanded", "true")
+        no_sideways_scroll()
+        page.get_by_test_id("thread-item").first.click()
+        expect(sidebar).to_be_hidden()  # picking a thread closes the list
+        expect(page.get_by_test_id("turn")).to_have_count(1)
+
+        page.get_by_test_id("tab-learning").click()
+        expect(page.get_by_test_id("learn-now")).to_be_visible()
+        no_sideways_scroll()
+
+        icon = page.locator("link[rel=icon]")
+        expect(icon).to_have_attribute("type", "image/svg+xml")
+        href = page.evaluate("document.querySelector('link[rel=icon]').href")
+        served = page.request.get(href)
+        assert served.status == 200
+        assert served.headers["content-type"].startswith("image/svg+xml")
+        assert "<svg" in served.text()

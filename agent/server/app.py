@@ -7,7 +7,8 @@ call, and from where, is checked before any route (agent/server/auth.py).
 
 The web page (``/``) is served with the page token written into it: its scripts send it
 with every call (agent/web/api.js), and another site's page cannot read it (the
-browser's same-origin rule; a foreign ``Host`` gets nothing at all).
+browser's same-origin rule; a foreign ``Host`` gets nothing at all). ``/docs`` and
+``/redoc`` load their files from this server, not a CDN (agent/server/docs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.server.auth import Hosts, install
 from learnloop.agent.server.chat import MAX_PROMPT_TOKENS
+from learnloop.agent.server.docs import add_docs
 from learnloop.agent.server.errors import install_errors
 from learnloop.agent.server.routes import ROUTERS
 from learnloop.agent.server.service import ServerService
@@ -64,12 +66,15 @@ def create_app(
         summary="A chat agent that fine-tunes its own small model from your feedback.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from CDNs: add_docs serves them offline
+        redoc_url=None,
     )
     app.state.learnloop = state
     app.state.service = ServerService(state, allow_files)
     app.state.generation = generation or GenerationConfig()
     app.state.max_prompt_tokens = max_prompt_tokens
     page_token = secrets.token_urlsafe(32)  # new with every start of the server
+    add_docs(app, page_token)
     install_errors(app)
     install(
         app,

@@ -11,11 +11,21 @@ context the model sees, and the answer starts a new stored thread. learnloop's o
 extensions: ``thread_id`` continues a stored thread (send only the new user message: the
 earlier ones come from the thread), and ``regen_of`` answers a logged turn again.
 
+Where an answer ends: ``stop`` (a string or up to 4) ends it before the first stop string,
+which is never sent, not even in part (finish_reason "stop"); by default an answer also
+ends at its first paragraph unless the message asks for more (the server's
+``--whole-answer`` or a request's ``"whole_answer": true`` turns that off; see
+agent/config.py).
+
 Bounds: a request's prompt, rendered as the model will see it (system prompt, context or
-the thread's history, the new message), may be at most the server's
-``--max-prompt-tokens``; a longer one is refused before anything is stored or generated,
-since generation is serialised and a long prompt would hold every other client up. A
-user key may continue or regenerate only its own threads (another's is a 404).
+the thread's history, the new message), must fit the model's context with room for
+``max_tokens``, and the server's ``--max-prompt-tokens``. A longer conversation has its
+oldest earlier messages left out (never the system prompt nor the new message): the
+response says how many in ``X-Learnloop-Trimmed`` and the body's (every chunk's)
+``trimmed``, and the logged turn holds what the model saw. A prompt that does not fit
+even so is refused with a 400 naming the limit, before anything is stored or generated:
+generation is serialised and a long prompt would hold every other client up. A user key
+may continue or regenerate only its own threads (another's is a 404).
 """
 
 from __future__ import annotations
@@ -26,13 +36,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop.agent.backend import Pin
-from learnloop.agent.config import GenerationConfig
-from learnloop.agent.graph import conversation
+from learnloop.agent.config import MAX_STOP_STRINGS, GenerationConfig
+from learnloop.agent.graph import Fitted, conversation
 from learnloop.agent.runtime import (
     MAX_MESSAGE_CHARS,
     Answer,
@@ -47,6 +57,9 @@ from learnloop.storage.records import Message
 MAX_MESSAGES = 200
 MAX_TOKENS = 2048
 MAX_PROMPT_TOKENS = 4096  # the default of `serve --max-prompt-tokens`
+MAX_STOP_CHARS = 200  # a stop string longer than this is no end marker but a mistake
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class TextPart(BaseModel):
@@ -69,9 +82,9 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """The fields of OpenAI's request that a local model can honour; ``n`` above 1 and
-    ``stop`` are named so that a request using them is refused rather than answered as if
-    they had been honoured; other fields are ignored."""
+    """The fields of OpenAI's request that a local model can honour; ``n`` above 1 is
+    named so that a request asking for it is refused rather than answered as if it had
+    been honoured; other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -85,8 +98,16 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     n: int | None = Field(default=None, ge=1, le=1, description="how many answers: only 1")
-    stop: str | list[str] | None = Field(
-        default=None, description="not supported yet: a request that sets it is refused"
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = (
+        Field(
+            default=None,
+            description="a string, or up to 4, that ends the answer (not included in it)",
+        )
+    )
+    whole_answer: bool | None = Field(
+        default=None,
+        description="learnloop: true = no stop at the end of the first paragraph "
+        "(default: the server's --whole-answer / --first-paragraph)",
     )
     thread_id: str | None = Field(
         default=None, max_length=64, description="learnloop: continue this stored thread"
@@ -107,13 +128,18 @@ def generation_for(request: ChatRequest, default: GenerationConfig) -> Generatio
         changes["top_p"] = request.top_p
     if request.seed is not None:
         changes["seed"] = request.seed
-    return replace(default, **changes)
+    if request.stop is not None:
+        changes["stop"] = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
+    if request.whole_answer is not None:
+        changes["whole_answer"] = request.whole_answer
+    try:
+        return replace(default, **changes)
+    except ValueError as exc:  # the schema's bounds are the config's: only a safety net
+        raise UsageError(str(exc)) from exc
 
 
 def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
     """(context, new user message): the request's last message must be the user's."""
-    if request.stop:
-        raise UsageError("stop sequences are not supported yet: send the request without stop")
     if request.regen_of is not None:
         return None, ""
     if not request.messages or request.messages[-1].role != "user":
@@ -127,17 +153,6 @@ def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
         {"role": roles.get(m.role, m.role), "content": m.text()} for m in request.messages[:-1]
     ]
     return context, text
-
-
-class PromptTooLong(UsageError):
-    """A request whose rendered prompt is over the server's bound."""
-
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(
-            f"the prompt is {tokens} tokens; this server takes at most {limit} per request "
-            "(`learnloop serve --max-prompt-tokens`): send fewer or shorter messages, or "
-            "start a new thread"
-        )
 
 
 def prompt_messages(
@@ -182,9 +197,9 @@ class Prepared:
             if request.thread_id is not None:
                 thread_id = visible_thread(store, request.thread_id, sees)
             messages = prompt_messages(state, context, self.text, thread_id)
-        tokens = state.agent.backend.prompt_tokens(messages)
-        if tokens > max_prompt_tokens:
-            raise PromptTooLong(tokens, max_prompt_tokens)
+        # fitted here, not only in the graph: the headers say what was left out, and a
+        # prompt that cannot fit is refused before anything is stored
+        self.fitted: Fitted = state.agent.fit(messages, self.generation, max_prompt_tokens)
         self.thread_id = thread_id or store.create_owned_thread(new_thread_id(), owner)
         self.turn_id = store.new_turn_id()
         self.created = int(time.time())
@@ -194,6 +209,7 @@ class Prepared:
             "X-Learnloop-Turn-Id": str(self.turn_id),
             "X-Learnloop-Version": self.pin.version,
             "X-Learnloop-Thread-Id": self.thread_id,
+            "X-Learnloop-Trimmed": str(self.fitted.trimmed),
         }
 
     def ask(self, on_token: Any = None) -> Answer:
@@ -206,6 +222,7 @@ class Prepared:
             pin=self.pin,
             generation=self.generation,
             turn_id=self.turn_id,
+            fitted=self.fitted,
         )
 
     def _envelope(self, kind: str) -> dict[str, Any]:
@@ -218,6 +235,7 @@ class Prepared:
             "turn_id": self.turn_id,
             "version": self.pin.version,
             "thread_id": self.thread_id,
+            "trimmed": self.fitted.trimmed,  # earlier messages left out of the prompt
         }
 
     def completion(self, answer: Answer) -> dict[str, Any]:
@@ -232,6 +250,7 @@ class Prepared:
                 }
             ],
             "usage": usage(answer),
+            "stopped_by": answer.stopped_by,
         }
 
     def chunk(
@@ -260,30 +279,52 @@ def _sse(data: dict[str, Any] | str) -> str:
 async def stream_answer(prepared: Prepared, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks as tokens arrive, a final chunk with
     the finish reason (and usage when asked), then ``[DONE]``. The answer is generated in
-    its own thread; a client that goes away does not stop it (the turn is still logged)."""
+    its own thread. A client that goes away (the web page's Stop) stops it: the next
+    token of this answer interrupts generation, and the partial answer is logged as an
+    interrupted turn, as Ctrl-C does in the terminal.
+
+    Why at a token of this answer, not at once: the backend stops whichever answer it is
+    generating, and answers wait their turn, so only while this one's tokens arrive is
+    it surely this one. (One that finished generating meanwhile is logged whole.)"""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    gone = threading.Event()  # the client went away before the end
+    stopped = threading.Event()  # its answer was interrupted: once, never a later answer
 
     def put(kind: str, value: Any) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
+    def on_token(text: str) -> None:
+        if gone.is_set() and not stopped.is_set():
+            stopped.set()
+            prepared.state.agent.backend.interrupt()
+        put("token", text)
+
     def work() -> None:
         try:
-            put("done", prepared.ask(on_token=lambda t: put("token", t)))
+            put("done", prepared.ask(on_token=on_token))
         except Exception as exc:  # reported in the stream: the status line is already sent
             put("error", exc)
 
     threading.Thread(target=work, daemon=True).start()
-    yield _sse(prepared.chunk({"role": "assistant", "content": ""}))
-    while True:
-        kind, value = await queue.get()
-        if kind == "token":
-            yield _sse(prepared.chunk({"content": value}))
-        elif kind == "error":
-            yield _sse({"error": {"message": str(value), "type": "server_error"}})
-            return
-        else:
-            extra = {"usage": usage(value)} if include_usage else {}
-            yield _sse(prepared.chunk({}, finish_reason(value), **extra))
-            yield _sse("[DONE]")
-            return
+    finished = False
+    try:
+        yield _sse(prepared.chunk({"role": "assistant", "content": ""}))
+        while True:
+            kind, value = await queue.get()
+            if kind == "token":
+                yield _sse(prepared.chunk({"content": value}))
+            elif kind == "error":
+                finished = True
+                yield _sse({"error": {"message": str(value), "type": "server_error"}})
+                return
+            else:
+                finished = True
+                extra = {"usage": usage(value)} if include_usage else {}
+                extra["stopped_by"] = value.stopped_by
+                yield _sse(prepared.chunk({}, finish_reason(value), **extra))
+                yield _sse("[DONE]")
+                return
+    finally:  # cancelled (the client disconnected) or closed early
+        if not finished:
+            gone.set()

@@ -9,11 +9,11 @@ Who may do what (the guard, agent/server/auth.py, has said who calls: :class:`Ca
 
 - the operator (loopback without a key, the server's own token) and an admin key may do
   everything and see every thread;
-- a user key sees and rates only its own threads and turns (another's are a 404: the
-  :class:`ServerService` ``*_seen`` methods), and may not switch versions, learn, add
-  control prompts, export, read the history of switches or manage keys (403: ``Admin``).
-  The versions, models, runs, control set, status (without the data root's path) and
-  dashboard (counts and plots over everyone's feedback) it may read.
+- a user key sees, rates, renames and deletes only its own threads and turns (another's
+  are a 404: the :class:`ServerService` ``*_seen`` methods), and may not switch
+  versions, learn, add control prompts, export, read the history of switches or manage
+  keys (403: ``Admin``). The versions, models, runs, control set, status (without the
+  data root's path) and dashboard (counts and plots over everyone's feedback) it may read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -38,6 +38,7 @@ from learnloop.agent.service import MAX_LIST
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import progress_events
 from learnloop.storage.errors import Forbidden, UsageError
+from learnloop.storage.records import LOCAL_USER
 from learnloop.storage.store import BASE_VERSION
 
 # with "stream": true the answer comes as server-sent events
@@ -78,7 +79,7 @@ def admin(request: Request) -> None:
 
 def user_of(request: Request) -> str:
     """Who makes the request: the API key's user when keys are required, else local."""
-    return str(getattr(request.state, "user", None) or "local")
+    return str(getattr(request.state, "user", None) or LOCAL_USER)
 
 
 Service = Depends(service)
@@ -101,8 +102,20 @@ class FeedbackRequest(BaseModel):
     )
 
 
+class RenameRequest(BaseModel):
+    title: str = Field(description="the thread's new title: 1 to 200 characters")
+
+
 class SwitchRequest(BaseModel):
     why: str | None = Field(default=None, max_length=500)
+
+
+class RemoveRequest(BaseModel):
+    versions: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default=[], max_length=MAX_LIST, description="the versions whose adapter files go"
+    )
+    rejected: bool = Field(default=False, description="also every rejected version's files")
+    dry_run: bool = Field(default=False, description="only say what would go, and its size")
 
 
 def learn_request_model() -> Any:
@@ -153,6 +166,8 @@ def models(s: ServerService = Service) -> dict[str, Any]:
         {**base, "id": BASE_VERSION, "version": BASE_VERSION, "root": s.model_name()},
     ]
     for v in s.store.versions():
+        if v.removed_at is not None:
+            continue  # its files are gone (`versions rm`): no request can use it
         created = int(v.created_at.timestamp())
         listed.append(
             {**base, "id": v.id, "created": created, "version": v.id, "parent": v.parent}
@@ -226,6 +241,13 @@ def publish(run: int, request: Request, s: ServerService = Service) -> dict[str,
     return s.publish_run(run, f"api:{user_of(request)}")
 
 
+@learning.post("/v1/learn/{run}/cancel", dependencies=[Admin])
+def cancel(run: int, s: ServerService = Service) -> dict[str, Any]:
+    """Stop a running cycle: its trainer is stopped, the run recorded as cancelled, the
+    active version unchanged; 409 for a run that is not running."""
+    return s.cancel(run)
+
+
 @learning.get("/v1/learn/{run}")
 def run(run: int, s: ServerService = Service) -> dict[str, Any]:
     return s.run(run)
@@ -296,12 +318,35 @@ def version_list(s: ServerService = Service) -> list[dict[str, Any]]:
     return s.versions()
 
 
+@versions.get("/v1/versions/compare")
+def compare(
+    a: str | None = Query(
+        default=None, min_length=1, max_length=200, description="default: b's parent"
+    ),
+    b: str | None = Query(
+        default=None, min_length=1, max_length=200, description="default: the active version"
+    ),
+    s: ServerService = Service,
+) -> dict[str, Any]:
+    """Two versions' stored answers to the control prompts side by side, each marked
+    correct or not, and the counts (how many differ, became correct, stopped being);
+    404 for an unknown version or one whose answers were never measured."""
+    return s.compare(a, b)
+
+
 @versions.post("/v1/versions/{version}/activate", dependencies=[Admin])
 def activate(
     version: str, request: Request, body: SwitchRequest | None = None, s: ServerService = Service
 ) -> dict[str, Any]:
     why = (body.why if body else None) or "activated through the API"
     return s.activate(version, why=why, who=f"api:{user_of(request)}")
+
+
+@versions.post("/v1/versions/remove", dependencies=[Admin])
+def remove_versions(body: RemoveRequest, s: ServerService = Service) -> dict[str, Any]:
+    """Delete adapter files (``learnloop versions rm``); the versions' rows stay, marked
+    removed. Never the active version (409)."""
+    return s.remove_versions(body.versions, rejected=body.rejected, dry_run=body.dry_run)
 
 
 @versions.post("/v1/rollback", dependencies=[Admin])
@@ -322,14 +367,34 @@ def history(s: ServerService = Service) -> list[dict[str, Any]]:
 
 @data.get("/v1/threads")
 def threads(
-    limit: int = ThreadLimit, s: ServerService = Service, who: Caller = Who
+    limit: int = ThreadLimit,
+    q: str | None = Query(
+        default=None, description="only threads whose title or messages contain this text"
+    ),
+    s: ServerService = Service,
+    who: Caller = Who,
 ) -> list[dict[str, Any]]:
-    return s.threads_seen(limit, who.sees)
+    return s.threads_seen(limit, who.sees, q)
 
 
 @data.get("/v1/threads/{thread_id}")
 def thread(thread_id: str, s: ServerService = Service, who: Caller = Who) -> dict[str, Any]:
     return s.thread_seen(thread_id, who.sees)
+
+
+@data.patch("/v1/threads/{thread_id}")
+def rename_thread(
+    thread_id: str, body: RenameRequest, s: ServerService = Service, who: Caller = Who
+) -> dict[str, Any]:
+    """Give a thread a title (1 to 200 characters); a user key only its own threads."""
+    return s.rename_thread_seen(thread_id, body.title, who.sees)
+
+
+@data.delete("/v1/threads/{thread_id}")
+def delete_thread(thread_id: str, s: ServerService = Service, who: Caller = Who) -> dict[str, Any]:
+    """Delete a thread, its turns and their feedback; a user key only its own threads.
+    Versions already trained on its feedback keep what they learned."""
+    return s.delete_thread_seen(thread_id, who.sees)
 
 
 @data.get("/v1/log")

@@ -41,7 +41,9 @@ def build_state(
     store = Store(shared=True)
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
     model = resolve_model(model_spec)
-    backend = TransformersBackend(model.path, model.name, keep_adapters=keep_adapters)
+    backend = TransformersBackend(
+        model.path, model.name, keep_adapters=keep_adapters, fingerprint=model.fingerprint
+    )
     agent = Agent(store, backend, generation)
     agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()

@@ -21,7 +21,7 @@ from typing import Any
 
 from learnloop.agent.report import status_data, thread_summary, turn_dict
 from learnloop.agent.server.state import Busy, ServerState
-from learnloop.agent.service import LocalService, check_limit
+from learnloop.agent.service import CANCEL_WAIT_SECONDS, LocalService, check_limit, check_query
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import Due, check
 from learnloop.storage.errors import Forbidden, NotFound
@@ -103,6 +103,13 @@ class ServerService(LocalService):
     def run(self, run_id: int) -> dict[str, Any]:
         return self.served_run(self.store.get_run(run_id))
 
+    def await_cancel(self, run: Run) -> None:
+        """Wait for this server's cycle thread to record the cancel (the store stays
+        open: the thread records it through the same one)."""
+        job = self.state.jobs.get(run.id)
+        if job is not None and job.thread is not None:
+            job.thread.join(CANCEL_WAIT_SECONDS)
+
     def runs(self) -> list[dict[str, Any]]:
         return [self.served_run(r) for r in self.store.runs()]
 
@@ -113,6 +120,14 @@ class ServerService(LocalService):
         if job is not None and job.thread is not None and job.thread.is_alive():
             view["status"] = "running"
         return view
+
+    def remove_versions(
+        self, versions: list[str], *, rejected: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """As locally, with no switch of version in between: one could make a version
+        active after it was found removable and before its files go."""
+        with self.state.switching:
+            return super().remove_versions(versions, rejected=rejected, dry_run=dry_run)
 
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         return dataclasses.asdict(self.state.activate(version, who=who or "api", why=why))
@@ -130,13 +145,22 @@ class ServerService(LocalService):
 
     # -- what a caller sees (``sees``: None for everyone's threads, else its owner) --------
 
-    def threads_seen(self, limit: int, sees: str | None) -> list[dict[str, Any]]:
+    def threads_seen(
+        self, limit: int, sees: str | None, q: str | None = None
+    ) -> list[dict[str, Any]]:
         if sees is None:
-            return self.threads(limit)
-        return [thread_summary(t) for t in self.store.owned_threads(sees, check_limit(limit))]
+            return self.threads(limit, q)
+        owned = self.store.owned_threads(sees, check_limit(limit), check_query(q))
+        return [thread_summary(t) for t in owned]
 
     def thread_seen(self, thread_id: str, sees: str | None) -> dict[str, Any]:
         return self.thread(visible_thread(self.store, thread_id, sees))
+
+    def rename_thread_seen(self, thread_id: str, title: str, sees: str | None) -> dict[str, Any]:
+        return self.rename_thread(visible_thread(self.store, thread_id, sees), title)
+
+    def delete_thread_seen(self, thread_id: str, sees: str | None) -> dict[str, Any]:
+        return self.delete_thread(visible_thread(self.store, thread_id, sees))
 
     def log_seen(self, limit: int, sees: str | None) -> list[dict[str, Any]]:
         if sees is None:

@@ -26,6 +26,7 @@ from learnloop.agent.runtime import Agent
 from learnloop.learning.adapters import AdapterDamaged, fall_back, trusted_checksum
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import (
+    Cancelled,
     CycleFailed,
     complete_cycle,
     prepare_run,
@@ -106,6 +107,12 @@ class ServerState:
             ) from None
         return Pin(found.id, found.adapter_path, trusted_checksum(self.store, found))
 
+    @property
+    def switching(self) -> threading.Lock:
+        """Held while the active version changes; what must not race a switch (removing
+        a version's files) holds it too."""
+        return self._swapping
+
     def activate(self, version: str, *, who: str, why: str) -> Swap:
         """Load ``version`` and make it the one new requests get; record who and why."""
         return self._swap(version, lambda v: self.store.activate(v, who=who, why=why))
@@ -147,7 +154,7 @@ class ServerState:
     def _complete(self, job: LearnJob, config: LearnConfig, prepared: Any, who: str) -> None:
         try:
             result = complete_cycle(self.store, self.model, config, prepared, who=who)
-        except CycleFailed as exc:
+        except (CycleFailed, Cancelled) as exc:  # the run row says so already
             job.error = str(exc)
             return
         except Exception as exc:  # recorded on the job; the run row says failed too
@@ -162,7 +169,10 @@ class ServerState:
         try:
             self._follow_promotion()
         except AdapterDamaged as damaged:  # broken between publishing and loading
-            chosen = fall_back(self.store, self.agent.backend.model_name, damaged)
+            backend = self.agent.backend
+            chosen = fall_back(
+                self.store, backend.model_name, damaged, fingerprint=backend.fingerprint
+            )
             self.agent.warn(f"{damaged}; answering with {chosen.id if chosen else 'base'}")
             self._follow_promotion()
 

@@ -74,9 +74,10 @@ function askForKey(refused) {
 
 // ---- requests --------------------------------------------------------------------------
 
-/* The raw response to one API call; only an unreachable server throws. */
-export async function request(method, path, body) {
-  const init = { method, headers: { [PAGE_TOKEN_HEADER]: pageToken() } };
+/* The raw response to one API call; only an unreachable server throws (and an abort by
+   `signal`, an AbortController's, which throws the browser's AbortError as it is). */
+export async function request(method, path, body, signal) {
+  const init = { method, headers: { [PAGE_TOKEN_HEADER]: pageToken() }, signal };
   const key = savedKey();
   if (key) init.headers.Authorization = `Bearer ${key}`;
   if (body !== undefined || method !== "GET") {
@@ -87,6 +88,7 @@ export async function request(method, path, body) {
   try {
     response = await fetch(path, init);
   } catch (err) {
+    if (signal && signal.aborted) throw err;
     throw new ApiError(`cannot reach the learnloop server (${err.message})`, 0);
   }
   if (response.status === 401) askForKey(Boolean(key));

@@ -1,9 +1,15 @@
-/* The chat: the threads, the conversation shown, answers streamed in, and each answer's
-   feedback tools (👍, 👎, a better answer, regenerate).
+/* The chat: the threads (searched, renamed, deleted), the conversation shown, answers
+   streamed in (and stopped), and each answer's feedback tools (👍, 👎, a better answer,
+   regenerate).
 
    An answer streams from POST /v1/chat/completions; the turn, version and thread it belongs
-   to come in its headers and chunks. Each TurnView keeps the turn id it shows, so feedback
-   and regeneration always name the answer on screen. */
+   to come in its headers and chunks. A TurnView is one user message with every answer it
+   has had: regenerating adds an answer beside the others ("‹ 2/2 ›") and keeps the rated
+   one. Each answer keeps its own turn id, so feedback always names the answer on screen.
+   The conversation continues from the newest answer (the server's thread history).
+
+   Answers stream in as plain text and are rendered as markdown (markdown.js: DOM nodes,
+   never HTML from the model) once complete. */
 
 import {
   ApiError,
@@ -15,32 +21,66 @@ import {
   request,
   showError,
 } from "./api.js";
-import { $, setActiveVersion, shortTime } from "./page.js";
+import { renderMarkdown } from "./markdown.js";
+import { $, setActiveVersion, shortTime, sleep } from "./page.js";
 
 const MODEL = "learnloop"; // the API's alias for "whichever version is active"
+const SEARCH_DELAY_MS = 250; // typing in the search box: wait for a pause
+const STOP_WAIT_MS = 10_000; // a stopped answer: how long to wait for the server to log it
 
 const chat = {
   threadId: null, // the stored thread new messages continue; null: the next starts one
   epoch: 0, // bumped when the conversation shown changes, so late answers stay put
   busy: false,
+  controller: null, // aborts the answer streaming now (the Stop button)
+  listing: 0, // the latest thread list asked for: older answers are dropped
 };
+
+/* Test hook: extra fields for every chat request (e.g. {max_tokens: 2000}). */
+window.CHAT_OPTIONS = window.CHAT_OPTIONS || {};
 
 function setBusy(busy) {
   chat.busy = busy;
   $("send").disabled = busy;
-  for (const button of document.querySelectorAll("[data-testid=regen]")) {
-    button.disabled = busy || !button.closest(".turn").dataset.turnId;
-  }
+  $("stop").hidden = !busy;
+  for (const turn of document.querySelectorAll("#messages .turn")) turn.view?.setTools();
 }
 
-/* One exchange on screen: the user's message and the answer, with its feedback tools. */
+/* One answer to a user message: the turn that holds it and what the page knows of it. */
+function entryOf(turn) {
+  const feedback = Array.isArray(turn.feedback)
+    ? turn.feedback[turn.feedback.length - 1]
+    : turn.feedback;
+  return {
+    turnId: turn.turn_id,
+    version: turn.version,
+    text: turn.answer || "",
+    rating: feedback ? feedback.rating : null,
+    correction: (feedback && feedback.correction) || null,
+    stopped: Boolean(turn.interrupted), // stopped while it streamed (or Ctrl-C in a terminal)
+    note: feedback ? useOf(feedback) : "",
+  };
+}
+
+/* What learning did with a feedback item, said where it was given. */
+function useOf(feedback) {
+  if (!feedback.used_by) return "";
+  return feedback.kept_aside
+    ? `kept aside to test ${feedback.used_by}, not trained on (it judges new versions)`
+    : `learned by ${feedback.used_by}`;
+}
+
+/* One exchange on screen: the user's message and its answers, with their feedback tools. */
 class TurnView {
   constructor(userText) {
     this.el = $("turn-template").content.firstElementChild.cloneNode(true);
+    this.el.view = this;
     this.part = (id) => this.el.querySelector(`[data-testid=${id}]`);
     this.part("user-message").textContent = userText;
     this.answer = this.part("answer");
-    this.turnId = null;
+    this.answers = []; // every answer to this message, oldest first
+    this.index = -1; // the one shown
+    this.streaming = null; // the answer streaming in, if any
     for (const rating of ["up", "down"]) {
       this.part(`thumb-${rating}`).addEventListener("click", () => this.rate(rating));
     }
@@ -54,64 +94,115 @@ class TurnView {
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) this.submitCorrection();
     });
     this.part("regen").addEventListener("click", () => this.regenerate());
+    this.part("prev-answer").addEventListener("click", () => this.show(this.index - 1));
+    this.part("next-answer").addEventListener("click", () => this.show(this.index + 1));
     $("welcome").hidden = true;
     $("messages").append(this.el);
   }
 
+  get shown() {
+    return this.answers[this.index] || null;
+  }
+
+  /* A new answer, streaming in from now on; it is the one shown. */
   begin() {
-    this.turnId = null;
-    delete this.el.dataset.turnId;
-    this.answer.textContent = "";
-    this.answer.classList.add("streaming");
-    this.answer.classList.remove("failed");
-    this.part("version-badge").textContent = "";
-    this.note("");
-    this.setTools(false);
-    this.showFeedback(null);
+    const entry = { turnId: null, version: null, text: "", rating: null, correction: null };
+    Object.assign(entry, { stopped: false, note: "" });
+    this.answers.push(entry);
+    this.streaming = entry;
     this.toggleCorrection(false);
+    this.show(this.answers.length - 1);
+    return entry;
   }
 
-  identify(turnId, version) {
-    if (turnId) {
-      this.turnId = turnId;
-      this.el.dataset.turnId = String(turnId);
-    }
-    if (version) {
-      this.part("version-badge").textContent = version;
-      this.el.dataset.version = version;
-    }
+  identify(entry, turnId, version) {
+    if (turnId) entry.turnId = turnId;
+    if (version) entry.version = version;
+    if (entry === this.shown) this.showIds(entry);
   }
 
-  append(text) {
-    this.answer.append(text);
+  append(entry, text) {
+    entry.text += text;
+    if (entry === this.shown) this.answer.append(text); // plain text while it streams
     scrollToEnd();
   }
 
-  finish(finishReason) {
-    this.answer.classList.remove("streaming");
-    if (finishReason === "length") this.note("(cut off at the length limit)");
-    this.setTools(Boolean(this.turnId));
+  /* The streaming answer is complete ("stop"/"length"), stopped or failed. */
+  end(entry, note) {
+    if (note !== undefined) entry.note = note;
+    this.streaming = null;
+    this.show(this.answers.indexOf(entry));
   }
 
-  fail(message) {
-    this.answer.classList.remove("streaming");
-    this.answer.classList.add("failed");
-    if (!this.answer.textContent) this.answer.textContent = `(no answer: ${message})`;
-    this.setTools(Boolean(this.turnId));
+  /* An answer that failed before it had a turn: gone, unless it was the only one. */
+  drop(entry, message) {
+    this.streaming = null;
+    if (entry.turnId || this.answers.length === 1) {
+      if (!entry.text) entry.failed = `(no answer: ${message})`;
+      this.end(entry);
+      return;
+    }
+    this.answers.splice(this.answers.indexOf(entry), 1);
+    this.show(this.answers.length - 1);
   }
 
-  setTools(enabled) {
-    for (const id of ["thumb-up", "thumb-down", "correct"]) this.part(id).disabled = !enabled;
-    this.part("regen").disabled = !enabled || chat.busy;
+  /* Shows answer `index`: its text, version, rating, correction and notes. */
+  show(index) {
+    if (index < 0 || index >= this.answers.length) return;
+    this.index = index;
+    const entry = this.answers[index];
+    const live = entry === this.streaming;
+    this.answer.classList.toggle("streaming", live);
+    this.answer.classList.toggle("failed", Boolean(entry.failed));
+    this.answer.classList.toggle("md", !live && !entry.failed);
+    if (live) this.answer.textContent = entry.text;
+    else if (entry.failed) this.answer.textContent = entry.failed;
+    else this.answer.replaceChildren(renderMarkdown(entry.text));
+    this.el.classList.toggle("stopped", Boolean(entry.stopped));
+    this.showIds(entry);
+    this.showFeedback(entry);
+    const count = this.answers.length;
+    this.part("siblings").hidden = count < 2;
+    this.part("answer-index").textContent = `${index + 1}/${count}`;
+    this.setTools();
   }
 
-  note(text) {
-    this.part("feedback-note").textContent = text;
+  showIds(entry) {
+    if (entry.turnId) this.el.dataset.turnId = String(entry.turnId);
+    else delete this.el.dataset.turnId;
+    this.part("version-badge").textContent = entry.version || "";
+    if (entry.version) this.el.dataset.version = entry.version;
+    else delete this.el.dataset.version;
   }
 
-  showFeedback(rating) {
-    this.part("thumb-up").setAttribute("aria-pressed", String(rating === "up"));
-    this.part("thumb-down").setAttribute("aria-pressed", String(rating === "down"));
+  showFeedback(entry) {
+    this.part("thumb-up").setAttribute("aria-pressed", String(entry.rating === "up"));
+    this.part("thumb-down").setAttribute("aria-pressed", String(entry.rating === "down"));
+    this.el.classList.toggle("corrected", Boolean(entry.correction));
+    const shown = this.part("correction-shown");
+    shown.hidden = !entry.correction;
+    this.part("correction-text").replaceChildren(renderMarkdown(entry.correction || ""));
+    const notes = [];
+    if (entry.pending) notes.push("stopping…");
+    else if (entry.stopped) notes.push("(stopped)");
+    if (entry.note) notes.push(entry.note);
+    this.part("feedback-note").textContent = notes.join(" · ");
+  }
+
+  /* Feedback and regeneration need the shown answer's turn and no answer streaming. */
+  setTools() {
+    const entry = this.shown;
+    const ready = Boolean(entry && entry.turnId && !entry.pending) && entry !== this.streaming;
+    for (const id of ["thumb-up", "thumb-down", "correct"]) this.part(id).disabled = !ready;
+    this.part("regen").disabled = !ready || chat.busy;
+    const lone = !this.streaming;
+    this.part("prev-answer").disabled = !lone || this.index === 0;
+    this.part("next-answer").disabled = !lone || this.index === this.answers.length - 1;
+  }
+
+  note(entry, text) {
+    entry.note = text;
+    if (entry === this.shown) this.showFeedback(entry);
   }
 
   toggleCorrection(open) {
@@ -119,67 +210,60 @@ class TurnView {
     form.hidden = open === undefined ? !form.hidden : !open;
     if (!form.hidden) {
       const input = this.part("correction-input");
-      if (!input.value) input.value = this.answer.textContent;
+      const entry = this.shown;
+      input.value = (entry && (entry.correction || entry.text)) || "";
       input.focus();
       input.select();
     }
   }
 
-  async sendFeedback(rating, correction) {
-    const body = { turn_id: this.turnId, rating };
+  async sendFeedback(entry, rating, correction) {
+    const body = { turn_id: entry.turnId, rating };
     if (correction !== undefined) body.correction = correction;
     const result = await api("POST", "v1/feedback", body);
-    this.showFeedback(rating);
-    let note = correction !== undefined ? "thanks: your answer will be learned from" : "thanks";
+    entry.rating = rating;
+    entry.correction = correction === undefined ? null : correction;
+    // honest about what happens next: a correction may train the next version or be kept
+    // aside to test it; either way the next learning cycle uses it
+    let note = correction !== undefined ? "thanks: the next learning cycle uses it" : "thanks";
     if (result.learning_started) {
       note += ` · learning started (${result.learning_started}); see the Learning tab`;
     }
-    this.note(note);
+    this.note(entry, note);
     return result;
   }
 
   rate(rating) {
-    return guarded(() => this.sendFeedback(rating));
+    const entry = this.shown;
+    if (!entry || !entry.turnId) return undefined;
+    return guarded(() => this.sendFeedback(entry, rating));
   }
 
   submitCorrection() {
+    const entry = this.shown;
     const text = this.part("correction-input").value.trim();
     if (!text) {
       showError("write the better answer first");
       return undefined;
     }
     return guarded(async () => {
-      await this.sendFeedback("down", text);
+      await this.sendFeedback(entry, "down", text);
       this.toggleCorrection(false);
-      this.el.classList.add("corrected");
     });
   }
 
   regenerate() {
-    if (!this.turnId || chat.busy) return undefined;
-    const previous = this.turnId;
-    return guarded(() =>
-      streamInto(this, { model: MODEL, messages: [], stream: true, regen_of: previous }),
-    );
+    const previous = this.shown && this.shown.turnId;
+    if (!previous || chat.busy) return undefined;
+    const body = { model: MODEL, messages: [], stream: true, regen_of: previous };
+    return guarded(() => streamInto(this, body));
   }
 
-  /* A turn as the thread history holds it. */
+  /* A turn as the thread history holds it, with every answer to its message. */
   load(turn) {
-    this.identify(turn.turn_id, turn.version);
-    this.answer.textContent = turn.answer || "";
-    const feedback = Array.isArray(turn.feedback)
-      ? turn.feedback[turn.feedback.length - 1]
-      : turn.feedback;
-    if (feedback) {
-      this.showFeedback(feedback.rating);
-      if (feedback.correction) {
-        this.el.classList.add("corrected");
-        this.part("correction-input").value = feedback.correction;
-        this.note("corrected");
-      }
-    }
-    if (turn.interrupted) this.note("(interrupted)");
-    this.setTools(true);
+    const answers = Array.isArray(turn.answers) && turn.answers.length ? turn.answers : [turn];
+    this.answers = answers.map(entryOf);
+    this.show(this.answers.length - 1);
   }
 }
 
@@ -188,44 +272,90 @@ function scrollToEnd() {
   box.scrollTop = box.scrollHeight;
 }
 
+/* After Stop: the server stops the answer at its next token and logs what it had; wait for
+   that turn (its stored text may hold a few more tokens than arrived) so its feedback tools
+   work. An answer that never started is logged once it would have: tools stay usable. */
+async function settleStopped(view, entry, threadId) {
+  entry.pending = true;
+  view.note(entry, "");
+  const deadline = Date.now() + STOP_WAIT_MS;
+  try {
+    while (entry.turnId && threadId && Date.now() < deadline) {
+      const thread = await api("GET", `v1/threads/${encodeURIComponent(threadId)}`);
+      const stored = thread.turns
+        .flatMap((t) => t.answers || [t])
+        .find((t) => t.turn_id === entry.turnId);
+      if (stored) {
+        entry.text = stored.answer || entry.text;
+        break;
+      }
+      await sleep(250);
+    }
+  } finally {
+    entry.pending = false;
+    entry.stopped = true;
+    view.end(entry);
+  }
+}
+
 /* Streams one answer into `view` and leaves the turn, version and thread it names. */
 async function streamInto(view, body) {
   const epoch = chat.epoch;
+  const controller = new AbortController();
+  chat.controller = controller;
   setBusy(true);
-  view.begin();
+  const entry = view.begin();
+  let threadId = null;
   try {
-    const response = await request("POST", "v1/chat/completions", body);
+    const response = await request(
+      "POST",
+      "v1/chat/completions",
+      { ...window.CHAT_OPTIONS, ...body },
+      controller.signal,
+    );
     if (!response.ok) {
       throw new ApiError(messageOf(await readJson(response), response), response.status);
     }
     const headers = response.headers;
     view.identify(
+      entry,
       Number(headers.get("X-Learnloop-Turn-Id")) || null,
       headers.get("X-Learnloop-Version"),
     );
-    let threadId = headers.get("X-Learnloop-Thread-Id");
+    threadId = headers.get("X-Learnloop-Thread-Id");
     let finishReason = null;
     await readEvents(response.body, (chunk) => {
       if (chunk.error) throw new ApiError(chunk.error.message || "the answer failed", 500);
-      view.identify(chunk.turn_id, chunk.version);
+      view.identify(entry, chunk.turn_id, chunk.version);
       threadId = chunk.thread_id || threadId;
       const choice = (chunk.choices || [])[0];
       if (!choice) return;
-      if (choice.delta && choice.delta.content) view.append(choice.delta.content);
+      if (choice.delta && choice.delta.content) view.append(entry, choice.delta.content);
       if (choice.finish_reason) finishReason = choice.finish_reason;
     });
-    view.finish(finishReason);
-    if (view.el.dataset.version) setActiveVersion(view.el.dataset.version);
-    if (epoch === chat.epoch && threadId) {
-      chat.threadId = threadId;
-      await loadThreads(); // a new thread, or one more turn in this one
-    }
+    view.end(entry, finishReason === "length" ? "(cut off at the length limit)" : "");
   } catch (err) {
-    view.fail(err.message);
-    throw err;
+    if (!controller.signal.aborted) {
+      view.drop(entry, err.message);
+      throw err;
+    }
   } finally {
-    setBusy(false);
+    if (chat.controller === controller) {
+      chat.controller = null;
+      setBusy(false); // after Stop too: the next message may go while this one settles
+    }
   }
+  if (controller.signal.aborted) await settleStopped(view, entry, threadId);
+  if (entry.version) setActiveVersion(entry.version);
+  if (epoch === chat.epoch && threadId) {
+    chat.threadId = threadId;
+    await loadThreads(); // a new thread, or one more turn in this one
+  }
+}
+
+/* The Stop button: ends the answer streaming now; what arrived is kept, marked stopped. */
+export function stop() {
+  if (chat.controller) chat.controller.abort();
 }
 
 export async function send() {
@@ -250,6 +380,7 @@ export function newChat() {
   clearConversation();
   chat.threadId = null;
   markCurrentThread();
+  showThreads(false);
   $("message-input").focus();
 }
 
@@ -259,6 +390,7 @@ async function openThread(id) {
   chat.threadId = thread.id;
   for (const turn of thread.turns) new TurnView(turn.user_message).load(turn);
   markCurrentThread();
+  showThreads(false);
   scrollToEnd();
 }
 
@@ -270,29 +402,142 @@ function markCurrentThread() {
   }
 }
 
-export async function loadThreads() {
-  const threads = await api("GET", "v1/threads");
-  const list = $("thread-list");
-  list.replaceChildren();
-  for (const thread of threads) {
-    const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "thread";
-    button.dataset.testid = "thread-item";
-    button.dataset.threadId = thread.id;
-    const title = document.createElement("span");
-    title.className = "thread-title";
-    title.textContent = thread.title || "(empty)";
-    const meta = document.createElement("span");
-    meta.className = "thread-meta";
-    const n = thread.turns;
-    meta.textContent = `${n} turn${n === 1 ? "" : "s"} · ${shortTime(thread.last_at || thread.created_at)}`;
-    button.append(title, meta);
-    button.addEventListener("click", () => guarded(() => openThread(thread.id)));
-    item.append(button);
-    list.append(item);
+// ---- the thread list: search, rename, delete ------------------------------------------
+
+/* On a narrow screen the thread list is a panel the ☰ button opens; `open` shows it. */
+export function showThreads(open) {
+  const view = $("view-chat");
+  const shown = open === undefined ? !view.classList.contains("threads-open") : open;
+  view.classList.toggle("threads-open", shown);
+  $("threads-toggle").setAttribute("aria-expanded", String(shown));
+}
+
+function searchText() {
+  return $("thread-search").value.trim();
+}
+
+let searchTimer = null;
+
+/* Typing in the search box lists the matching threads after a pause. */
+export function searchSoon() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => guarded(loadThreads), SEARCH_DELAY_MS);
+}
+
+function threadItem(thread) {
+  const item = document.createElement("li");
+  item.className = "thread-row";
+  item.dataset.testid = "thread-row";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "thread";
+  button.dataset.testid = "thread-item";
+  button.dataset.threadId = thread.id;
+  const title = document.createElement("span");
+  title.className = "thread-title";
+  title.dataset.testid = "thread-title";
+  title.textContent = thread.title || "(empty)";
+  const meta = document.createElement("span");
+  meta.className = "thread-meta";
+  const n = thread.turns;
+  meta.textContent = `${n} turn${n === 1 ? "" : "s"} · ${shortTime(thread.last_at || thread.created_at)}`;
+  button.append(title, meta);
+  button.addEventListener("click", () => guarded(() => openThread(thread.id)));
+  const rename = toolButton(PENCIL, "thread-rename", `rename “${thread.title}”`);
+  rename.addEventListener("click", () => startRename(item, thread));
+  const remove = toolButton(TRASH, "thread-delete", `delete “${thread.title}”`);
+  remove.addEventListener("click", () => guarded(() => deleteThread(thread)));
+  const tools = document.createElement("span");
+  tools.className = "thread-tools";
+  tools.append(rename, remove);
+  item.append(button, tools);
+  return item;
+}
+
+// Feather's "edit-2" and "trash-2" icons (MIT licence), drawn inline like the thumbs in
+// index.html, so that they show without an emoji font
+const PENCIL = ["M17 3a2.828 2.828 0 1 1 4 4L7.5 20.5 2 22l1.5-5.5L17 3z"];
+const TRASH = [
+  "M3 6h18",
+  "M19 6v14a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2V6m3 0V4a2 2 0 0 1 2-2h4a2 2 0 0 1 2 2v2",
+];
+const SVG = "http://www.w3.org/2000/svg";
+
+function icon(paths) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "icon");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  for (const d of paths) {
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
   }
-  $("thread-empty").hidden = threads.length > 0;
+  return svg;
+}
+
+function toolButton(paths, testid, label) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "thread-tool";
+  button.dataset.testid = testid;
+  button.setAttribute("aria-label", label);
+  button.title = label;
+  button.append(icon(paths));
+  return button;
+}
+
+/* The title in place becomes a field: Enter (or Save) renames, Escape leaves it. */
+function startRename(item, thread) {
+  const form = document.createElement("form");
+  form.className = "rename-form";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.value = thread.title || "";
+  input.maxLength = 400; // the server says what is too long (200), in one message
+  input.dataset.testid = "thread-title-input";
+  input.setAttribute("aria-label", "new title");
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "primary small";
+  save.dataset.testid = "thread-title-save";
+  save.textContent = "Save";
+  form.append(input, save);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(async () => {
+      const path = `v1/threads/${encodeURIComponent(thread.id)}`;
+      await api("PATCH", path, { title: input.value });
+      await loadThreads();
+    });
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") guarded(loadThreads);
+  });
+  item.replaceChildren(form);
+  input.focus();
+  input.select();
+}
+
+async function deleteThread(thread) {
+  const question =
+    `Delete “${thread.title}”? Its messages and their feedback are removed for good. ` +
+    "Versions already trained on that feedback keep what they learned.";
+  if (!window.confirm(question)) return;
+  await api("DELETE", `v1/threads/${encodeURIComponent(thread.id)}`);
+  if (thread.id === chat.threadId) newChat();
+  await loadThreads();
+}
+
+export async function loadThreads() {
+  const q = searchText();
+  const asked = ++chat.listing;
+  const threads = await api("GET", q ? `v1/threads?q=${encodeURIComponent(q)}` : "v1/threads");
+  if (asked !== chat.listing) return; // a later search is on its way
+  const list = $("thread-list");
+  list.replaceChildren(...threads.map(threadItem));
+  const empty = $("thread-empty");
+  empty.hidden = threads.length > 0;
+  empty.textContent = q ? `No conversation matches “${q}”.` : "No conversations yet.";
   markCurrentThread();
 }

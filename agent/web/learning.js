@@ -1,11 +1,16 @@
-/* The Learning view: the feedback waiting, "Learn now" and the run it starts (its stage,
-   progress, loss and result), the versions with their gate results (activate or roll back
-   from there), and the plots of what the dashboard reports.
+/* The Learning view: the feedback waiting, "Learn now" with its settings and the run it
+   starts (its stage, progress, loss, a Cancel button, then its verdict in plain words), the
+   versions with their gate verdicts (activate or roll back from there), two versions'
+   control answers side by side, and the plots of what the dashboard reports.
 
    A run is followed by polling GET /v1/learn/{run}; one run at a time is followed, whether
-   this page started it or something else did (a trigger, the CLI, another browser).
-   Test hook: `window.LEARN_OPTIONS` (default {}) is the body "Learn now" posts to
-   /v1/learn, so a test can ask for e.g. {"gate": false, "max_steps": 3}. */
+   this page started it or something else did (a trigger, the CLI, another browser). With no
+   run to follow, the latest run's verdict is shown.
+
+   "Learn now" posts the settings form (method, max steps, force: only what was set) to
+   /v1/learn; the server checks them, and its 400 goes to the error line, nothing started.
+   Test hook: `window.LEARN_OPTIONS` (default {}) is sent beneath the form's values, so a
+   test can ask for e.g. {"gate": false, "sft_learning_rate": 0.01}. */
 
 import { ApiError, api, guarded, showError } from "./api.js";
 import { $, setActiveVersion, shortTime, sleep } from "./page.js";
@@ -17,6 +22,8 @@ const learning = {
   following: null, // the run being polled
   live: null, // {run, losses} of that run, drawn with the finished ones
   dashboard: null,
+  versions: [], // the latest GET /v1/versions
+  shown: null, // the run whose state the learn panel shows
   drawn: { dashboard: "", versions: "" }, // what is on screen, to redraw only changes
 };
 
@@ -27,6 +34,19 @@ export async function refreshLearning() {
 /* Whether a run is being followed (polled every POLL_MS) right now. */
 export function isFollowing() {
   return learning.following !== null;
+}
+
+/* The Learning view's own controls besides "Learn now" and "Roll back" (main.js wires
+   those): Cancel and the compare form. */
+export function wireLearning() {
+  $("learn-cancel").addEventListener("click", () => guarded(cancelRun));
+  $("compare-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(compareChosen);
+  });
+  $("compare-only-diff").addEventListener("change", () => {
+    $("compare-table").classList.toggle("only-diff", $("compare-only-diff").checked);
+  });
 }
 
 async function refreshDashboard() {
@@ -44,10 +64,25 @@ async function refreshDashboard() {
   }
   // a run started elsewhere (a trigger, the CLI): follow it here too
   if (data.running_run && learning.following === null) follow(data.running_run);
+  else if (learning.shown === null && learning.following === null && data.runs.length) {
+    showLatest(data.runs[data.runs.length - 1].run).catch(showError);
+  }
+}
+
+/* The verdict of a run that ended before this page looked (what the last cycle did). */
+async function showLatest(run) {
+  learning.shown = run;
+  const view = await api("GET", `v1/learn/${run}`);
+  if (learning.following !== null) return; // a run started meanwhile: it shows itself
+  $("learn-panel").hidden = false;
+  $("learn-run").textContent = `Run ${run}:`;
+  showRun(view);
+  showResult(view);
 }
 
 async function refreshVersions() {
   const versions = await api("GET", "v1/versions");
+  learning.versions = versions;
   const key = JSON.stringify(versions);
   if (key === learning.drawn.versions) return;
   learning.drawn.versions = key;
@@ -63,6 +98,7 @@ async function refreshVersions() {
   rollback.title =
     active && active.parent ? `activate ${active.parent}, the parent of ${active.id}` : "";
   if (active) setActiveVersion(active.id);
+  fillComparePicks(versions, active);
 }
 
 function cell(row, content, className) {
@@ -81,6 +117,55 @@ function pill(text, kind) {
   return span;
 }
 
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function reasonList(reasons) {
+  const list = element("ul", "reasons");
+  for (const reason of reasons) list.append(element("li", "", reason));
+  return list;
+}
+
+/* A gate's verdict as a person reads it: its one-line summary (else its first reason),
+   with the reasons and numbers folded beneath. */
+function verdict(gate) {
+  const box = element("div", "verdict");
+  const reasons = (gate && gate.reasons) || [];
+  const summary = (gate && gate.summary) || reasons[0] || "";
+  const line = element("p", "summary", summary);
+  line.dataset.testid = "verdict-summary";
+  box.append(line);
+  const numbers = gateNumbers(gate);
+  if (reasons.length || numbers.length) {
+    const details = element("details", "numbers");
+    details.dataset.testid = "verdict-details";
+    details.append(element("summary", "", "the numbers"));
+    if (reasons.length) details.append(reasonList(reasons));
+    if (numbers.length) details.append(element("p", "small muted", numbers.join(" · ")));
+    box.append(details);
+  }
+  return box;
+}
+
+/* The gate's measurements of the candidate beside the active version, where it kept them. */
+function gateNumbers(gate) {
+  const candidate = (gate && gate.candidate) || {};
+  const active = (gate && gate.active) || {};
+  const out = [];
+  for (const [name, value] of Object.entries(candidate)) {
+    if (typeof value !== "number") continue;
+    const was = typeof active[name] === "number" ? ` (active ${round(active[name])})` : "";
+    out.push(`${name.replaceAll("_", " ")} ${round(value)}${was}`);
+  }
+  return out;
+}
+
+const round = (v) => String(Number(v.toPrecision(4)));
+
 function versionRow(v) {
   const row = document.createElement("tr");
   row.dataset.testid = "version-row";
@@ -94,21 +179,12 @@ function versionRow(v) {
   const status = v.id === "base" ? "base model" : v.status || "–";
   const gate = cell(row, pill(status, v.status || "base"));
   gate.dataset.testid = "version-status";
-  if (v.gate) gate.title = JSON.stringify(v.gate, null, 1);
-  const reasons = (v.gate && v.gate.reasons) || [];
-  const list = document.createElement("ul");
-  list.className = "reasons";
-  for (const reason of reasons) {
-    const li = document.createElement("li");
-    li.textContent = reason;
-    list.append(li);
-  }
-  cell(row, reasons.length ? list : "–", "reasons-cell");
-  const button = document.createElement("button");
+  cell(row, v.gate ? verdict(v.gate) : "–", "reasons-cell").dataset.testid = "version-verdict";
+  const actions = element("div", "row-actions");
+  const button = element("button", "", v.active ? "active" : "Activate");
   button.type = "button";
   button.dataset.testid = "activate";
   button.dataset.version = v.id;
-  button.textContent = v.active ? "active" : "Activate";
   button.disabled = Boolean(v.active);
   button.addEventListener("click", () =>
     guarded(async () => {
@@ -119,7 +195,16 @@ function versionRow(v) {
       await refreshLearning();
     }),
   );
-  cell(row, button);
+  actions.append(button);
+  if (v.parent) {
+    const compare = element("button", "", "Compare");
+    compare.type = "button";
+    compare.title = `${v.id}'s control answers beside ${v.parent}'s`;
+    compare.dataset.testid = "compare-with-parent";
+    compare.addEventListener("click", () => guarded(() => compareVersions(v.parent, v.id)));
+    actions.append(compare);
+  }
+  cell(row, actions);
   return row;
 }
 
@@ -129,11 +214,25 @@ export async function rollback() {
   await refreshLearning();
 }
 
+// ---- learning now ----------------------------------------------------------------------
+
+/* The settings form's values, only those set: method always (the form shows one), max
+   steps when filled in (sent as typed: the server says what it accepts), force when
+   ticked. */
+function learnSettings() {
+  const settings = { method: $("learn-method").value };
+  const steps = $("learn-max-steps").value.trim();
+  if (steps !== "") settings.max_steps = Number(steps);
+  if ($("learn-force").checked) settings.force = true;
+  return settings;
+}
+
 export async function learnNow() {
   const button = $("learn-now");
   button.disabled = true;
   try {
-    const started = await api("POST", "v1/learn", window.LEARN_OPTIONS || {});
+    const body = { ...(window.LEARN_OPTIONS || {}), ...learnSettings() };
+    const started = await api("POST", "v1/learn", body);
     await follow(started.run);
   } catch (err) {
     if (err instanceof ApiError && err.status === 409) {
@@ -150,16 +249,39 @@ export async function learnNow() {
   }
 }
 
+/* Asks the server to stop the run being followed; following goes on until the run says
+   it is over (cancelled once its trainer has stopped). */
+async function cancelRun() {
+  const run = learning.following;
+  if (run === null) return;
+  const cancel = $("learn-cancel");
+  cancel.disabled = true;
+  cancel.textContent = "Cancelling…";
+  try {
+    showRun(await api("POST", `v1/learn/${run}/cancel`, {}));
+  } catch (err) {
+    cancel.disabled = false;
+    cancel.textContent = "Cancel";
+    throw err;
+  }
+}
+
 /* Polls a run until it is over, showing its stage, progress and loss, then its result. */
 async function follow(run) {
   if (learning.following === run) return;
   learning.following = run;
+  learning.shown = run;
   learning.live = { run, losses: [] };
   $("learn-now").disabled = true;
   $("learn-panel").hidden = false;
   $("learn-result").hidden = true;
   $("learn-run").textContent = `Run ${run}:`;
+  const cancel = $("learn-cancel");
+  cancel.hidden = false;
+  cancel.disabled = false;
+  cancel.textContent = "Cancel";
   let failures = 0;
+  let last = null;
   try {
     for (;;) {
       let view;
@@ -174,7 +296,7 @@ async function follow(run) {
       }
       showRun(view);
       if (view.status !== "running") {
-        showResult(view);
+        last = view;
         break;
       }
       await sleep(POLL_MS);
@@ -183,9 +305,11 @@ async function follow(run) {
     showError(err);
   } finally {
     learning.following = null;
+    cancel.hidden = true;
     $("learn-now").disabled = false;
   }
   await refreshLearning().catch(showError);
+  if (last) showResult(last); // after the refresh: the version's gate record is known
 }
 
 function showRun(view) {
@@ -227,18 +351,20 @@ function showResult(view) {
   const box = $("learn-result");
   box.replaceChildren();
   box.hidden = false;
-  const headline = document.createElement("p");
-  headline.className = "headline";
+  const headline = element("p", "headline");
   if (view.status === "failed") {
     box.className = "learn-result result-failed";
     headline.textContent = `The run failed: ${view.error || "no reason given"}`;
+  } else if (view.status === "cancelled") {
+    box.className = "learn-result result-cancelled";
+    headline.textContent = `Run ${view.run} was cancelled: the active version stays.`;
   } else if (view.promoted) {
     box.className = "learn-result result-promoted";
     headline.textContent = `${view.version} promoted: it answers from your next message.`;
   } else if (view.version) {
     box.className = "learn-result result-rejected";
     headline.textContent =
-      `${view.version} rejected by the gate; ` +
+      `${view.version} not promoted; ` +
       "the active version stays (activate it from the table to try it anyway).";
   } else {
     box.className = "learn-result";
@@ -247,14 +373,105 @@ function showResult(view) {
   box.dataset.version = view.version || "";
   box.dataset.promoted = String(Boolean(view.promoted));
   box.append(headline);
-  if (view.reasons && view.reasons.length) {
-    const list = document.createElement("ul");
-    list.className = "reasons";
-    for (const reason of view.reasons) {
-      const li = document.createElement("li");
-      li.textContent = reason;
-      list.append(li);
-    }
-    box.append(list);
+  const known = learning.versions.find((v) => v.id === view.version);
+  const gate = (known && known.gate) || {};
+  if (view.version || (view.reasons && view.reasons.length)) {
+    const reasons = view.reasons && view.reasons.length ? view.reasons : gate.reasons || [];
+    const shown = verdict({ ...gate, reasons, summary: view.summary || gate.summary });
+    shown.querySelector(".summary").dataset.testid = "learn-summary";
+    box.append(shown);
   }
+  for (const line of cappedLines(view.quality)) {
+    const p = element("p", "capped", line);
+    p.dataset.testid = "learn-capped";
+    box.append(p);
+  }
+}
+
+/* What the per-user cap left out of a run's data, one line per user. */
+function cappedLines(quality) {
+  const capped = (quality && quality.capped) || {};
+  const share = quality && quality.max_user_share;
+  const most = share === 0.5 ? "half" : typeof share === "number" ? `${Math.round(share * 100)}%` : "a set share";
+  return Object.entries(capped)
+    .filter(([, n]) => n > 0)
+    .map(
+      ([user, n]) =>
+        `${n} of ${user}'s items not used: one user may give at most ${most} of the feedback.`,
+    );
+}
+
+// ---- two versions side by side ---------------------------------------------------------
+
+/* The compare form's choices: every version; kept as the person set them, else the active
+   version ("after") beside its parent ("before"), or the newest version when the base
+   model is active. */
+function fillComparePicks(versions, active) {
+  const a = $("compare-a");
+  const b = $("compare-b");
+  const chosen = [a.value, b.value];
+  for (const select of [a, b]) {
+    select.replaceChildren();
+    for (const v of versions) {
+      const option = element("option", "", v.id === "base" ? "base" : v.id);
+      option.value = v.id;
+      select.append(option);
+    }
+  }
+  const ids = versions.map((v) => v.id);
+  const newest = versions[versions.length - 1];
+  const after = active && active.parent ? active : newest;
+  const defaults = [(after && after.parent) || "base", (after && after.id) || "base"];
+  a.value = ids.includes(chosen[0]) ? chosen[0] : defaults[0];
+  b.value = ids.includes(chosen[1]) ? chosen[1] : defaults[1];
+  $("compare-go").disabled = versions.length < 2;
+}
+
+async function compareChosen() {
+  await compareVersions($("compare-a").value, $("compare-b").value);
+}
+
+/* Fetches and shows versions a and b's control answers in two columns. */
+async function compareVersions(a, b) {
+  $("compare-a").value = a;
+  $("compare-b").value = b;
+  const query = new URLSearchParams({ a, b });
+  const data = await api("GET", `v1/versions/compare?${query}`);
+  showComparison(data);
+  $("compare-card").scrollIntoView({ block: "nearest" });
+}
+
+function showComparison(data) {
+  const { a, b, counts } = data;
+  $("compare-result").hidden = false;
+  $("compare-summary").textContent =
+    `${a.version}: ${a.correct} of ${a.answered} control answers correct · ` +
+    `${b.version}: ${b.correct} of ${b.answered} · ${counts.differ} of ${counts.prompts} ` +
+    `answers differ (${counts.fixed} now correct, ${counts.broken} no longer correct)`;
+  $("compare-head-a").textContent = a.version;
+  $("compare-head-b").textContent = b.version;
+  const body = $("compare-body");
+  body.replaceChildren();
+  for (const p of data.prompts) {
+    const row = document.createElement("tr");
+    row.dataset.testid = "compare-row";
+    row.dataset.differs = String(p.differs);
+    if (p.differs) row.classList.add("differs");
+    const prompt = cell(row, p.prompt, "compare-prompt");
+    if (p.differs) prompt.append(" ", pill("differs", "differs"));
+    if (p.expect) prompt.append(element("div", "small muted", `a correct answer says “${p.expect}”`));
+    answerCell(row, p.a).dataset.testid = "compare-a-answer";
+    answerCell(row, p.b).dataset.testid = "compare-b-answer";
+    body.append(row);
+  }
+}
+
+function answerCell(row, side) {
+  if (!side) return cell(row, "(not asked)", "muted");
+  const td = cell(row, "", side.correct ? "answer correct" : "answer wrong");
+  const mark = element("span", "mark", side.correct ? "✓" : "✗");
+  mark.title = side.correct ? "correct" : "not correct";
+  td.append(mark, " ", element("span", "answer-body", side.answer));
+  td.dataset.correct = String(side.correct);
+  return td;
 }

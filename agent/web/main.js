@@ -6,6 +6,7 @@
      page.js      shared DOM helpers (imports nothing)
      api.js       requests, the API key, streamed events, the error line
      chat.js      threads, turns, streaming answers, feedback buttons
+     markdown.js  answers rendered as markdown, as DOM nodes (never the model's HTML)
      learning.js  the Learning view: "Learn now", the run it follows, the versions
      plots.js     the Learning view's SVG plots
      main.js      this file: the tabs and the wiring of the page's controls
@@ -15,8 +16,8 @@
    `window.LEARN_OPTIONS` gets its default ({}) here; learning.js says what it does. */
 
 import { api, clearError, forgetKey, guarded, saveKey, savedKey } from "./api.js";
-import { loadThreads, newChat, send } from "./chat.js";
-import { isFollowing, learnNow, refreshLearning, rollback } from "./learning.js";
+import { loadThreads, newChat, searchSoon, send, showThreads, stop } from "./chat.js";
+import { isFollowing, learnNow, refreshLearning, rollback, wireLearning } from "./learning.js";
 import { $, setActiveVersion } from "./page.js";
 
 const REFRESH_MS = 5000; // the Learning view, while no run is being followed
@@ -26,6 +27,7 @@ window.LEARN_OPTIONS = window.LEARN_OPTIONS || {};
 // ---- tabs ------------------------------------------------------------------------------
 
 function showView(name) {
+  document.body.dataset.view = name;
   for (const tab of document.querySelectorAll("[role=tab]")) {
     const selected = tab.dataset.view === name;
     tab.setAttribute("aria-selected", String(selected));
@@ -68,8 +70,18 @@ function start() {
     }
   });
   $("new-chat").addEventListener("click", newChat);
+  $("stop").addEventListener("click", stop);
+  $("threads-toggle").addEventListener("click", () => {
+    if ($("view-chat").hidden) showView("chat");
+    showThreads();
+  });
+  $("thread-search").addEventListener("input", searchSoon);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") showThreads(false); // the thread panel of a narrow screen
+  });
   $("learn-now").addEventListener("click", () => guarded(learnNow));
   $("rollback").addEventListener("click", () => guarded(rollback));
+  wireLearning(); // Cancel, the compare form
   guarded(async () => {
     const status = await api("GET", "v1/status"); // /healthz says only "ok"
     setActiveVersion(status.active_version);
