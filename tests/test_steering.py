@@ -130,3 +130,14 @@ def test_a_server_cycle_is_cancelled_through_the_api(tiny_model_dir: Path) -> No
         # a new cycle may start at once: the cancelled one holds nothing
         again = http.post("/v1/learn", json={"max_steps": 1, "gate": False, "force": True})
         assert again.status_code == 202, again.text
+
+
+def test_what_the_per_user_cap_left_out_is_said_in_learns_output() -> None:
+    from learnloop.agent.report import cycle_summary
+
+    result = {
+        "version": "v2", "parent": "v1", "promoted": True, "summary": "promoted: ...",
+        "method": "sft", "sft_examples": 6, "dpo_pairs": 0, "kto_rows": 0, "heldout": 0,
+        "seconds": 40.0, "reasons": [], "quality": {"capped": {"alice": 3}},
+    }  # fmt: skip
+    assert "  not used: 3 of alice's oldest feedback items" in cycle_summary(result)
