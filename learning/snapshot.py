@@ -59,11 +59,6 @@ class Snapshot:
     taught_liked: list[dict[str, Any]] = field(default_factory=list)  # liked answers trained on
     sft_corrections: list[int] = field(default_factory=list)  # data.sft rows from corrections
 
-    @property
-    def judged_by(self) -> str:
-        """'heldout' when kept-aside feedback can judge the candidate, else 'taught'."""
-        return "heldout" if self.heldout_pairs or self.heldout_fixes else "taught"
-
 
 def default_control_set() -> list[dict[str, str]]:
     shipped = resources.files("learnloop.learning").joinpath("control.jsonl")
