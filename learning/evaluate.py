@@ -124,7 +124,8 @@ def fix_match(model: Any, tokenizer: Any, fix: Row) -> bool:
 
     def strayed(text: str) -> bool:  # no longer on the way to the correction
         # the last word may still be growing ("Hop" -> "Hopper"): judge the words before it
-        done = normalise(text).rsplit(" ", 1)[0] if " " in normalise(text) else ""
+        said = normalise(text)
+        done = said.rsplit(" ", 1)[0] if " " in said else ""
         return bool(done) and not wanted.startswith(done)
 
     answer = greedy(model, tokenizer, fix["prompt"], limit, strayed)
