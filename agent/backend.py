@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from learnloop.agent.config import PARAGRAPH, GenerationConfig
+from learnloop.learning import chat_format
 from learnloop.learning.adapters import AdapterDamaged, check
 from learnloop.learning.models import ModelNotFound
 from learnloop.storage.records import Message
 from learnloop.storage.store import BASE_VERSION
 
 PLACEHOLDER = "learnloop-placeholder"  # never a version id: those are base, v1, v2, ...
+Tools = list[dict[str, Any]] | None  # tool schemas offered to the model (OpenAI's shape)
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,25 @@ class Backend(Protocol):
     version: str
     context_tokens: int  # the most tokens the model attends to: prompt and answer together
 
-    def render(self, messages: list[Message]) -> str: ...
+    def render(self, messages: list[Message], tools: Tools = None, prefix: str = "") -> str:
+        """The prompt text: ``messages`` with ``tools`` offered (learning/chat_format.py),
+        and ``prefix``, the start of the answer the model must continue."""
+        ...
 
-    def prompt_tokens(self, messages: list[Message]) -> int:
+    def prompt_tokens(self, messages: list[Message], tools: Tools = None) -> int:
         """How many tokens the rendered prompt of ``messages`` is (the server bounds it)."""
         ...
 
     def stream(
-        self, messages: list[Message], config: GenerationConfig, pin: Pin | None = None
-    ) -> TokenStream: ...
+        self,
+        messages: list[Message],
+        config: GenerationConfig,
+        pin: Pin | None = None,
+        tools: Tools = None,
+        prefix: str = "",
+    ) -> TokenStream:
+        """The answer's pieces after ``prefix`` (which the caller knows it begins with)."""
+        ...
 
     def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
         """Make ``version`` current; return the seconds it took (0 if it already was).
@@ -140,15 +152,12 @@ class TransformersBackend:
 
     # -- prompts -------------------------------------------------------------------------
 
-    def render(self, messages: list[Message]) -> str:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return str(text)
+    def render(self, messages: list[Message], tools: Tools = None, prefix: str = "") -> str:
+        return chat_format.render(self.tokenizer, messages, tools) + prefix
 
-    def prompt_tokens(self, messages: list[Message]) -> int:
-        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
-        return len(ids)
+    def prompt_tokens(self, messages: list[Message], tools: Tools = None) -> int:
+        ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)
+        return len(ids["input_ids"])
 
     # -- adapters ------------------------------------------------------------------------
 
@@ -270,9 +279,14 @@ class TransformersBackend:
         self._stop.set()
 
     def stream(
-        self, messages: list[Message], config: GenerationConfig, pin: Pin | None = None
+        self,
+        messages: list[Message],
+        config: GenerationConfig,
+        pin: Pin | None = None,
+        tools: Tools = None,
+        prefix: str = "",
     ) -> TokenStream:
-        prompt = self.render(messages)
+        prompt = self.render(messages, tools, prefix)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = inputs.to(self.model.device)
         result = TokenStream(iter(()), prompt_tokens=int(inputs["input_ids"].shape[1]))

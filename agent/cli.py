@@ -28,6 +28,10 @@ from learnloop.agent.cli_support import (
     emit,
     model_option,
     quiet_libraries,
+    read_trajectory,
+    show_step,
+    toolbox_from,
+    tools_options,
 )
 from learnloop.agent.cli_versions import versions_rm
 from learnloop.agent.config import GenerationConfig
@@ -75,6 +79,7 @@ def cli(ctx: click.Context, model: str | None) -> None:
 @model_option
 @click.option("--thread", "thread_id", default=None, help="resume this thread (see `log`)")
 @dataclass_options(GenerationConfig)
+@tools_options
 @dataclass_options(TriggerConfig)
 @click.pass_context
 def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
@@ -141,6 +146,7 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     "that does not fit alone is refused with a 400",
 )
 @dataclass_options(GenerationConfig)
+@tools_options
 @dataclass_options(TriggerConfig)
 @click.pass_context
 def serve(
@@ -163,6 +169,7 @@ def serve(
 
     quiet_libraries()
     trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
+    toolbox, limits = toolbox_from(values)
     generation = config_from(GenerationConfig, values)
     run_server(
         ctx.obj["model"],
@@ -174,6 +181,8 @@ def serve(
         allow_files,
         allow_hosts=allow_hosts,
         max_prompt_tokens=max_prompt_tokens,
+        toolbox=toolbox,
+        limits=limits,
     )
 
 
@@ -183,6 +192,7 @@ def serve(
 @click.option("--thread", "thread_id", default=None, help="continue this thread")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 @dataclass_options(GenerationConfig)
+@tools_options
 @click.pass_context
 def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
     """Ask one question; the answer streams, the turn id is printed for feedback.
@@ -199,7 +209,8 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     quiet_libraries()
     with connect(ctx, values) as service:
         on_token = None if as_json else (lambda t: click.echo(t, nl=False))
-        result = service.ask(text, thread_id=thread_id, on_token=on_token)
+        on_step = None if as_json else show_step
+        result = service.ask(text, thread_id=thread_id, on_token=on_token, on_step=on_step)
 
     def text_end() -> None:
         click.echo()  # the streamed answer ends its line
@@ -213,6 +224,15 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
 @click.argument("turn_id", type=int)
 @click.argument("rating", nargs=-1, required=True, type=click.Choice(["up", "down"]))
 @click.option("--correction", default=None, help="a better answer for this turn")
+@click.option(
+    "--trajectory",
+    type=click.File("r"),
+    default=None,
+    metavar="FILE",
+    help="a corrected trajectory instead of --correction: a JSON list of assistant steps "
+    '(with "tool_calls"), tool results and the final answer; a call without a result is '
+    "run with --tools (- reads stdin)",
+)
 @click.option("--comment", default=None, help="a free-text note kept with the feedback")
 @click.option(
     "--user",
@@ -221,6 +241,7 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     help="who gives the feedback [default: local, the operator, as in the REPL and web page]",
 )
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
+@click.option("--tools", multiple=True, metavar="SPEC", help="tools to run a call's result with")
 @dataclass_options(TriggerConfig)
 @click.pass_context
 def feedback(
@@ -228,6 +249,7 @@ def feedback(
     turn_id: int,
     rating: tuple[str, ...],
     correction: str | None,
+    trajectory: Any,
     comment: str | None,
     user_name: str | None,
     as_json: bool,
@@ -244,11 +266,14 @@ def feedback(
     if len(rating) != 1:
         raise UsageError("give exactly one rating: up or down")
     check_rating(rating[0], correction)  # before the trigger flags are looked at
-    with connect(ctx, trigger=values) as service:
+    fixed = read_trajectory(trajectory) if trajectory is not None else None
+    tools = {"tools": values.pop("tools", ())}
+    with connect(ctx, tools, trigger=values) as service:
         data = service.feedback(
             turn_id,
             rating[0],
             correction=correction,
+            correction_messages=fixed,
             comment=comment,
             who=user_name or LOCAL_USER,
         )

@@ -26,7 +26,8 @@ from learnloop.learning.config import LearnConfig
 @click.option("--json", "as_json", is_flag=True, help="print results.json instead of a table")
 @click.pass_context
 def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **values: Any) -> None:
-    """Measure learning: a simulated user teaches the agent a labelled task.
+    """Measure learning: a simulated user teaches the agent a labelled task, or a tool task
+    (--tools: rows of text, answer and the calls that solve it).
 
     Every interaction goes through the real agent (graph, turn log, feedback, trigger,
     gate, reload). --set overrides the bench's training defaults. Example:
@@ -36,6 +37,13 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
       --eval ../shared/data/financial_phrasebank/dev.jsonl \\
       --instruction "Classify the sentiment ... Answer with one word." \\
       --labels positive,negative,neutral --feedback correct --out bench-correct
+
+    \b
+    learnloop bench --tools ../shared/data/tool_arithmetic/tools.py \\
+      --train ../shared/data/tool_arithmetic/train.jsonl \\
+      --eval ../shared/data/tool_arithmetic/dev.jsonl \\
+      --instruction "Answer the question. Use the calculate tool for arithmetic." \\
+      --feedback correct --out bench-tools
     """
     from learnloop.agent.bench.simulated_user import learn_settings, run_bench
     from learnloop.agent.bench.table import bench_table
@@ -47,7 +55,7 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     mode = str(values.get("feedback") or "correct")
-    learn = config_from(LearnConfig, learn_settings(mode, settings))
+    learn = config_from(LearnConfig, learn_settings(mode, settings, bool(values.get("tools"))))
     config = config_from(BenchConfig, values)
     quiet = as_json and not sys.stderr.isatty()
 

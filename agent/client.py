@@ -120,10 +120,12 @@ class ServerClient:
         body: dict[str, Any],
         on_token: Callable[[str], Any] | None = None,
         on_start: Callable[[str], Any] | None = None,
+        on_step: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         """Stream an answer (``on_start`` gets the answering version before the first
-        piece, ``on_token`` each piece); return the turn's ids, the answer and the
-        version, as ``learnloop ask --json`` prints them."""
+        piece, ``on_token`` each piece, ``on_step`` each call and result of the server's
+        tools as it runs); return the turn's ids, the answer, the version and the steps,
+        as ``learnloop ask --json`` prints them."""
         import httpx
 
         answer: list[str] = []
@@ -151,6 +153,10 @@ class ServerClient:
                         raise ServerError(_message(event), 500, "server_error")
                     if event.get("stopped_by"):  # the final chunk: what ended the answer
                         result["stopped_by"] = event["stopped_by"]
+                    if event.get("learnloop_steps"):
+                        result["steps"] = event["learnloop_steps"]
+                    if event.get("learnloop_step") and on_step is not None:
+                        on_step(event["learnloop_step"])
                     piece = event["choices"][0]["delta"].get("content") if event["choices"] else ""
                     if piece:
                         answer.append(piece)

@@ -118,3 +118,30 @@ class GenerationConfig:
         """Temperature 0, or one so small that sampling would divide the logits into
         infinities (a temperature of 1e-54 made torch's sampler fail): the top token."""
         return self.temperature < MIN_SAMPLING_TEMPERATURE
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    """How far one turn's loop between the model and its tools may go (agent/graph.py)."""
+
+    max_steps: int = field(
+        default=4,
+        metadata={
+            "help": "most model calls in one turn: each tool result goes back to the model, "
+            "and a turn that reaches this cap ends with an answer saying so"
+        },
+    )
+    turn_seconds: float = field(
+        default=60.0,
+        metadata={"help": "most seconds one turn's steps may take (checked before each step)"},
+    )
+    tool_timeout: float = field(
+        default=10.0,
+        metadata={"help": "most seconds one tool call may take; then the model is told so"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("--max-steps must be at least 1")
+        if self.turn_seconds <= 0 or self.tool_timeout <= 0:
+            raise ValueError("--turn-seconds and --tool-timeout must be above 0")

@@ -26,6 +26,7 @@ import click
 from learnloop.agent.client import ServerClient
 from learnloop.agent.report import cycle_view
 from learnloop.agent.service import (
+    OnStep,
     OnSwitch,
     OnToken,
     Progress,
@@ -102,7 +103,10 @@ class RemoteService:
         regen_of: int | None = None,
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
+        on_step: OnStep | None = None,
     ) -> dict[str, Any]:
+        """As LocalService.ask; the server's own tools run there, and ``on_step`` hears
+        of each call and result as it runs."""
         body = self._body(text or "(regenerate)", thread_id, regen_of)
 
         def started(version: str) -> None:
@@ -111,7 +115,7 @@ class RemoteService:
             self.version = version
 
         try:
-            answer = self.server.ask(body, on_token, on_start=started)
+            answer = self.server.ask(body, on_token, on_start=started, on_step=on_step)
         except KeyboardInterrupt:
             click.echo("\nthe server finishes the answer and logs the turn anyway", err=True)
             raise
@@ -130,6 +134,7 @@ class RemoteService:
         correction: str | None = None,
         comment: str | None = None,
         who: str | None = None,
+        correction_messages: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         correction = check_rating(rating, correction)
         if self.trigger:
@@ -141,6 +146,8 @@ class RemoteService:
             "comment": comment,
             "user": who,
         }
+        if correction_messages is not None:  # checked, and its calls run, by the server
+            body["correction_messages"] = correction_messages
         return self.server.feedback(body)
 
     def learn(

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable
+from typing import Any
 
 import click
 
+from learnloop.agent.cli_support import show_step
 from learnloop.agent.progress import CycleProgress
 from learnloop.agent.report import cycle_summary, running_text
 from learnloop.agent.service import Service
@@ -117,12 +119,20 @@ class Repl:
                 started = True
             click.echo(piece, nl=False)
 
+        def step(event: dict[str, Any]) -> None:
+            nonlocal started
+            if started:  # a call after some text: the call goes on a line of its own
+                click.echo()
+                started = False
+            show_step(event)
+
         answer = self.service.ask(
             text,
             thread_id=self.thread_id,
             regen_of=self.last_turn if regen else None,
             on_token=show,
             on_switch=self.switched,
+            on_step=step,
         )
         if not started:
             click.echo("bot> ", nl=False)

@@ -29,6 +29,7 @@ def turn_dict(turn: Turn) -> dict[str, Any]:
         "prompt_tokens": log.prompt_tokens,
         "completion_tokens": log.completion_tokens,
         "total_ms": log.total_ms,
+        "steps": [step_view(step) for step in log.steps],
         "feedback": [
             {
                 "id": f.id,
@@ -39,10 +40,42 @@ def turn_dict(turn: Turn) -> dict[str, Any]:
                 "created_at": f.created_at,
                 "used_by": f.used_by,
                 "kept_aside": f.kept_aside,
+                "correction_messages": f.correction_messages,
             }
             for f in turn.feedback
         ],
     }
+
+
+def step_view(step: dict[str, Any]) -> dict[str, Any]:
+    """One step of a trajectory for people and clients: what was said and done, with its
+    timing, without the rendered prompt (``learnloop export`` has everything)."""
+    keep: tuple[str, ...] = ("type", "content", "tool_calls", "malformed", "version", "total_ms")
+    if step["type"] == "tool":
+        keep = ("type", "tool_call_id", "name", "arguments", "content", "error", "ms")
+    return {k: step.get(k) for k in keep}
+
+
+def call_line(name: str, arguments: str) -> str:
+    """A tool call as a person reads it: ``calculate({"expression": "2 * 3"})``."""
+    return f"{name}({arguments})"
+
+
+def step_lines(steps: list[dict[str, Any]], width: int = 70) -> list[str]:
+    """The tool calls and results of a trajectory, one line each (``learnloop log``, the
+    REPL): ``→ call`` as the model made it, ``← result`` as the tool gave it."""
+    lines = []
+    for step in steps:
+        if step["type"] == "model":
+            for call in step.get("tool_calls") or []:
+                fn = call["function"]
+                lines.append(f"→ {_short(call_line(fn['name'], fn['arguments']), width)}")
+            for bad in step.get("malformed") or []:
+                lines.append(f"✗ malformed call ({bad['why']}): {_short(bad['text'], width)}")
+        else:
+            mark = "✗" if step.get("error") else "←"
+            lines.append(f"{mark} {_short(step['content'], width)}")
+    return lines
 
 
 def when(value: datetime | str) -> datetime:
@@ -79,6 +112,7 @@ def turns_text(turns: list[dict[str, Any]]) -> str:
             f"· {when(t['created_at']):%Y-%m-%d %H:%M} {feedback_mark(t)}"
         )
         lines.append(f"   you: {_short(t['user_message'])}")
+        lines.extend(f"   {line}" for line in step_lines(t.get("steps") or [], 65))
         lines.append(f"   bot: {_short(t['answer'])}")
         latest = t["feedback"][-1] if t["feedback"] else None
         if latest and latest["correction"]:

@@ -25,19 +25,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from learnloop.agent.config import GenerationConfig
+from learnloop.agent.config import GenerationConfig, LoopLimits
+from learnloop.agent.corrections import check_trajectory, final_text
 from learnloop.agent.report import (
     history_data,
     run_data,
     status_data,
+    step_view,
     thread_summary,
     turn_dict,
     versions_data,
 )
 from learnloop.learning.config import LearnConfig
+from learnloop.learning.toolbox import NO_TOOLS, Toolbox
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.errors import Conflict, UsageError
-from learnloop.storage.records import LOCAL_USER, ControlPrompt, Run, Turn
+from learnloop.storage.records import LOCAL_USER, ControlPrompt, Message, Run, Turn
 from learnloop.storage.store import BASE_VERSION, Store
 
 if TYPE_CHECKING:  # the model's modules load only when a question is asked
@@ -46,6 +49,7 @@ if TYPE_CHECKING:  # the model's modules load only when a question is asked
 
 OnToken = Callable[[str], Any]
 OnSwitch = Callable[[str, float | None], Any]  # version, seconds to load (None: unknown)
+OnStep = Callable[[dict[str, Any]], Any]  # {"tool_call": ...} or {"tool_result": ...}
 Progress = Callable[[dict[str, Any]], None]
 
 MAX_LIST = 1000  # the most turns, threads or runs one call lists
@@ -68,6 +72,7 @@ class Service(Protocol):
         regen_of: int | None = None,
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
+        on_step: OnStep | None = None,
     ) -> dict[str, Any]: ...
 
     def feedback(
@@ -78,7 +83,11 @@ class Service(Protocol):
         correction: str | None = None,
         comment: str | None = None,
         who: str | None = None,
-    ) -> dict[str, Any]: ...
+        correction_messages: list[Message] | None = None,
+    ) -> dict[str, Any]:
+        """Rate turn ``turn_id``; a correction is a better final answer (text) or a
+        corrected trajectory (``correction_messages``: agent/corrections.py)."""
+        ...
 
     def learn(
         self, settings: dict[str, Any], *, progress: Progress | None = None, who: str
@@ -243,6 +252,10 @@ def answer_data(answer: Answer) -> dict[str, Any]:
         data["trimmed"] = answer.trimmed
     if answer.stopped_by:  # "paragraph": it ended at its first paragraph; "stop"
         data["stopped_by"] = answer.stopped_by
+    if answer.steps:  # it called tools: each call and result (agent/report.py)
+        data["steps"] = [step_view(step) for step in answer.steps]
+    if answer.tool_calls:  # the caller's own tools, for it to run
+        data["tool_calls"] = answer.tool_calls
     return data
 
 
@@ -293,9 +306,13 @@ class LocalService:
         trigger: TriggerConfig | None = None,
         learn: LearnConfig | None = None,
         agent: Agent | None = None,
+        toolbox: Toolbox = NO_TOOLS,
+        limits: LoopLimits | None = None,
     ) -> None:
         self.store = store
         self.model_spec = model_spec
+        self.toolbox = toolbox  # the operator's tools, run inside the graph
+        self.limits = limits or LoopLimits()
         self.generation = generation or GenerationConfig()
         self.trigger = trigger or TriggerConfig()
         self.learn_config = learn or LearnConfig()
@@ -307,7 +324,9 @@ class LocalService:
         if self._agent is None:
             from learnloop.agent.runtime import load_agent
 
-            self._agent = load_agent(self.store, self.model_spec, self.generation)
+            self._agent = load_agent(
+                self.store, self.model_spec, self.generation, self.toolbox, self.limits
+            )
         return self._agent
 
     def model_name(self) -> str:
@@ -327,12 +346,15 @@ class LocalService:
         regen_of: int | None = None,
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
+        on_step: OnStep | None = None,
     ) -> dict[str, Any]:
         agent = self.agent
         switch = agent.sync_version()
         if switch is not None and on_switch is not None:
             on_switch(switch.version, switch.seconds)
-        answer = agent.ask(text, thread_id=thread_id, regen_of=regen_of, on_token=on_token)
+        answer = agent.ask(
+            text, thread_id=thread_id, regen_of=regen_of, on_token=on_token, on_step=on_step
+        )
         return answer_data(answer)
 
     def feedback(
@@ -343,14 +365,29 @@ class LocalService:
         correction: str | None = None,
         comment: str | None = None,
         who: str | None = None,
+        correction_messages: list[Message] | None = None,
     ) -> dict[str, Any]:
         correction = check_rating(rating, correction)
+        if correction_messages is not None:
+            if correction is not None:
+                raise UsageError("give a correction as text or as messages, not both")
+            check_rating(rating, "(a trajectory)")
+            self.store.get_turn(turn_id)  # an unknown turn is a 404 before any tool runs
+            correction_messages = check_trajectory(
+                correction_messages, self.toolbox, self.limits.tool_timeout
+            )
+            correction = final_text(correction_messages)
         user = who or LOCAL_USER
         # the row commits with the trigger's reads: if those find the file damaged, no row
         # is left for a retry to give twice
         with self.store.transaction():
             fid = self.store.add_feedback(
-                turn_id, rating, correction=correction, comment=comment, user_name=user
+                turn_id,
+                rating,
+                correction=correction,
+                comment=comment,
+                user_name=user,
+                correction_messages=correction_messages,
             )
             due = self.learning_due()
         learning = self.start_due(due, user) if due is not None else None
@@ -635,8 +672,21 @@ def open_local(
     generation: GenerationConfig | None = None,
     trigger: TriggerConfig | None = None,
     learn: LearnConfig | None = None,
+    tools: tuple[str, ...] | list[str] = (),
+    limits: LoopLimits | None = None,
 ) -> LocalService:
     """learnloop from Python: the use cases on the data root's store ($LEARNLOOP_HOME) and
     ``model_spec`` (default SmolLM2-135M-Instruct), the way the CLI runs them without a
-    server. Close it (or use ``contextlib.closing``) to let go of the database."""
-    return LocalService(Store(), model_spec, generation=generation, trigger=trigger, learn=learn)
+    server, with the tools of ``tools`` (``--tools`` specs: learning/toolbox.py). Close it
+    (or use ``contextlib.closing``) to let go of the database."""
+    from learnloop.learning.toolbox import load_tools
+
+    return LocalService(
+        Store(),
+        model_spec,
+        generation=generation,
+        trigger=trigger,
+        learn=learn,
+        toolbox=load_tools(tools) if tools else NO_TOOLS,
+        limits=limits,
+    )

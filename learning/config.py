@@ -193,8 +193,16 @@ class LearnConfig:
     eval_file: str = field(
         default="",
         metadata={
-            "help": "labelled JSONL file (text, label per line) the gate measures task "
-            "accuracy on; '' = none"
+            "help": "JSONL file the gate measures task accuracy on: labelled rows (text, "
+            "label) or a tool task (text, answer: the answer its trajectory must give, "
+            "with --tools); '' = none"
+        },
+    )
+    tools: str = field(
+        default="",
+        metadata={
+            "help": "the tools a tool task's trajectories call (--eval-file rows of text "
+            "and answer): --tools specs, comma-separated (builtin, FILE.py, package.module)"
         },
     )
     eval_instruction: str = field(

@@ -16,6 +16,14 @@ reads or writes anything. Output rows use TRL's *conversational* format:
   "label": bool}``, every thumbs-up (True) and thumbs-down (False) answer alone, and a
   correction as a desirable completion: feedback that never forms a pair still counts.
 
+A turn that called tools is a trajectory, and so is each row built from it: the
+completion (``chosen``, ``rejected``) is every assistant step with its ``tool_calls``, and
+every ``tool`` result, to the final answer, and the row has a ``tools`` column with the
+schemas the turn was offered (TRL's tool format; the trainer computes the loss on the
+assistant steps only: learning/chat_format.py :func:`training_ids`). A correction is a
+corrected trajectory (the steps a person fixed or added) or a better final answer, which
+replaces only the last message. A row of a turn without tools has no ``tools`` column.
+
 Every row remembers the feedback ids it came from, so the snapshot can record them.
 """
 
@@ -63,6 +71,41 @@ def _assistant(text: str) -> list[Message]:
     return [{"role": "assistant", "content": text}]
 
 
+def said(ex: FeedbackExample, final: str | None = None) -> list[Message]:
+    """The turn's trajectory (one assistant message for a turn without tools), with
+    ``final`` in place of its final answer when given."""
+    steps = ex.trajectory or _assistant(ex.answer)
+    return steps if final is None else [*steps[:-1], *_assistant(final)]
+
+
+def corrected(ex: FeedbackExample) -> list[Message] | None:
+    """What the correction says the turn should have been (None: no correction)."""
+    if ex.correction_messages:
+        return ex.correction_messages
+    return said(ex, ex.correction) if ex.correction else None
+
+
+def changed(ex: FeedbackExample) -> list[Message] | None:
+    """The correction when it says something else than the turn did (a pair to learn)."""
+    fixed = corrected(ex)
+    return fixed if fixed and not _same(fixed, said(ex)) else None
+
+
+def _same(a: list[Message], b: list[Message]) -> bool:
+    def key(messages: list[Message]) -> str:
+        return json.dumps([{**m, "content": (m.get("content") or "").strip()} for m in messages])
+
+    return key(a) == key(b)
+
+
+def _row(ex: FeedbackExample, **columns: Any) -> Row:
+    """A row on ``ex``'s prompt; ``tools`` when the turn was offered any."""
+    row: Row = {"prompt": ex.messages, **columns}
+    if ex.tools:
+        row["tools"] = ex.tools
+    return row
+
+
 def _prompt_key(messages: list[Message]) -> str:
     return json.dumps(messages, sort_keys=True)
 
@@ -92,14 +135,24 @@ def endorsed(ex: FeedbackExample, cut_off_sentences: bool = True) -> str:
     return complete_part(ex.answer) if cut_off_sentences else ""
 
 
+def liked(ex: FeedbackExample, cut_off_sentences: bool = True) -> list[Message] | None:
+    """The trajectory a thumbs-up stands for (see :func:`endorsed`; a turn that ended
+    with calls for its caller to run stands whole), or None."""
+    if ex.rating == "up" and not ex.truncated and said(ex)[-1].get("tool_calls"):
+        return said(ex)
+    if not endorsed(ex, cut_off_sentences):
+        return None
+    return said(ex, complete_part(ex.answer) if ex.truncated else None)
+
+
 def build_sft(
     examples: list[FeedbackExample], cut_off_sentences: bool = True
 ) -> tuple[list[Row], list[int]]:
     rows, ids = [], []
     for ex in examples:
-        target = ex.correction or endorsed(ex, cut_off_sentences)
+        target = corrected(ex) or liked(ex, cut_off_sentences)
         if target:
-            rows.append({"prompt": ex.messages, "completion": _assistant(target)})
+            rows.append(_row(ex, completion=target))
             ids.append(ex.feedback_id)
     return rows, ids
 
@@ -110,14 +163,9 @@ def build_dpo(
     rows: list[Row] = []
     ids: list[int] = []
     for ex in examples:
-        if ex.correction and ex.correction.strip() != ex.answer.strip():
-            rows.append(
-                {
-                    "prompt": ex.messages,
-                    "chosen": _assistant(ex.correction),
-                    "rejected": _assistant(ex.answer),
-                }
-            )
+        fixed = changed(ex)
+        if fixed:
+            rows.append(_row(ex, chosen=fixed, rejected=said(ex)))
             ids.append(ex.feedback_id)
     by_prompt: dict[str, list[FeedbackExample]] = defaultdict(list)
     for ex in examples:
@@ -127,17 +175,11 @@ def build_dpo(
         downs = [e for e in group if e.rating == "down"]
         for up in ups:
             # relative to the rejected answer even a cut one is better: kept whole if need be
-            chosen = endorsed(up, cut_off_sentences) or up.answer
+            chosen = liked(up, cut_off_sentences) or said(up)
             for down in downs:
-                if up.answer.strip() == down.answer.strip():
+                if _same(said(up), said(down)):
                     continue
-                rows.append(
-                    {
-                        "prompt": up.messages,
-                        "chosen": _assistant(chosen),
-                        "rejected": _assistant(down.answer),
-                    }
-                )
+                rows.append(_row(up, chosen=chosen, rejected=said(down)))
                 ids.extend([up.feedback_id, down.feedback_id])
     return rows, ids
 
@@ -146,14 +188,11 @@ def build_kto(examples: list[FeedbackExample]) -> tuple[list[Row], list[int]]:
     rows: list[Row] = []
     ids: list[int] = []
     for ex in examples:
-        rows.append(
-            {"prompt": ex.messages, "completion": _assistant(ex.answer), "label": ex.rating == "up"}
-        )
+        rows.append(_row(ex, completion=said(ex), label=ex.rating == "up"))
         ids.append(ex.feedback_id)
-        if ex.correction and ex.correction.strip() != ex.answer.strip():
-            rows.append(
-                {"prompt": ex.messages, "completion": _assistant(ex.correction), "label": True}
-            )
+        fixed = changed(ex)
+        if fixed:
+            rows.append(_row(ex, completion=fixed, label=True))
             ids.append(ex.feedback_id)
     return rows, ids
 

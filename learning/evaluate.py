@@ -31,27 +31,35 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from learnloop.learning import chat_format
 from learnloop.learning.quality import normalise
-from learnloop.learning.tasks import macro_f1, named_labels
+from learnloop.learning.tasks import answers, macro_f1, named_labels
+from learnloop.learning.toolbox import Toolbox, load_tools
+from learnloop.storage.records import Message
 
 Row = dict[str, Any]
+Tools = list[dict[str, Any]] | None
+MAX_TOOL_STEPS = 4  # model calls per tool-task row: the agent's default --max-steps
+MIN_TOOL_TOKENS = 64  # a step of a tool task may be a call: room for one
 
 
-def _ids(tokenizer: Any, prompt: list[dict[str, str]], answer: str) -> tuple[list[int], int]:
+def _ids(
+    tokenizer: Any, prompt: list[Message], answer: str, tools: Tools = None
+) -> tuple[list[int], int]:
     """Token ids of prompt + answer (+ end of turn), and where the answer starts."""
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text = chat_format.render(tokenizer, prompt, tools)
     head = tokenizer(text, add_special_tokens=False)["input_ids"]
     tail = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     return head + tail, len(head)
 
 
 def answer_logp(
-    model: Any, tokenizer: Any, prompt: list[dict[str, str]], answer: str
+    model: Any, tokenizer: Any, prompt: list[Message], answer: str, tools: Tools = None
 ) -> tuple[float, int]:
     """Sum of log p(answer tokens | prompt) and the number of answer tokens."""
     import torch
 
-    ids, start = _ids(tokenizer, prompt, answer)
+    ids, start = _ids(tokenizer, prompt, answer, tools)
     tensor = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
         logits = model(input_ids=tensor).logits[0, start - 1 : -1].float()
@@ -63,9 +71,10 @@ def answer_logp(
 def greedy(
     model: Any,
     tokenizer: Any,
-    prompt: list[dict[str, str]],
+    prompt: list[Message],
     max_new_tokens: int,
     decided: Callable[[str], bool] | None = None,
+    tools: Tools = None,
 ) -> str:
     """The greedy answer to ``prompt``. ``decided(text so far)``, when given, ends it
     early once the answer so far settles the question being asked of it: greedy decoding
@@ -73,7 +82,7 @@ def greedy(
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text = chat_format.render(tokenizer, prompt, tools)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     start = inputs["input_ids"].shape[1]
 
@@ -114,11 +123,59 @@ def task_scores(
 Tick = Callable[[], None]
 
 
+def tool_task_scores(
+    model: Any, tokenizer: Any, task: list[Row], toolbox: Toolbox, max_new_tokens: int, tick: Tick
+) -> dict[str, float | None]:
+    """Accuracy of greedy trajectories on tool rows (``{"prompt", "answer", "tool"}``):
+    the model's calls run with the real tools, up to :data:`MAX_TOOL_STEPS` model calls,
+    and the final answer is judged by learning/tasks.py :func:`answers`; ``task_tool_use``
+    is the share of rows whose trajectory called the row's expected tool."""
+    right = used = 0
+    for row in task:
+        final, called = run_trajectory(model, tokenizer, row["prompt"], toolbox, max_new_tokens)
+        right += answers(final, row["answer"])
+        used += bool(row.get("tool")) and row["tool"] in called
+        tick()
+    return {
+        "task_accuracy": right / len(task),
+        "task_macro_f1": None,
+        "task_tool_use": used / len(task),
+    }
+
+
+def ends_call(text: str) -> bool:
+    return chat_format.CLOSE in text
+
+
+def run_trajectory(
+    model: Any, tokenizer: Any, prompt: list[Message], toolbox: Toolbox, max_new_tokens: int
+) -> tuple[str, list[str]]:
+    """The final answer of a greedy trajectory from ``prompt`` (no final answer within
+    the step cap: '') and the names of the tools it called, in order."""
+    messages, called = list(prompt), list[str]()
+    tokens = max(max_new_tokens, MIN_TOOL_TOKENS)
+    for _ in range(MAX_TOOL_STEPS):
+        said = chat_format.parse_output(  # ends at its first call, as in chat (for_tools)
+            greedy(model, tokenizer, messages, tokens, ends_call, toolbox.schemas())
+        )
+        if not said.tool_calls:
+            return said.content or "", called
+        messages.append(
+            {"role": "assistant", "content": said.content, "tool_calls": said.tool_calls}
+        )
+        for call in said.tool_calls:
+            name = call["function"]["name"]
+            called.append(name)
+            result = toolbox.run(name, call["function"]["arguments"])
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": result.content})
+    return "", called
+
+
 def fix_match(model: Any, tokenizer: Any, fix: Row) -> bool:
     """Whether the greedy answer to a corrected prompt now equals its correction. The
     answer is generated only as far as the correction goes (plus a few tokens for the end
     and punctuation): anything longer cannot be equal."""
-    target = fix["completion"][0]["content"]
+    target = chat_format.assistant_text(fix["completion"][0])  # a first call, or the answer
     limit = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 3
     wanted = normalise(target)
 
@@ -128,7 +185,7 @@ def fix_match(model: Any, tokenizer: Any, fix: Row) -> bool:
         done = said.rsplit(" ", 1)[0] if " " in said else ""
         return bool(done) and not wanted.startswith(done)
 
-    answer = greedy(model, tokenizer, fix["prompt"], limit, strayed)
+    answer = greedy(model, tokenizer, fix["prompt"], limit, strayed, fix.get("tools"))
     return normalise(answer) == wanted
 
 
@@ -137,8 +194,13 @@ def held_out_scores(model: Any, tokenizer: Any, data: dict[str, list[Row]], tick
     pairs, fixes = data["pairs"], data["fixes"]
     wins, margins = 0, []
     for pair in pairs:
-        chosen, _ = answer_logp(model, tokenizer, pair["prompt"], pair["chosen"][0]["content"])
-        rejected, _ = answer_logp(model, tokenizer, pair["prompt"], pair["rejected"][0]["content"])
+        prompt, tools = pair["prompt"], pair.get("tools")
+        chosen, _ = answer_logp(
+            model, tokenizer, prompt, chat_format.first_step(pair["chosen"]), tools
+        )
+        rejected, _ = answer_logp(
+            model, tokenizer, prompt, chat_format.first_step(pair["rejected"]), tools
+        )
         wins += chosen > rejected
         margins.append(chosen - rejected)
         tick()
@@ -165,7 +227,7 @@ def taught_scores(model: Any, tokenizer: Any, data: dict[str, list[Row]], tick: 
         tick()
     per_token = []
     for row in liked:
-        logp, n = answer_logp(model, tokenizer, row["prompt"], row["answer"])
+        logp, n = answer_logp(model, tokenizer, row["prompt"], row["answer"], row.get("tools"))
         per_token.append(logp / max(n, 1))
         tick()
     return {
@@ -212,25 +274,29 @@ def measure(
     tokens: tuple[int, int],
     tick: Tick = lambda: None,
     control: Row | None = None,
+    toolbox: Toolbox | None = None,
 ) -> dict[str, Any]:
     """All gate metrics for whichever adapter is current on ``model``; ``data`` holds the
     "pairs", "fixes", "control", "task", "taught_fixes" and "taught_liked" rows (each
     possibly empty). ``control``: this version's control scores measured before (on the
-    same control set and answer length), reused instead of measured again."""
+    same control set and answer length), reused instead of measured again. Task rows
+    with an "answer" are a tool task, run with ``toolbox``."""
     max_new_tokens, task_max_new_tokens = tokens
     task = data["task"]
     if control is None:
         control = control_scores(model, tokenizer, data["control"], max_new_tokens, tick)
+    scores: dict[str, Any] = {"task_accuracy": None, "task_macro_f1": None}
+    if task and "answer" in task[0]:
+        tools = toolbox or Toolbox({})
+        scores = tool_task_scores(model, tokenizer, task, tools, task_max_new_tokens, tick)
+    elif task:
+        scores = task_scores(model, tokenizer, task, task_max_new_tokens, tick)
     return {
         **held_out_scores(model, tokenizer, data, tick),
         **taught_scores(model, tokenizer, data, tick),
         **control,
         "task_rows": len(task),
-        **(
-            task_scores(model, tokenizer, task, task_max_new_tokens, tick)
-            if task
-            else {"task_accuracy": None, "task_macro_f1": None}
-        ),
+        **scores,
     }
 
 
@@ -287,12 +353,13 @@ def compare(
         progress(done, total)
 
     tokens = int(gate.get("max_new_tokens", 48)), int(gate.get("task_max_new_tokens", 16))
+    toolbox = load_tools(gate.get("tools") or []) if gate.get("tools") else None
     with as_version(model, "default"):
-        candidate = measure(model, tokenizer, data, tokens, tick)
+        candidate = measure(model, tokenizer, data, tokens, tick, toolbox=toolbox)
     if active_adapter:
         model.load_adapter(active_adapter, adapter_name="active")
     with as_version(model, "active" if active_adapter else None):
-        active = measure(model, tokenizer, data, tokens, tick, known_active)
+        active = measure(model, tokenizer, data, tokens, tick, known_active, toolbox)
     if not active_adapter:
         base = active
     elif known_base is not None:

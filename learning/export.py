@@ -198,12 +198,17 @@ def _clear_earlier_export(out_dir: Path) -> None:
             (out_dir / f"{part.name}.{fmt}").unlink(missing_ok=True)
 
 
+def has_tools(rows: list[Row]) -> bool:
+    """Whether rows have TRL's ``tools`` column (trajectories of turns offered tools)."""
+    return any("tools" in row for row in rows)
+
+
 def manifest_of(export: Export, fmt: str) -> dict[str, Any]:
     files = [
         {
             "file": f"{p.name}.{fmt}",
             "rows": len(export.rows[p.name]),
-            "columns": list(p.keys),
+            "columns": [*p.keys, *(["tools"] if has_tools(export.rows[p.name]) else [])],
             "type": p.kind,
             "trainer": p.trainer,
             "split": p.split,

@@ -21,6 +21,7 @@ held-out conversation never leaks into training.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,10 +56,17 @@ def normalise(text: str) -> str:
 
 
 def prompt_key(messages: list[Message]) -> str:
-    return "\x1e".join(f"{m['role']}:{normalise(m['content'])}" for m in messages)
+    """Messages compared by what they say: their text (normalised) and their calls."""
+    return "\x1e".join(
+        f"{m['role']}:{normalise(m.get('content') or '')}"
+        + (json.dumps(m["tool_calls"], sort_keys=True) if m.get("tool_calls") else "")
+        for m in messages
+    )
 
 
 def _teaches(ex: FeedbackExample) -> tuple[str, str, str]:
+    if ex.correction_messages:
+        return (prompt_key(ex.messages), "fix", prompt_key(ex.correction_messages))
     target = ex.correction if ex.correction else ex.answer
     return (prompt_key(ex.messages), ex.rating if not ex.correction else "fix", normalise(target))
 

@@ -107,17 +107,46 @@ def parse_row(line: str, keys: tuple[str, ...], where: str) -> Row:
                 raise TrainerError(f"{where}: 'label' must be true or false")
         else:
             check_messages(row.get(key), f"{where}: {key!r}")
-    # TRL infers the dataset type from the columns, so stray columns are dropped.
-    return {key: row[key] for key in keys}
+    # TRL infers the dataset type from the columns, so stray columns are dropped; a
+    # ``tools`` column (the schemas a trajectory's turn was offered) is TRL's own.
+    kept = {key: row[key] for key in keys}
+    if row.get("tools") is not None:
+        if not isinstance(row["tools"], list) or not all(_is_schema(t) for t in row["tools"]):
+            raise TrainerError(f"{where}: 'tools' must be a list of function schemas")
+        kept["tools"] = row["tools"]
+    return kept
+
+
+def _is_schema(tool: object) -> bool:
+    return (
+        isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(tool.get("function"), dict)
+        and isinstance(tool["function"].get("name"), str)
+    )
 
 
 def check_messages(value: object, where: str) -> None:
+    """A non-empty list of messages in OpenAI's shape (storage/records.py): each with a
+    string ``role`` and ``content``, except an assistant message that calls tools (its
+    content may be null) and a tool result, which names its call."""
     if not isinstance(value, list) or not value:
         raise TrainerError(f"{where} must be a non-empty list of messages")
     for message in value:
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise TrainerError(f'{where} holds a message without a string "role"')
+        calls = message.get("tool_calls")
+        if calls is not None and not (
+            isinstance(calls, list)
+            and all(
+                isinstance(c, dict)
+                and isinstance(c.get("function"), dict)
+                and isinstance(c["function"].get("name"), str)
+                and isinstance(c["function"].get("arguments"), str)
+                for c in calls
+            )
         ):
-            raise TrainerError(f'{where} holds a message without string "role" and "content"')
+            raise TrainerError(f"{where} holds tool_calls that are not OpenAI's shape")
+        content = message.get("content")
+        if not isinstance(content, str) and not (content is None and calls):
+            raise TrainerError(f'{where} holds a message without string "content"')

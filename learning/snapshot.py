@@ -23,18 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.learning import control_cache
+from learnloop.learning.chat_format import first_step
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.datasets import (
     Datasets,
     build_datasets,
     build_dpo,
     choose_method,
-    endorsed,
+    corrected,
+    liked,
     why_empty,
 )
 from learnloop.learning.models import ResolvedModel
 from learnloop.learning.quality import QualityReport, clean, split_by_thread
-from learnloop.learning.tasks import labels_of, read_labelled, task_message
+from learnloop.learning.tasks import (
+    TaskFileError,
+    is_tool_task,
+    labels_of,
+    read_labelled,
+    read_tool_task,
+    task_message,
+)
 from learnloop.storage.errors import Unprocessable
 from learnloop.storage.records import FeedbackExample
 from learnloop.storage.store import BASE_VERSION, Store
@@ -72,19 +81,26 @@ def control_set(store: Store) -> list[dict[str, str]]:
 
 
 def fixes_of(examples: list[FeedbackExample]) -> list[dict[str, Any]]:
-    return [
-        {"prompt": e.messages, "completion": [{"role": "assistant", "content": e.correction}]}
-        for e in examples
-        if e.correction
-    ]
+    """The corrections as the gate scores them: the corrected trajectory (its first step
+    is what a greedy answer must now give), with the tools the turn was offered."""
+    rows = []
+    for e in examples:
+        fixed = corrected(e) if e.correction else None
+        if fixed:
+            rows.append({"prompt": e.messages, "completion": fixed, **_tools(e)})
+    return rows
+
+
+def _tools(e: FeedbackExample) -> dict[str, Any]:
+    return {"tools": e.tools} if e.tools else {}
 
 
 def liked_of(examples: list[FeedbackExample], cut_off_sentences: bool) -> list[dict[str, Any]]:
     """The thumbs-up answers (without a correction) as the gate scores them."""
     return [
-        {"prompt": e.messages, "answer": answer}
+        {"prompt": e.messages, "answer": first_step(target), **_tools(e)}
         for e in examples
-        if not e.correction and (answer := endorsed(e, cut_off_sentences))
+        if not e.correction and (target := liked(e, cut_off_sentences))
     ]
 
 
@@ -145,11 +161,29 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def task_rows(config: LearnConfig) -> list[dict[str, Any]]:
-    """The gate's labelled task rows as chat prompts (raises TaskFileError on a bad file)."""
+    """The gate's task rows as chat prompts (raises TaskFileError on a bad file): labelled
+    rows, or a tool task's rows with the answer and the tool expected."""
     if not (config.gate and config.eval_file):
         return []
+    path = Path(config.eval_file).expanduser()
+    if is_tool_task(path):
+        if not config.tools.strip():
+            raise TaskFileError(
+                f"{path} is a tool task (rows of text and answer): give the tools its "
+                "answers need with --tools"
+            )
+        return [
+            {
+                "prompt": [
+                    {"role": "user", "content": task_message(config.eval_instruction, t.text)}
+                ],
+                "answer": t.answer,
+                "tool": t.calls[0]["name"] if t.calls else None,
+            }
+            for t in read_tool_task(path)[: config.eval_limit]
+        ]
     given = [w.strip().lower() for w in config.eval_labels.split(",") if w.strip()]
-    examples = read_labelled(Path(config.eval_file).expanduser(), given or None)
+    examples = read_labelled(path, given or None)
     examples = examples[: config.eval_limit]
     labels = given or labels_of(examples)
     return [
@@ -201,6 +235,7 @@ def gate_request(
         "control": "control.jsonl",
         "task": "task.jsonl",
         "task_max_new_tokens": config.eval_max_new_tokens,
+        "tools": [t.strip() for t in config.tools.split(",") if t.strip()],
     }
 
 

@@ -1,12 +1,17 @@
-"""Labelled task data: reading it, turning a row into a chat message, judging an answer.
+"""Task data: reading it, turning a row into a chat message, judging an answer.
 
 One definition serves the gate's task accuracy (``--eval-file``) and ``learnloop bench``,
-so the benchmark's simulated user and the gate judge answers the same way:
+so the benchmark's simulated user and the gate judge answers the same way. Two kinds of
+task:
 
-- an answer *names* a label when the label occurs in it as a whole word (any case);
-- it is *correct* when it names exactly one label and that label is the gold one;
-- it has the *exact format* when, stripped of case, whitespace and end punctuation, it
-  is a label word and nothing else.
+- *labelled* rows ``{"text", "label"}``: an answer *names* a label when the label occurs
+  in it as a whole word (any case); it is *correct* when it names exactly one label and
+  that label is the gold one; it has the *exact format* when, stripped of case,
+  whitespace and end punctuation, it is a label word and nothing else;
+- *tool* rows ``{"text", "answer", "calls"?}``: a trajectory is *correct* when its final
+  answer contains ``answer`` as a whole word or number (any case; a number's thousands
+  separators ignored); ``calls`` are the tool calls that solve the row, as a teacher
+  would demonstrate them (``[{"name", "arguments": {...}}]``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from learnloop.storage.errors import UsageError
 
@@ -106,6 +111,68 @@ def _parse(line: str, where: str, number: int, known: set[str] | None) -> Exampl
             f"{where}: unknown label {row['label']!r} (expected one of {', '.join(sorted(known))})"
         )
     return Example(text=row["text"].strip(), label=label, line=number)
+
+
+@dataclass(frozen=True)
+class ToolExample:
+    text: str
+    answer: str
+    calls: list[dict[str, Any]]  # [{"name", "arguments": {...}}]; may be empty
+    line: int
+
+
+def is_tool_task(path: Path) -> bool:
+    """Whether the file's first row is a tool row (has "answer", not "label")."""
+    _check_regular_file(path)
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in _lines(lines, path):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(row, dict) and "answer" in row and "label" not in row
+    return False
+
+
+def read_tool_task(path: Path) -> list[ToolExample]:
+    """Every row of a JSONL file of ``{"text", "answer", "calls"?}`` objects; anything
+    else is a TaskFileError naming the file and line (as :func:`read_labelled`)."""
+    _check_regular_file(path)
+    rows: list[ToolExample] = []
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(_lines(lines, path), start=1):
+                if line.strip():
+                    rows.append(_parse_tool_row(line, f"{path} line {number}", number))
+    except OSError as exc:
+        raise TaskFileError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if not rows:
+        raise TaskFileError(f"{path}: no rows")
+    return rows
+
+
+def _parse_tool_row(line: str, where: str, number: int) -> ToolExample:
+    row = string_fields(line, where, ("text", "answer"))
+    calls = json.loads(line).get("calls") or []
+    if not isinstance(calls, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("name"), str)
+        and isinstance(c.get("arguments", {}), dict)
+        for c in calls
+    ):
+        raise TaskFileError(f'{where}: "calls" must be a list of {{"name", "arguments"}} objects')
+    return ToolExample(row["text"].strip(), row["answer"].strip(), calls, number)
+
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+
+
+def answers(final: str, answer: str) -> bool:
+    """Whether a final answer gives ``answer`` as a whole word or number (see above)."""
+    text = _THOUSANDS.sub("", final.lower())
+    wanted = re.escape(answer.strip().lower())
+    return re.search(rf"(?<![\w.-]){wanted}(?![\w]|\.\d)", text) is not None
 
 
 def labels_of(rows: list[Example]) -> list[str]:

@@ -73,6 +73,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from learnloop.learning import chat_format
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.request import (
     DPO_KEYS,
@@ -233,13 +234,39 @@ def train_sft(
         num_train_epochs=config.sft_epochs,
         completion_only_loss=True,
     )
+    tokenized = [
+        chat_format.training_ids(tokenizer, row["prompt"], row["completion"], row.get("tools"))
+        for row in with_corrections_repeated(rows, corrections, config)
+    ]
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(with_corrections_repeated(rows, corrections, config)),
+        train_dataset=Dataset.from_list(tokenized),  # tokenized: TRL builds the labels
         processing_class=tokenizer,
     )
     return fit(trainer, "sft", len(rows), progress)
+
+
+def as_template_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row]) -> list[Row]:
+    """Preference rows whose messages the chat template renders as they are: for a
+    template without tools, every trajectory's calls and results as text and the tools
+    in the system prompt (learning/chat_format.py), so that TRL's DPO and KTO trainers
+    tokenize what the model is prompted with. Their loss covers a whole completion, tool
+    results included: TRL marks no assistant steps in preference rows."""
+    native = chat_format.knows_tools(tokenizer)
+    out = []
+    for row in rows:
+        tools = row.get("tools")
+        new = {
+            k: chat_format.template_messages(v, None, native) if isinstance(v, list) else v
+            for k, v in row.items()
+            if k != "tools"
+        }
+        new["prompt"] = chat_format.template_messages(row["prompt"], tools, native)
+        if native and tools:
+            new["tools"] = tools
+        out.append(new)
+    return out
 
 
 def with_corrections_repeated(
@@ -276,7 +303,10 @@ def train_dpo(
         beta=config.dpo_beta,
     )
     trainer = DPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(as_template_rows(tokenizer, rows)),
+        processing_class=tokenizer,
     )
     metrics = fit_against_reference(model, trainer, "dpo", len(rows), progress)
     last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
@@ -311,7 +341,10 @@ def train_kto(
         undesirable_weight=1.0,
     )
     trainer = KTOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(as_template_rows(tokenizer, rows)),
+        processing_class=tokenizer,
     )
     metrics = fit_against_reference(model, trainer, "kto", len(rows), progress)
     metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)

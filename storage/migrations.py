@@ -272,6 +272,21 @@ def m009_base_fingerprints_and_removed_adapters(db: duckdb.DuckDBPyConnection) -
     db.execute("ALTER TABLE versions ADD COLUMN removed_at TIMESTAMP")
 
 
+@migration
+def m010_trajectories(db: duckdb.DuckDBPyConnection) -> None:
+    """A turn is a trajectory (storage/records.py, TurnLog):
+
+    - ``turns.steps``: every model call and tool call of a turn that called tools, in
+      order; NULL for a turn of one model call, which reads back exactly as before;
+    - ``turns.tools``: the tool schemas the turn was offered (NULL: none);
+    - ``feedback.correction_messages``: a corrected trajectory (the assistant steps,
+      their tool calls and results, to the final answer), when the correction is one;
+      ``correction`` then holds its final answer's text."""
+    db.execute("ALTER TABLE turns ADD COLUMN steps JSON")
+    db.execute("ALTER TABLE turns ADD COLUMN tools JSON")
+    db.execute("ALTER TABLE feedback ADD COLUMN correction_messages JSON")
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+# One message shape through every layer, OpenAI's and TRL's: {"role": "system" | "user" |
+# "assistant" | "tool", "content": str | None}, plus "tool_calls" ([{"id", "type":
+# "function", "function": {"name", "arguments": JSON string}}]) on an assistant message
+# that calls tools (its content may then be None) and "tool_call_id" on a tool result.
+Message = dict[str, Any]
 
 
 # Who gives feedback when nobody says: the operator. The CLI, the REPL and the web page on
@@ -34,6 +38,41 @@ class TurnLog:
     regen_of: int | None = None
     interrupted: bool = False
     truncated: bool = False  # the answer hit the token limit: cut off, not finished
+    # Every step of a turn that called tools, in order (empty: one model call, whose
+    # prompt, version and timings are the fields above):
+    #   {"type": "model", "prompt", "output" (the raw text), "content", "tool_calls",
+    #    "malformed", "version", "prompt_tokens", "completion_tokens", "first_token_ms",
+    #    "total_ms", "node"}
+    #   {"type": "tool", "tool_call_id", "name", "arguments", "content", "error", "ms"}
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # the schemas offered
+
+    @property
+    def trajectory(self) -> list[Message]:
+        """What the turn added after ``messages``: every assistant step (with its calls)
+        and tool result, in order, to the final answer (the last message)."""
+        return trajectory_of(self.steps, self.answer)
+
+
+def trajectory_of(steps: list[dict[str, Any]], answer: str) -> list[Message]:
+    """The messages of ``steps`` (see :class:`TurnLog`) ending with the answer: the last
+    model step when it said ``answer`` (its final text, or calls a caller runs, beside
+    what text it wrote), else ``answer`` as a message of its own (a step cap or time cap
+    ended the turn and said so)."""
+    out: list[Message] = []
+    for step in steps:
+        if step["type"] == "model":
+            message: Message = {"role": "assistant", "content": step.get("content")}
+            if step.get("tool_calls"):
+                message["tool_calls"] = step["tool_calls"]
+            out.append(message)
+        else:
+            out.append(
+                {"role": "tool", "tool_call_id": step["tool_call_id"], "content": step["content"]}
+            )
+    if not out or out[-1]["role"] == "tool" or (out[-1].get("content") or "") != answer:
+        out.append({"role": "assistant", "content": answer})
+    return out
 
 
 @dataclass(frozen=True)
@@ -45,6 +84,7 @@ class FeedbackRow:
     comment: str | None
     user_name: str
     created_at: datetime
+    correction_messages: list[Message] | None = None  # a corrected trajectory, if one
     # the version the latest cycle that used this row made (None: not used yet), and
     # whether that cycle kept it aside to test the version rather than training on it
     used_by: str | None = None
@@ -88,6 +128,12 @@ class FeedbackExample:
     user_name: str
     conflicts: int = 0  # earlier feedback rows on this turn that said something else
     truncated: bool = False  # the answer was cut off by the token limit
+    # what the turn added after ``messages`` (TurnLog.trajectory; one assistant message
+    # for a turn without tools), the tool schemas it was offered, and a corrected
+    # trajectory when the correction was one (``correction`` is then its final text)
+    trajectory: list[Message] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    correction_messages: list[Message] | None = None
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,31 @@ from learnloop.storage.keys import Keys
 from learnloop.storage.records import (
     FeedbackExample,
     FeedbackRow,
+    Message,
     Status,
     ThreadSummary,
     Turn,
     TurnLog,
+    trajectory_of,
 )
 from learnloop.storage.registry import Registry
 
 __all__ = ["BASE_VERSION", "NotFound", "Store", "StoreError"]
 
+
+def _json_or_null(items: list[Any] | None) -> str | None:
+    """A JSON list, or NULL for an empty one (a turn without tools stores none)."""
+    return json.dumps(items) if items else None
+
+
+def _list(raw: str | None) -> list[Any]:
+    return json.loads(raw) if raw else []
+
+
 _TURN_COLUMNS = (
     "id, created_at, thread_id, user_message, messages, prompt, answer, version, model, "
     "settings, prompt_tokens, completion_tokens, first_token_ms, total_ms, nodes, regen_of, "
-    "interrupted, truncated"
+    "interrupted, truncated, steps, tools"
 )
 
 
@@ -84,9 +96,9 @@ class Store(Keys, Registry):
             row = db.execute(
                 """INSERT INTO turns (id, thread_id, regen_of, user_message, messages, prompt,
                        answer, version, model, settings, prompt_tokens, completion_tokens,
-                       first_token_ms, total_ms, nodes, interrupted, truncated)
+                       first_token_ms, total_ms, nodes, interrupted, truncated, steps, tools)
                    VALUES (coalesce(?, nextval('turn_ids')), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                           ?, ?, ?, ?) RETURNING id""",
+                           ?, ?, ?, ?, ?, ?) RETURNING id""",
                 [
                     turn_id,
                     log.thread_id,
@@ -105,10 +117,43 @@ class Store(Keys, Registry):
                     json.dumps(log.nodes),
                     log.interrupted,
                     log.truncated,
+                    _json_or_null(log.steps),
+                    _json_or_null(log.tools),
                 ],
             ).fetchone()
         assert row is not None
         return int(row[0])
+
+    def replace_trajectory(self, turn_id: int, log: TurnLog) -> None:
+        """Rewrite what turn ``turn_id`` logged of its answer with ``log``'s, in one
+        transaction: steps, answer, version, settings, token counts, total time, nodes,
+        tools, interrupted and truncated (a graph of the user's own ran the turn's calls
+        and asked the model again: agent/logged.py). Its thread, question, messages,
+        first prompt, first-token time, regen_of and feedback rows stay as they were.
+        NotFound for no such turn."""
+        with self.transaction() as db:
+            row = db.execute(
+                """UPDATE turns SET steps = ?, answer = ?, version = ?, settings = ?,
+                       prompt_tokens = ?, completion_tokens = ?, total_ms = ?, nodes = ?,
+                       tools = ?, interrupted = ?, truncated = ?
+                   WHERE id = ? RETURNING id""",
+                [
+                    _json_or_null(log.steps),
+                    log.answer,
+                    log.version,
+                    json.dumps(log.settings),
+                    log.prompt_tokens,
+                    log.completion_tokens,
+                    log.total_ms,
+                    json.dumps(log.nodes),
+                    _json_or_null(log.tools),
+                    log.interrupted,
+                    log.truncated,
+                    turn_id,
+                ],
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
 
     def get_turn(self, turn_id: int) -> Turn:
         row = self.db.execute(
@@ -223,7 +268,7 @@ class Store(Keys, Registry):
             # on it, or kept it aside to test that version ('heldout')
             for f in self.db.execute(
                 """SELECT f.id, f.turn_id, f.rating, f.correction, f.comment, f.user_name,
-                          f.created_at, arg_max(r.version_id, r.id),
+                          f.created_at, f.correction_messages, arg_max(r.version_id, r.id),
                           arg_max(sf.dataset = 'heldout', r.id)
                    FROM feedback f
                    LEFT JOIN snapshot_feedback sf ON sf.feedback_id = f.id
@@ -234,7 +279,8 @@ class Store(Keys, Registry):
                 [ids],
             ).fetchall():
                 row = FeedbackRow(*f[:7])
-                feedback[f[1]].append(replace(row, used_by=f[7], kept_aside=bool(f[8])))
+                extra = {"correction_messages": _list(f[7]) or None, "used_by": f[8]}
+                feedback[f[1]].append(replace(row, **extra, kept_aside=bool(f[9])))
         return [
             Turn(
                 id=r[0],
@@ -256,6 +302,8 @@ class Store(Keys, Registry):
                     regen_of=r[15],
                     interrupted=r[16],
                     truncated=r[17],
+                    steps=_list(r[18]),
+                    tools=_list(r[19]),
                 ),
                 feedback=feedback[r[0]],
             )
@@ -272,8 +320,11 @@ class Store(Keys, Registry):
         correction: str | None = None,
         comment: str | None = None,
         user_name: str = "local",
+        correction_messages: list[Message] | None = None,
     ) -> int:
-        """Append one feedback row for an existing turn; return its id. Inside a caller's
+        """Append one feedback row for an existing turn; return its id. A corrected
+        trajectory (``correction_messages``, checked by the caller) is stored beside
+        ``correction``, its final answer's text. Inside a caller's
         :meth:`transaction`, it commits with what the caller reads after it (the trigger
         check: agent/service.py), so a damaged block found there leaves no row behind."""
         if rating not in ("up", "down"):
@@ -282,9 +333,17 @@ class Store(Keys, Registry):
             if not self._one("SELECT count(*) FROM turns WHERE id = ?", [turn_id]):
                 raise NotFound(f"no turn with id {turn_id}; `learnloop log` lists recent turns")
             row = db.execute(
-                """INSERT INTO feedback (turn_id, rating, correction, comment, user_name)
-                   VALUES (?, ?, ?, ?, ?) RETURNING id""",
-                [turn_id, rating, correction, comment, user_name],
+                """INSERT INTO feedback (turn_id, rating, correction, comment, user_name,
+                       correction_messages)
+                   VALUES (?, ?, ?, ?, ?, ?) RETURNING id""",
+                [
+                    turn_id,
+                    rating,
+                    correction,
+                    comment,
+                    user_name,
+                    _json_or_null(correction_messages),
+                ],
             ).fetchone()
         assert row is not None
         return int(row[0])
@@ -312,14 +371,30 @@ class Store(Keys, Registry):
                       f.user_name,
                       (SELECT count(*) FROM feedback e WHERE e.turn_id = f.turn_id
                          AND e.id < f.id AND (e.rating != f.rating
-                         OR coalesce(e.correction, '') != coalesce(f.correction, ''))),
-                      t.truncated
+                         OR coalesce(e.correction, '') != coalesce(f.correction, '')
+                         OR coalesce(e.correction_messages::VARCHAR, '')
+                            != coalesce(f.correction_messages::VARCHAR, ''))),
+                      t.truncated, t.steps, t.tools, f.correction_messages
                FROM feedback f JOIN turns t ON t.id = f.turn_id
                QUALIFY row_number() OVER (PARTITION BY f.turn_id ORDER BY f.id DESC) = 1
                ORDER BY t.id"""
         ).fetchall()
         return [
-            FeedbackExample(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+            FeedbackExample(
+                feedback_id=r[0],
+                turn_id=r[1],
+                thread_id=r[2],
+                messages=json.loads(r[3]),
+                answer=r[4],
+                rating=r[5],
+                correction=r[6],
+                user_name=r[7],
+                conflicts=r[8],
+                truncated=r[9],
+                trajectory=trajectory_of(_list(r[10]), r[4]),
+                tools=_list(r[11]),
+                correction_messages=_list(r[12]) or None,
+            )
             for r in rows
         ]
 

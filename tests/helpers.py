@@ -58,7 +58,7 @@ def make_log(
         "completion_tokens": 3,
         "first_token_ms": 41.5,
         "total_ms": 230.25,
-        "nodes": ["load_history", "respond", "log_turn"],
+        "nodes": ["load_history", "model", "log_turn"],
         "regen_of": regen_of,
         "interrupted": False,
     }

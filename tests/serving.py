@@ -19,11 +19,16 @@ from typing import Any
 import httpx
 import uvicorn
 
-from learnloop.agent.config import GenerationConfig
+from learnloop.agent.backend import Backend
+from learnloop.agent.config import GenerationConfig, LoopLimits
+from learnloop.agent.runtime import Agent
 from learnloop.agent.server.app import create_app
 from learnloop.agent.server.run import build_state, server_url
 from learnloop.agent.server.state import ServerState
+from learnloop.learning.models import resolve_model
+from learnloop.learning.toolbox import NO_TOOLS, Toolbox
 from learnloop.learning.triggers import TriggerConfig
+from learnloop.storage.store import Store
 
 GEN = GenerationConfig(max_new_tokens=8)
 
@@ -52,11 +57,30 @@ def running_server(
     require_keys: bool = False,
     keep_adapters: int = 4,
     allow_files: tuple[Path, ...] = (),
+    backend: Backend | None = None,
+    toolbox: Toolbox = NO_TOOLS,
+    limits: LoopLimits | None = None,
     **app_options: Any,
 ) -> Iterator[Running]:
-    """``app_options``: more of ``create_app``'s settings (hosts, max_prompt_tokens)."""
+    """``app_options``: more of ``create_app``'s settings (hosts, max_prompt_tokens);
+    ``toolbox``: the operator's tools (``serve --tools``); ``backend``: one that answers
+    instead of the model's (tests/scripted.py), the agent built around it as
+    ``build_state`` builds it."""
     trigger = trigger or TriggerConfig(auto_learn=False)
-    state = build_state(str(model_dir), generation, trigger, None, keep_adapters=keep_adapters)
+    if backend is None:
+        state = build_state(
+            str(model_dir),
+            generation,
+            trigger,
+            None,
+            keep_adapters=keep_adapters,
+            toolbox=toolbox,
+            limits=limits,
+        )
+    else:
+        store = Store(shared=True)
+        agent = Agent(store, backend, generation, toolbox=toolbox, limits=limits)
+        state = ServerState(store, agent, resolve_model(str(model_dir)), trigger=trigger)
     store = state.store
     port = free_port()
     server = uvicorn.Server(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from learnloop.agent.bench.simulated_user import score
+from learnloop.agent.bench.label_task import score
 from learnloop.learning.tasks import Example, exact_format, is_correct, named_labels
 from learnloop.storage.store import Store
 from tests.helpers import run_cli

@@ -118,6 +118,29 @@ def test_own_graph_logs_its_turns_and_answers_from_the_version_learned_from_them
         assert store.active_version() == "v1"
 
 
+# -- examples/own_tool_graph.py ------------------------------------------------------------
+
+
+def test_own_tool_graph_learns_from_a_corrected_trajectory_and_answers_from_that_version(
+    tiny_model_dir: Path, home: Path
+) -> None:
+    args = ("--model", str(tiny_model_dir), "--max-new-tokens", "8", *FAST_LEARN)
+    out = succeeded(run_example("own_tool_graph.py", *args, home=home))
+    assert "[turn 1 · base]" in out and "[turn 2 · v1]" in out
+    assert "the second answer came from v1" in out
+
+    with Store() as store:  # the random tiny model calls no tool: tests/test_logged_tools.py
+        first, second = store.thread_history("own-tool-graph")  # has graphs whose model does
+        assert first.log.nodes == ["agent"] and second.log.version == "v1"
+        assert first.log.tools[0]["function"]["name"] == "multiply"  # bind_tools offered it
+        [rating] = store.feedback_examples()
+        fixed = rating.correction_messages or []
+        assert [m["role"] for m in fixed] == ["assistant", "tool", "assistant"]
+        assert fixed[0]["tool_calls"][0]["function"]["name"] == "multiply"
+        assert fixed[1]["content"] == "231568" and rating.correction == "2824 times 82 is 231568."
+        assert store.active_version() == "v1"
+
+
 # -- examples/teach_from_jsonl.py ----------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from openai import BadRequestError, OpenAI, UnprocessableEntityError
 
 from learnloop.agent.backend import StopScanner, TransformersBackend
 from learnloop.agent.config import GenerationConfig, asks_for_more
-from learnloop.agent.graph import turn_log
+from learnloop.agent.graph import model_step, turn_log
 from learnloop.agent.runtime import Agent
 from learnloop.learning.datasets import build_sft
 from learnloop.storage.store import Store
@@ -138,7 +138,13 @@ def test_a_paragraph_stopped_answer_is_logged_so_and_liked_it_is_a_whole_sft_tar
     answer = "The capital of Australia is Canberra."
     messages = [{"role": "user", "content": "What is the capital of Australia?"}]
     log = turn_log(
-        meta, thread_id="t", user_message="q", messages=messages, answer=answer, nodes=[]
+        [model_step({**meta, "content": answer})],
+        meta,
+        thread_id="t",
+        user_message="q",
+        messages=messages,
+        answer=answer,
+        nodes=[],
     )
     with Store() as store:
         turn_id = store.add_turn(log)

@@ -85,7 +85,7 @@ def test_turn_is_logged_as_a_full_trajectory(tiny_model_dir: Path) -> None:
 
     with Store() as store:
         log = store.get_turn(out["turn_id"]).log
-    assert log.nodes == ["load_history", "respond", "log_turn"]
+    assert log.nodes == ["load_history", "model", "log_turn"]
     assert log.messages[-1] == {"role": "user", "content": "Tell me a fact"}
     assert "<|im_start|>user\nTell me a fact<|im_end|>" in log.prompt
     assert log.settings["max_new_tokens"] == 8 and log.total_ms > 0

@@ -470,7 +470,12 @@ class TestKeyRoles:
                 old.db.execute(
                     "INSERT INTO api_keys (name, key_hash) VALUES ('carol', ?)", [hash_key(key)]
                 )
-                old.add_turn(make_log(thread_id="old-thread"))
+                old.db.execute("INSERT INTO threads (id) VALUES ('old-thread')")
+                old.db.execute(  # a turn as that schema had them (no steps, no tools)
+                    """INSERT INTO turns (thread_id, user_message, messages, prompt, answer,
+                           version, model, settings, total_ms, nodes)
+                       VALUES ('old-thread', 'q', '[]', 'p', 'a', 'base', 'm', '{}', 1.0, '[]')"""
+                )
         finally:
             migrations.MIGRATIONS.extend(newer)
             migrations.MIGRATIONS.sort()

@@ -220,7 +220,7 @@ class TestBadRequestsAre4xxAndChangeNothing:
         [
             ("POST", "/v1/chat/completions", b"{not json", 422),
             ("POST", "/v1/chat/completions", {"messages": []}, 400),
-            ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 422),
+            ("POST", "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400),
             (
                 "POST",
                 "/v1/chat/completions",

@@ -16,6 +16,7 @@ Invariants tested here:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -65,6 +66,8 @@ TURN_COLUMNS = [
     "interrupted",
     "created_at",
     "truncated",  # added by m004
+    "steps",  # added by m010
+    "tools",
 ]
 
 FEEDBACK_COLUMNS = [
@@ -75,6 +78,7 @@ FEEDBACK_COLUMNS = [
     "comment",
     "user_name",
     "created_at",
+    "correction_messages",  # added by m010
 ]
 
 
@@ -124,6 +128,7 @@ class TestAFreshDatabaseMigrates:
             (7, "m007_key_roles_and_thread_owners"),
             (8, "m008_thread_titles"),
             (9, "m009_base_fingerprints_and_removed_adapters"),
+            (10, "m010_trajectories"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -251,6 +256,50 @@ class TestTurnsLoggedBeforeTheTruncatedColumn:
             assert [t.log.truncated for t in store.recent_turns(5)] == [True, False]
 
 
+class TestTurnsLoggedBeforeTrajectories:
+    def test_read_back_exactly_as_before_as_one_step_trajectories(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.duckdb"
+        newer = [m for m in migrations.MIGRATIONS if m[0] > 9]
+        for entry in newer:
+            migrations.MIGRATIONS.remove(entry)
+        log = make_log("What is 2 + 2?", "4")
+        try:
+            with Store(path) as old:
+                old.db.execute(
+                    """INSERT INTO turns (thread_id, user_message, messages, prompt, answer,
+                           version, model, settings, prompt_tokens, completion_tokens,
+                           first_token_ms, total_ms, nodes)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [
+                        log.thread_id,
+                        log.user_message,
+                        json.dumps(log.messages),
+                        log.prompt,
+                        log.answer,
+                        log.version,
+                        log.model,
+                        json.dumps(log.settings),
+                        log.prompt_tokens,
+                        log.completion_tokens,
+                        log.first_token_ms,
+                        log.total_ms,
+                        json.dumps(log.nodes),
+                    ],
+                )
+                old.db.execute(
+                    "INSERT INTO feedback (turn_id, rating, correction, user_name) "
+                    "VALUES (1, 'down', 'Four.', 'ann')"
+                )
+        finally:
+            migrations.MIGRATIONS.extend(newer)
+            migrations.MIGRATIONS.sort()
+        with Store(path) as store:
+            assert store.get_turn(1).log == log
+            (example,) = store.feedback_examples()
+        assert example.trajectory == [{"role": "assistant", "content": "4"}]
+        assert example.tools == [] and example.correction_messages is None
+
+
 class TestAMigrationFailingHalfWay:
     def test_leaves_neither_its_tables_nor_its_migrations_row(self, tmp_path: Path) -> None:
         def m999_broken(db: duckdb.DuckDBPyConnection) -> None:
@@ -277,6 +326,7 @@ class TestAMigrationFailingHalfWay:
             (7, "m007_key_roles_and_thread_owners"),
             (8, "m008_thread_titles"),
             (9, "m009_base_fingerprints_and_removed_adapters"),
+            (10, "m010_trajectories"),
         ]
         tables = {
             r[0]

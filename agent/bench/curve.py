@@ -20,12 +20,18 @@ def plot_learning_curve(results: dict[str, Any], path: Path) -> None:
     points = curve_points(results)
     xs = [x for x, _ in points]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for key, label, style in (
-        ("accuracy", "accuracy", "o-"),
-        ("macro_f1", "macro-F1", "s--"),
-        ("exact_format", "exact one-word format", "^:"),
-    ):
-        ax.plot(xs, [p[key] for _, p in points], style, label=label)
+    tools = bool(results["config"].get("tools"))
+    lines = [("accuracy", "accuracy", "o-")]
+    if tools:
+        lines += [
+            ("tool_use", "called the expected tool", "s--"),
+            ("well_formed", "well-formed calls", "^:"),
+        ]
+    else:
+        lines += [("macro_f1", "macro-F1", "s--"), ("exact_format", "exact one-word format", "^:")]
+    for key, label, style in lines:
+        ys = [p.get(key) for _, p in points]
+        ax.plot(xs, [float("nan") if y is None else y for y in ys], style, label=label)
     for x, cycle in zip(xs[1:], results["cycles"], strict=True):
         mark = "promoted" if cycle["promoted"] else "rejected"
         ax.annotate(
@@ -42,7 +48,8 @@ def plot_learning_curve(results: dict[str, Any], path: Path) -> None:
         xlabel="interactions (texts the simulated user sent)",
         ylabel="score on the eval split",
         ylim=(0, 1.05),
-        title=f"learnloop bench: {mode} feedback, {results['base']['answers']} eval texts",
+        title=f"learnloop bench{' (tool task)' if tools else ''}: {mode} feedback, "
+        f"{results['base']['answers']} eval texts",
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

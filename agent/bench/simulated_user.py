@@ -36,17 +36,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from learnloop.agent.bench.label_task import LabelTask
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.tasks import (
     Example,
     TaskFileError,
-    exact_format,
-    is_correct,
-    macro_f1,
-    named_labels,
-    read_labelled,
-    task_message,
 )
+from learnloop.learning.toolbox import NO_TOOLS
 
 MODES = ("correct", "thumbs")
 Say = Callable[[str], None]
@@ -68,7 +64,15 @@ class BenchConfig:
         default="", metadata={"help": "sent before each text, as a person would (required)"}
     )
     labels: str = field(
-        default="", metadata={"help": "comma-separated label words, e.g. yes,no (required)"}
+        default="",
+        metadata={"help": "comma-separated label words, e.g. yes,no (required unless --tools)"},
+    )
+    tools: str = field(
+        default="",
+        metadata={
+            "help": "a tool task: the tools its answers need (--tools specs, comma-separated: "
+            "a .py file, builtin, package.module); rows are then {text, answer, calls}"
+        },
     )
     out: str = field(
         default="",
@@ -105,7 +109,9 @@ class BenchConfig:
     temperature: float = field(
         default=0.7, metadata={"help": "sampling temperature of the chat (evals are greedy)"}
     )
-    max_new_tokens: int = field(default=16, metadata={"help": "longest answer, in tokens"})
+    max_new_tokens: int = field(
+        default=0, metadata={"help": "longest answer, in tokens (0: 16, or 64 for a tool task)"}
+    )
 
     def __post_init__(self) -> None:
         for name in ("train", "eval", "out"):
@@ -119,8 +125,13 @@ class BenchConfig:
             raise ValueError("--interactions and --cycle-every must be at least 1")
         if not self.instruction.strip():
             raise ValueError("--instruction is empty; say what the model should answer")
-        if len(self.label_list) < 2:
+        if not self.tools.strip() and len(self.label_list) < 2:
             raise ValueError("--labels needs at least two comma-separated label words")
+
+    @property
+    def answer_tokens(self) -> int:
+        """A tool call takes about 40 tokens; a label, a few."""
+        return self.max_new_tokens or (64 if self.tools.strip() else 16)
 
     @property
     def label_list(self) -> list[str]:
@@ -171,9 +182,18 @@ MODE_LEARN: dict[str, dict[str, object]] = {
 }
 
 
-def learn_settings(mode: str, overrides: dict[str, object]) -> dict[str, object]:
-    """The bench's LearnConfig values for a feedback mode, then the user's --set."""
-    return {**BENCH_LEARN, **MODE_LEARN[mode], **overrides}
+# A tool task's rows are longer: the tools' schemas in the system prompt (~200 tokens for
+# one tool), the question, a call, its result and the answer; and the gate's answers are
+# trajectories whose first step is a call of about 40 tokens.
+TOOL_LEARN: dict[str, object] = {"max_length": 512, "eval_max_new_tokens": 64}
+
+
+def learn_settings(
+    mode: str, overrides: dict[str, object], tools: bool = False
+) -> dict[str, object]:
+    """The bench's LearnConfig values for a feedback mode (and a tool task), then the
+    user's --set."""
+    return {**BENCH_LEARN, **MODE_LEARN[mode], **(TOOL_LEARN if tools else {}), **overrides}
 
 
 @dataclass
@@ -192,11 +212,22 @@ class Data:
     gate: list[Example]
 
 
-def load_data(config: BenchConfig) -> Data:
+def task_of(config: BenchConfig) -> Any:
+    """The bench's task: a tool task with --tools (agent/bench/tool_task.py), else a
+    labelled one; a tools file that does not load is one clear line here."""
+    if not config.tools.strip():
+        return LabelTask(config.instruction, config.label_list, GATE_METRIC[config.feedback])
+    from learnloop.agent.bench.tool_task import ToolTask
+    from learnloop.learning.toolbox import load_tools
+
+    specs = [t.strip() for t in config.tools.split(",") if t.strip()]
+    return ToolTask(config.instruction, load_tools(specs), ",".join(specs))
+
+
+def load_data(config: BenchConfig, task: Any) -> Data:
     """Read and check both files (errors name the file and line); split off the gate rows."""
-    labels = config.label_list
-    train = read_labelled(Path(config.train), labels)
-    evaluation = read_labelled(Path(config.eval), labels)
+    train = task.read(Path(config.train))
+    evaluation = task.read(Path(config.eval))
     if len(train) <= config.gate_rows:
         raise TaskFileError(
             f"{config.train}: {len(train)} rows, but --gate-rows {config.gate_rows} are set "
@@ -212,32 +243,16 @@ def load_data(config: BenchConfig) -> Data:
     return Data(interactions=sent, eval=evaluation, gate=gate)
 
 
-def score(answers: list[str], rows: list[Example], labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and exact-format share of ``answers`` to ``rows``."""
-    predictions = []
-    for answer in answers:
-        named = named_labels(answer, labels)
-        predictions.append(named[0] if len(named) == 1 else None)
-    golds = [r.label for r in rows]
-    n = len(rows)
-    return {
-        "answers": n,
-        "accuracy": round(sum(p == g for p, g in zip(predictions, golds, strict=True)) / n, 4),
-        "macro_f1": round(macro_f1(golds, predictions, labels), 4),
-        "exact_format": round(sum(exact_format(a, labels) for a in answers) / n, 4),
-        "predicted": {label: predictions.count(label) for label in labels}
-        | {"none": predictions.count(None)},
-    }
-
-
 class Bench:
     """One benchmark run; see the module docstring."""
 
-    def __init__(self, config: BenchConfig, learn: LearnConfig, model_spec: str | None) -> None:
+    def __init__(
+        self, config: BenchConfig, learn: LearnConfig, model_spec: str | None, task: Any
+    ) -> None:
         self.config = config
         self.learn = learn
         self.model_spec = model_spec
-        self.labels = config.label_list
+        self.task = task  # LabelTask or agent/bench/tool_task.py ToolTask
         self.tally = Tally()
 
     def run(self, data: Data, say: Say) -> dict[str, Any]:
@@ -248,14 +263,16 @@ class Bench:
 
         started = time.perf_counter()
         chat_settings = GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens,
+            max_new_tokens=self.config.answer_tokens,
             temperature=self.config.temperature,
             seed=self.config.seed,
         )
         store = Store()
-        self.chat = load_agent(store, self.model_spec, chat_settings)
-        greedy = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=0)
-        self.judge = Agent(store, self.chat.backend, greedy)  # same model, greedy answers
+        toolbox = getattr(self.task, "toolbox", NO_TOOLS)
+        self.chat = load_agent(store, self.model_spec, chat_settings, toolbox)
+        greedy = GenerationConfig(max_new_tokens=self.config.answer_tokens, temperature=0)
+        # same model and tools, greedy answers
+        self.judge = Agent(store, self.chat.backend, greedy, toolbox=toolbox)
         # due whenever anything new was rated; asked every --cycle-every interactions
         trigger = TriggerConfig(learn_after=1, learn_every_minutes=0)
         base = self.measure(data.eval, say, "base")
@@ -288,8 +305,8 @@ class Bench:
 
     def interact(self, row: Example) -> None:
         """One user message, the rating, and a correction or regenerations after a miss."""
-        answer = self.chat.ask(task_message(self.config.instruction, row.text))
-        right = self.rate(answer.turn_id, answer.answer, row)
+        answer = self.chat.ask(self.task.message(row))
+        right = self.rate(answer, row)
         self.tally.correct_first_try += right
         if right:
             return
@@ -298,17 +315,20 @@ class Bench:
         for _ in range(self.config.regen):
             self.tally.regenerations += 1
             again = self.chat.ask("", regen_of=answer.turn_id)
-            if self.rate(again.turn_id, again.answer, row):
+            if self.rate(again, row):
                 return
 
-    def rate(self, turn_id: int, answer: str, row: Example) -> bool:
-        store = self.chat.store
-        if is_correct(answer, row.label, self.labels):
+    def rate(self, answer: Any, row: Any) -> bool:
+        store, turn_id = self.chat.store, answer.turn_id
+        if self.task.judge(answer, row):
             store.add_feedback(turn_id, "up", user_name="bench")
             self.tally.up += 1
             return True
         if self.config.feedback == "correct":
-            store.add_feedback(turn_id, "down", correction=row.label, user_name="bench")
+            text, steps = self.task.correction(row)
+            store.add_feedback(
+                turn_id, "down", correction=text, correction_messages=steps, user_name="bench"
+            )
             self.tally.corrections += 1
         else:
             store.add_feedback(turn_id, "down", user_name="bench")
@@ -362,26 +382,38 @@ class Bench:
             return last  # same weights, greedy answers: the same scores
         return self.measure(rows, say, active)
 
-    def measure(self, rows: list[Example], say: Say, version: str) -> dict[str, Any]:
+    def measure(self, rows: list[Any], say: Say, version: str) -> dict[str, Any]:
         self.chat.sync_version()
         answers = []
         for done, row in enumerate(rows, start=1):
-            answers.append(self.judge.ask(task_message(self.config.instruction, row.text)).answer)
+            answers.append(self.judge.ask(self.task.message(row)))
             self.judge.store.release()
             if done % 100 == 0 and done < len(rows):  # 477 texts take about 8 minutes
                 say(f"{version}: {done}/{len(rows)} eval texts answered")
-        result = {"version": self.chat.backend.version, **score(answers, rows, self.labels)}
-        say(
-            f"{version}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}, "
-            f"exact format {result['exact_format']:.3f} on {len(rows)} eval texts"
+        result = {"version": self.chat.backend.version, **self.task.score(answers, rows)}
+        said = ", ".join(
+            f"{k.replace('_', ' ')} {result[k]:.3f}"
+            for k in ("accuracy", "macro_f1", "exact_format", "tool_use", "well_formed")
+            if result.get(k) is not None
         )
+        say(f"{version}: {said} on {len(rows)} eval texts")
         return result
 
 
+SCORE_KEYS = (
+    "answers",
+    "accuracy",
+    "macro_f1",
+    "exact_format",
+    "predicted",
+    "tool_use",
+    "attempted",
+    "well_formed",
+)
+
+
 def score_keys(result: dict[str, Any]) -> list[str]:
-    return [
-        k for k in ("answers", "accuracy", "macro_f1", "exact_format", "predicted") if k in result
-    ]
+    return [k for k in SCORE_KEYS if k in result]
 
 
 def _gate_numbers(side: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -427,27 +459,21 @@ def run_bench(
     from learnloop.agent.bench.curve import plot_learning_curve
     from learnloop.storage.errors import UsageError
 
-    data = load_data(config)
+    task = task_of(config)
+    data = load_data(config, task)
     out = Path(config.out)
     if (out / "results.json").exists() or (out / "home").exists():
         raise UsageError(f"{out} holds an earlier bench run; give a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     gate_file = out / "gate-rows.jsonl"
-    with gate_file.open("w") as f:
-        for row in data.gate:
-            f.write(json.dumps({"text": row.text, "label": row.label}) + "\n")
+    task.gate_file(data.gate, gate_file)
     if data.gate:
-        learn = replace(
-            learn,
-            eval_file=str(gate_file),
-            eval_instruction=config.instruction,
-            eval_labels=config.labels,
-            gate_metric=GATE_METRIC[config.feedback],
-        )
+        gate: dict[str, Any] = {"eval_file": str(gate_file), "eval_instruction": config.instruction}
+        learn = replace(learn, **gate, **task.gate_settings())
     else:
         learn = replace(learn, gate_metric="correction_match")
     os.environ["LEARNLOOP_HOME"] = str(out / "home")
-    results = Bench(config, learn, model_spec).run(data, say)
+    results = Bench(config, learn, model_spec, task).run(data, say)
     results = {"config": asdict(config), "learn_config": learn.to_dict(), **results}
     results["control"] = control_check(results, learn)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

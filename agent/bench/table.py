@@ -8,26 +8,35 @@ GOALS = {
     "correct": {"accuracy": 0.88, "macro_f1": 0.85, "exact_format": 0.95},
     "thumbs": {"accuracy": 0.80},
 }
+TOOL_GOALS = {"correct": {"accuracy": 0.90}, "thumbs": {}}  # a tool task (--tools)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def bench_table(results: dict[str, Any]) -> str:
-    """Markdown: one row for the base and one per cycle, then the goals."""
+    """Markdown: one row for the base and one per cycle, then the goals. A tool task's
+    rows add how often the expected tool was called and the calls were well-formed."""
+    tools = bool(results["config"].get("tools"))
+    keys = ["accuracy", "macro_f1", "exact_format"] + (["tool_use", "well_formed"] if tools else [])
+    names = {"macro_f1": "macro-F1", "exact_format": "exact format", "tool_use": "tool use",
+             "well_formed": "well-formed calls"}  # fmt: skip
+    heads = " | ".join(names.get(k, k) for k in keys)
     lines = [
-        "| after | interactions | version | gate | active | accuracy | macro-F1 | exact format "
-        "| train s | peak RSS MB |",
-        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| after | interactions | version | gate | active | {heads} | train s | peak RSS MB |",
+        "| --- | ---: | --- | --- | --- | " + "---: | " * len(keys) + "---: | ---: |",
     ]
     base = results["base"]
-    lines.append(
-        f"| base | 0 | - | - | base | {base['accuracy']:.3f} | {base['macro_f1']:.3f} "
-        f"| {base['exact_format']:.3f} | - | - |"
-    )
+    scores = " | ".join(_score(base.get(k)) for k in keys)
+    lines.append(f"| base | 0 | - | - | base | {scores} | - | - |")
     for n, c in enumerate(results["cycles"], start=1):
         verdict = "promoted" if c["promoted"] else "rejected"
+        scores = " | ".join(_score(c.get(k)) for k in keys)
         lines.append(
             f"| cycle {n} | {c['interactions']} | {c['version']} | {verdict} "
-            f"| {c['active_version']} | {c['accuracy']:.3f} | {c['macro_f1']:.3f} "
-            f"| {c['exact_format']:.3f} | {c['train_seconds']:.0f} | {c['peak_rss_mb']:.0f} |"
+            f"| {c['active_version']} | {scores} "
+            f"| {c['train_seconds']:.0f} | {c['peak_rss_mb']:.0f} |"
         )
     lines.append("")
     lines.append(goals_text(results))
@@ -37,7 +46,8 @@ def bench_table(results: dict[str, Any]) -> str:
 def goals_text(results: dict[str, Any]) -> str:
     config, final = results["config"], results["final"]
     parts = []
-    for key, goal in GOALS[config["feedback"]].items():
+    goals = TOOL_GOALS if config.get("tools") else GOALS
+    for key, goal in goals[config["feedback"]].items():
         ok = final[key] >= goal
         parts.append(f"{key} {final[key]:.3f} (goal ≥ {goal}: {'met' if ok else 'MISSED'})")
     minutes = results["train_seconds"] / 60

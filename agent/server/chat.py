@@ -11,6 +11,18 @@ context the model sees, and the answer starts a new stored thread. learnloop's o
 extensions: ``thread_id`` continues a stored thread (send only the new user message: the
 earlier ones come from the thread), and ``regen_of`` answers a logged turn again.
 
+Tools, as OpenAI's API has them: ``tools`` (function schemas) sent by a client are the
+client's: the model is offered them and the answer returns its calls
+(``message.tool_calls``, ``finish_reason: "tool_calls"``; streamed as tool-call deltas);
+the client runs them and sends the results back as ``tool`` messages after the
+assistant message that made the calls, with no new user message: the model goes on from
+them. Without request tools, the operator's (``serve --tools``) are offered and run here,
+inside the graph: the answer is the final text, and ``learnloop_steps`` (every chunk of a
+stream: ``learnloop_step``, one per call and per result as it happens) says what ran.
+``tool_choice`` (``auto``, ``none``, ``required``, a named function) applies to whichever
+tools are offered. Every check of tools, calls and results comes before anything is
+stored, and names the problem (400).
+
 Where an answer ends: ``stop`` (a string or up to 4) ends it before the first stop string,
 which is never sent, not even in part (finish_reason "stop"); by default an answer also
 ends at its first paragraph unless the message asks for more (the server's
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -42,7 +55,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop.agent.backend import Pin
 from learnloop.agent.config import MAX_STOP_STRINGS, GenerationConfig
-from learnloop.agent.graph import Fitted, conversation
+from learnloop.agent.fitting import Fitted
+from learnloop.agent.graph import conversation
+from learnloop.agent.report import step_view
 from learnloop.agent.runtime import (
     MAX_MESSAGE_CHARS,
     Answer,
@@ -52,12 +67,18 @@ from learnloop.agent.runtime import (
 )
 from learnloop.agent.server.service import visible_thread, visible_turn
 from learnloop.agent.server.state import ServerState
+from learnloop.agent.service import answer_data
+from learnloop.learning import chat_format
 from learnloop.storage.records import Message
 
 MAX_MESSAGES = 200
 MAX_TOKENS = 2048
 MAX_PROMPT_TOKENS = 4096  # the default of `serve --max-prompt-tokens`
 MAX_STOP_CHARS = 200  # a stop string longer than this is no end marker but a mistake
+MAX_TOOLS = 64  # tools in one request
+MAX_CALLS = 16  # tool calls in one assistant message
+MAX_ID_CHARS = 200  # a tool call's id
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
@@ -67,11 +88,38 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
+class FunctionCall(BaseModel):
+    name: str = Field(max_length=200)
+    arguments: str = Field(default="{}", max_length=MAX_MESSAGE_CHARS, description="JSON text")
+
+
+class ToolCall(BaseModel):
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart] = Field(max_length=MAX_MESSAGE_CHARS)
+    """One message of a conversation in OpenAI's shape. What the schema cannot say (an
+    assistant message has text or calls; a tool result answers an earlier call) is
+    checked by :func:`context_of`, which names the message."""
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = Field(
+        default=None,
+        max_length=MAX_MESSAGE_CHARS,
+        description="null only on an assistant message that calls tools",
+    )
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=MAX_CALLS, description="an assistant message's calls"
+    )
+    tool_call_id: str | None = Field(
+        default=None, max_length=MAX_ID_CHARS, description="a tool result: the call it answers"
+    )
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -115,6 +163,19 @@ class ChatRequest(BaseModel):
     regen_of: int | None = Field(
         default=None, ge=1, le=2**62, description="learnloop: answer this logged turn again"
     )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=MAX_TOOLS,
+        description='functions the model may call, each {"type": "function", "function": '
+        '{"name", "description", "parameters"}}; the client runs them: the answer returns '
+        "the calls. Without, the server's own tools (serve --tools) run on the server",
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None,
+        description='"auto" (the default), "none", "required" or {"type": "function", '
+        '"function": {"name"}}; applies to the tools offered (the request\'s, else the '
+        "server's)",
+    )
 
 
 def generation_for(request: ChatRequest, default: GenerationConfig) -> GenerationConfig:
@@ -139,29 +200,166 @@ def generation_for(request: ChatRequest, default: GenerationConfig) -> Generatio
 
 
 def split_messages(request: ChatRequest) -> tuple[list[Message] | None, str]:
-    """(context, new user message): the request's last message must be the user's."""
+    """(context, new user message). The request's last message is the user's, or a tool
+    result (a client sending its tools' results back): then the whole conversation is
+    the context and there is no new message (``""``: the model goes on from the
+    results). With ``thread_id`` the context is the thread's (None)."""
     if request.regen_of is not None:
         return None, ""
-    if not request.messages or request.messages[-1].role != "user":
-        raise UsageError("messages must end with the user's message")
-    text = request.messages[-1].text()
-    check_message(text)  # here, not only in the answer: a refused request stores nothing
+    if not request.messages or request.messages[-1].role not in ("user", "tool"):
+        raise UsageError("messages must end with the user's message or with tool results")
+    last = request.messages[-1]
     if request.thread_id is not None:
-        return None, text  # the thread's stored history is the context
-    roles = {"developer": "system"}
-    context: list[Message] = [
-        {"role": roles.get(m.role, m.role), "content": m.text()} for m in request.messages[:-1]
-    ]
-    return context, text
+        if last.role == "tool":
+            raise UsageError(
+                "thread_id continues a thread with a new user message; to send tool results "
+                "back, send the whole conversation without thread_id"
+            )
+        check_message(last.text())  # here, not only in the answer: a refused request stores nothing
+        return None, last.text()
+    context = context_of(request.messages)
+    if last.role == "tool":
+        return context, ""
+    check_message(last.text())
+    return context[:-1], last.text()
+
+
+def context_of(messages: list[ChatMessage]) -> list[Message]:
+    """A request's messages as learnloop's (storage/records.py): ``developer`` is a
+    system message, calls keep their ids with arguments as JSON text.
+
+    Invariants, each refused with a UsageError naming the message: an assistant message
+    has text or calls; a call's arguments are a JSON object and its id is used once; a
+    tool result names the id of a call that an earlier assistant message made; only
+    assistant messages have calls."""
+    out: list[Message] = []
+    called: set[str] = set()
+    for n, m in enumerate(messages):
+        where = f"messages[{n}] ({m.role})"
+        if m.tool_calls and m.role != "assistant":
+            raise UsageError(f"{where} has tool_calls; only an assistant message makes calls")
+        if m.role == "assistant":
+            out.append(_assistant(m, where, called))
+        elif m.role == "tool":
+            if m.tool_call_id is None or m.tool_call_id not in called:
+                raise UsageError(
+                    f"{where} is a result for tool call {m.tool_call_id!r}, which no earlier "
+                    "assistant message made; a tool message's tool_call_id names the id of "
+                    "the call it answers"
+                )
+            if m.content is None:
+                raise UsageError(f"{where} has no content: give the tool's result as text")
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text()})
+        else:
+            if m.content is None:
+                raise UsageError(f"{where} has no content")
+            role = "system" if m.role == "developer" else m.role
+            out.append({"role": role, "content": m.text()})
+    return out
+
+
+def _assistant(m: ChatMessage, where: str, called: set[str]) -> Message:
+    if not m.tool_calls:
+        if m.content is None:
+            raise UsageError(f"{where} has neither content nor tool_calls")
+        return {"role": "assistant", "content": m.text()}
+    calls = []
+    for call in m.tool_calls:
+        name = call.function.name
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise UsageError(f"{where}: the arguments of its call of {name!r} are no JSON object")
+        if call.id in called:
+            raise UsageError(f"{where}: the tool call id {call.id!r} is used twice")
+        called.add(call.id)
+        calls.append(chat_format.tool_call(name, call.function.arguments or "{}", call.id))
+    return {"role": "assistant", "content": m.text() or None, "tool_calls": calls}
+
+
+def check_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A request's ``tools``, each kept as ``{"type": "function", "function": {"name",
+    "description"?, "parameters"?}}`` (what the model is shown); None when none were sent
+    (``[]`` too: then the server's own tools are offered, as without the field). One
+    UsageError names the first tool that is not an OpenAI function schema."""
+    if not tools:
+        return None
+    out: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for n, tool in enumerate(tools):
+        where = f"tools[{n}]"
+        fn = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(fn, dict):
+            raise UsageError(
+                f'{where} is not a function: a tool is {{"type": "function", "function": '
+                '{"name", "description", "parameters"}}'
+            )
+        name = fn.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise UsageError(
+                f"{where}: the function's name {name!r} must be 1 to 64 letters, digits, _ or -"
+            )
+        if name in names:
+            raise UsageError(f"{where}: two tools are named {name!r}; each name is one tool")
+        names.add(name)
+        schema: dict[str, Any] = {"name": name}
+        description, parameters = fn.get("description"), fn.get("parameters")
+        if description is not None:
+            if not isinstance(description, str):
+                raise UsageError(f"{where}: the description of {name} must be text")
+            schema["description"] = description
+        if parameters is not None:
+            if (
+                not isinstance(parameters, dict)
+                or parameters.get("type", "object") != "object"
+                or not isinstance(parameters.get("properties", {}), dict)
+            ):
+                raise UsageError(
+                    f"{where}: the parameters of {name} must be a JSON Schema object: "
+                    '{"type": "object", "properties": {...}}'
+                )
+            schema["parameters"] = parameters
+        out.append({"type": "function", "function": schema})
+    return out
+
+
+def check_tool_choice(choice: Any, offered: list[dict[str, Any]] | None) -> Any:
+    """``tool_choice`` as learning/chat_format.py :func:`~chat_format.choose` takes it,
+    checked against the tools ``offered`` (the request's, else the server's): one that
+    forces a call needs tools, and a named function must be one of them."""
+    if choice is None or choice in ("auto", "none"):
+        return choice
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    named = isinstance(fn, dict) and isinstance(fn.get("name"), str)
+    if choice != "required" and not (named and choice.get("type") == "function"):
+        raise UsageError(
+            'tool_choice is "auto", "none", "required" or '
+            '{"type": "function", "function": {"name": ...}}'
+        )
+    if not offered:
+        raise UsageError(
+            f"tool_choice {json.dumps(choice)} needs tools, and this request sends none "
+            "(nor has this server tools of its own)"
+        )
+    try:
+        chat_format.choose(choice, offered)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return choice
 
 
 def prompt_messages(
     state: ServerState, context: list[Message] | None, text: str, thread_id: str | None
 ) -> list[Message]:
-    """The messages the model will see for a new message: the graph's own
+    """The messages the model will see for a new message (none when ``text`` is empty
+    and the context ends with tool results): the graph's own
     :func:`~learnloop.agent.graph.conversation`."""
     system = state.agent.model.generation.system_prompt
-    return conversation(state.store, thread_id, context, system, check_message(text))
+    resume = bool(not text and context and context[-1]["role"] == "tool")
+    new = None if resume else check_message(text)
+    return conversation(state.store, thread_id, context, system, new)
 
 
 class Prepared:
@@ -188,6 +386,11 @@ class Prepared:
         store = state.store
         self.pin: Pin = state.pin(request.model)
         self.generation = generation_for(request, default)
+        # the client's own tools (None: the server's are offered, and run here)
+        self.tools = check_tools(request.tools)
+        offered = self.tools if self.tools is not None else state.agent.toolbox.schemas()
+        self.tool_choice = check_tool_choice(request.tool_choice, offered)
+        shown, _ = chat_format.choose(self.tool_choice, offered)  # what the prompt renders
         self.regen_of = request.regen_of
         thread_id: str | None = None
         if self.regen_of is not None:
@@ -199,7 +402,7 @@ class Prepared:
             messages = prompt_messages(state, context, self.text, thread_id)
         # fitted here, not only in the graph: the headers say what was left out, and a
         # prompt that cannot fit is refused before anything is stored
-        self.fitted: Fitted = state.agent.fit(messages, self.generation, max_prompt_tokens)
+        self.fitted: Fitted = state.agent.fit(messages, self.generation, max_prompt_tokens, shown)
         self.thread_id = thread_id or store.create_owned_thread(new_thread_id(), owner)
         self.turn_id = store.new_turn_id()
         self.created = int(time.time())
@@ -212,12 +415,15 @@ class Prepared:
             "X-Learnloop-Trimmed": str(self.fitted.trimmed),
         }
 
-    def ask(self, on_token: Any = None) -> Answer:
+    def ask(self, on_token: Any = None, on_step: Any = None) -> Answer:
         return self.state.agent.ask(
             self.text,
             thread_id=None if self.regen_of is not None else self.thread_id,
             regen_of=self.regen_of,
             on_token=on_token,
+            on_step=on_step,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
             context=self.context,
             pin=self.pin,
             generation=self.generation,
@@ -239,18 +445,22 @@ class Prepared:
         }
 
     def completion(self, answer: Answer) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": answer.answer}
+        if answer.tool_calls:  # the client's to run; no text is null, as OpenAI's
+            message = {**message, "content": answer.answer or None, "tool_calls": answer.tool_calls}
         return {
             **self._envelope("chat.completion"),
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer.answer},
+                    "message": message,
                     "finish_reason": finish_reason(answer),
                     "logprobs": None,
                 }
             ],
             "usage": usage(answer),
             "stopped_by": answer.stopped_by,
+            **steps_of(answer),
         }
 
     def chunk(
@@ -261,7 +471,30 @@ class Prepared:
 
 
 def finish_reason(answer: Answer) -> str:
+    if answer.tool_calls:
+        return "tool_calls"
     return "length" if answer.truncated else "stop"
+
+
+def steps_of(answer: Answer) -> dict[str, Any]:
+    """learnloop's extension: ``learnloop_steps``, the turn's model and tool steps as
+    ``learnloop ask --json`` shows them, when it called tools (else nothing)."""
+    steps = answer_data(answer).get("steps")
+    return {"learnloop_steps": steps} if steps else {}
+
+
+def step_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A step of the graph as it happens (agent/graph.py's custom stream), for a
+    stream's ``learnloop_step``: a call as the model made it, a result as step_view."""
+    if "tool_result" in event:
+        return {"tool_result": step_view(event["tool_result"])}
+    return {"tool_call": event["tool_call"]}
+
+
+def call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's streamed tool calls: one delta per call, whole (id, name and all of its
+    arguments at once), which clients accumulate by ``index`` as they do pieces."""
+    return [{"tool_calls": [{"index": i, **call}]} for i, call in enumerate(calls)]
 
 
 def usage(answer: Answer) -> dict[str, int]:
@@ -277,11 +510,13 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 async def stream_answer(prepared: Prepared, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: a role chunk, content chunks as tokens arrive, a final chunk with
-    the finish reason (and usage when asked), then ``[DONE]``. The answer is generated in
-    its own thread. A client that goes away (the web page's Stop) stops it: the next
-    token of this answer interrupts generation, and the partial answer is logged as an
-    interrupted turn, as Ctrl-C does in the terminal.
+    """Server-sent events: a role chunk, content chunks as tokens arrive (and, as the
+    server's own tools run, a ``learnloop_step`` chunk per call and per result), the
+    calls left for the client as tool-call deltas, a final chunk with the finish reason
+    (and usage when asked; ``learnloop_steps`` when tools were called), then ``[DONE]``.
+    The answer is generated in its own thread. A client that goes away (the web page's
+    Stop) stops it: the next token of this answer interrupts generation, and the partial
+    answer is logged as an interrupted turn, as Ctrl-C does in the terminal.
 
     Why at a token of this answer, not at once: the backend stops whichever answer it is
     generating, and answers wait their turn, so only while this one's tokens arrive is
@@ -300,9 +535,12 @@ async def stream_answer(prepared: Prepared, include_usage: bool) -> AsyncIterato
             prepared.state.agent.backend.interrupt()
         put("token", text)
 
+    def on_step(event: dict[str, Any]) -> None:
+        put("step", step_event(event))
+
     def work() -> None:
         try:
-            put("done", prepared.ask(on_token=on_token))
+            put("done", prepared.ask(on_token=on_token, on_step=on_step))
         except Exception as exc:  # reported in the stream: the status line is already sent
             put("error", exc)
 
@@ -314,14 +552,19 @@ async def stream_answer(prepared: Prepared, include_usage: bool) -> AsyncIterato
             kind, value = await queue.get()
             if kind == "token":
                 yield _sse(prepared.chunk({"content": value}))
+            elif kind == "step":  # an extra chunk with an empty delta: OpenAI clients skip it
+                yield _sse(prepared.chunk({}, learnloop_step=value))
             elif kind == "error":
                 finished = True
                 yield _sse({"error": {"message": str(value), "type": "server_error"}})
                 return
             else:
                 finished = True
+                for delta in call_deltas(value.tool_calls):
+                    yield _sse(prepared.chunk(delta))
                 extra = {"usage": usage(value)} if include_usage else {}
                 extra["stopped_by"] = value.stopped_by
+                extra.update(steps_of(value))
                 yield _sse(prepared.chunk({}, finish_reason(value), **extra))
                 yield _sse("[DONE]")
                 return

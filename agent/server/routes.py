@@ -93,6 +93,13 @@ class FeedbackRequest(BaseModel):
     turn_id: int = Field(ge=1, le=2**62)
     rating: Literal["up", "down"]
     correction: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    correction_messages: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=32,
+        description="a corrected trajectory instead of a text correction: the assistant "
+        "steps with their tool_calls, the tool results (a call without one is run with the "
+        "server's tool) and the final answer, in OpenAI's message shape",
+    )
     comment: str | None = Field(default=None, max_length=2000)
     user: str | None = Field(
         default=None,
@@ -211,6 +218,7 @@ def feedback(
         body.rating,
         who.sees,
         correction=body.correction,
+        correction_messages=body.correction_messages,
         comment=body.comment,
         who=user,
     )

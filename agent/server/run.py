@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from learnloop.agent.config import GenerationConfig
+from learnloop.agent.config import GenerationConfig, LoopLimits
+from learnloop.learning.toolbox import NO_TOOLS, Toolbox
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.home import data_root, server_file, write_private
 
@@ -29,8 +30,11 @@ def build_state(
     bench_results: Path | None,
     *,
     keep_adapters: int = 4,
+    toolbox: Toolbox = NO_TOOLS,
+    limits: LoopLimits | None = None,
 ) -> ServerState:
-    """The store (held for good), the model wrapped for adapters, the active version."""
+    """The store (held for good), the model wrapped for adapters, the active version, and
+    the operator's tools, which run inside the graph."""
     from learnloop.agent.backend import TransformersBackend
     from learnloop.agent.runtime import Agent
     from learnloop.agent.server.state import ServerState
@@ -44,7 +48,7 @@ def build_state(
     backend = TransformersBackend(
         model.path, model.name, keep_adapters=keep_adapters, fingerprint=model.fingerprint
     )
-    agent = Agent(store, backend, generation)
+    agent = Agent(store, backend, generation, toolbox=toolbox, limits=limits)
     agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()
     default_bench = data_root().parent / "results.json"  # a `learnloop bench` OUT/home
@@ -64,6 +68,8 @@ def serve(
     *,
     allow_hosts: tuple[str, ...] = (),
     max_prompt_tokens: int | None = None,
+    toolbox: Toolbox = NO_TOOLS,
+    limits: LoopLimits | None = None,
 ) -> None:
     """``allow_hosts``: names besides the listening address and loopback's that requests
     may reach the server by; ``max_prompt_tokens``: the bound on a chat request's prompt
@@ -88,7 +94,9 @@ def serve(
     with Store() as keys:  # before the model loads: a refusal comes at once
         require_keys = keys_required(host, keys)
     token = new_key() if require_keys else None  # the CLI's key to this server
-    state = build_state(model_spec, generation, trigger, bench_results)
+    state = build_state(
+        model_spec, generation, trigger, bench_results, toolbox=toolbox, limits=limits
+    )
     path = server_file()
 
     def stop() -> None:

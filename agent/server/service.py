@@ -62,7 +62,10 @@ class ServerService(LocalService):
     """``allow_files``: folders besides the data root that requests may name files in."""
 
     def __init__(self, state: ServerState, allow_files: tuple[Path, ...] = ()) -> None:
-        super().__init__(state.store, agent=state.agent, trigger=state.trigger)
+        # the agent's tools also complete a corrected trajectory's calls (agent/corrections.py)
+        super().__init__(
+            state.store, agent=state.agent, trigger=state.trigger, toolbox=state.agent.toolbox
+        )
         self.state = state
         self.allowed = (data_root(), *allow_files)
 

@@ -9,7 +9,11 @@
    The conversation continues from the newest answer (the server's thread history).
 
    Answers stream in as plain text and are rendered as markdown (markdown.js: DOM nodes,
-   never HTML from the model) once complete. */
+   never HTML from the model) once complete. The tools an answer called are folded under
+   it (steps.js): shown live from the stream's `learnloop_step` chunks, then as the turn
+   logged them (the last chunk's `learnloop_steps`, the thread view's `steps`). "Write a
+   better answer" corrects the final answer and the calls the turn made or should have
+   made; with calls, it is sent as a corrected trajectory (`correction_messages`). */
 
 import {
   ApiError,
@@ -23,6 +27,15 @@ import {
 } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
 import { $, setActiveVersion, shortTime, sleep } from "./page.js";
+import {
+  CallEditor,
+  EditError,
+  addLiveStep,
+  fromMessages,
+  fromSteps,
+  renderFold,
+  renderLines,
+} from "./steps.js";
 
 const MODEL = "learnloop"; // the API's alias for "whichever version is active"
 const SEARCH_DELAY_MS = 250; // typing in the search box: wait for a pause
@@ -53,10 +66,13 @@ function entryOf(turn) {
     : turn.feedback;
   return {
     turnId: turn.turn_id,
+    threadId: turn.thread_id || null,
     version: turn.version,
     text: turn.answer || "",
+    steps: turn.steps || [], // step_view's shape: its tool calls and results
     rating: feedback ? feedback.rating : null,
     correction: (feedback && feedback.correction) || null,
+    correctionMessages: (feedback && feedback.correction_messages) || null,
     stopped: Boolean(turn.interrupted), // stopped while it streamed (or Ctrl-C in a terminal)
     note: feedback ? useOf(feedback) : "",
   };
@@ -81,6 +97,7 @@ class TurnView {
     this.answers = []; // every answer to this message, oldest first
     this.index = -1; // the one shown
     this.streaming = null; // the answer streaming in, if any
+    this.saving = false; // a correction is on its way to the server
     for (const rating of ["up", "down"]) {
       this.part(`thumb-${rating}`).addEventListener("click", () => this.rate(rating));
     }
@@ -90,9 +107,14 @@ class TurnView {
       event.preventDefault();
       this.submitCorrection();
     });
-    this.part("correction-input").addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) this.submitCorrection();
+    this.part("correction-form").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        this.submitCorrection();
+      }
     });
+    this.calls = new CallEditor(this.part("call-rows"));
+    this.part("call-add").addEventListener("click", () => this.calls.add());
     this.part("regen").addEventListener("click", () => this.regenerate());
     this.part("prev-answer").addEventListener("click", () => this.show(this.index - 1));
     this.part("next-answer").addEventListener("click", () => this.show(this.index + 1));
@@ -107,6 +129,7 @@ class TurnView {
   /* A new answer, streaming in from now on; it is the one shown. */
   begin() {
     const entry = { turnId: null, version: null, text: "", rating: null, correction: null };
+    Object.assign(entry, { threadId: null, steps: [], correctionMessages: null });
     Object.assign(entry, { stopped: false, note: "" });
     this.answers.push(entry);
     this.streaming = entry;
@@ -119,6 +142,21 @@ class TurnView {
     if (turnId) entry.turnId = turnId;
     if (version) entry.version = version;
     if (entry === this.shown) this.showIds(entry);
+  }
+
+  /* A tool call or result of the answer streaming in (a `learnloop_step` chunk): shown
+     in its fold, which stays open while the answer streams. */
+  step(entry, event) {
+    addLiveStep(entry.steps, event);
+    if (entry === this.shown) renderFold(this.part("steps"), fromSteps(entry.steps), true);
+    scrollToEnd();
+  }
+
+  /* The answer's steps as the turn logged them (the last chunk's `learnloop_steps`),
+     in place of those gathered live; the fold stays as the person left it. */
+  logged(entry, steps) {
+    entry.steps = steps;
+    if (entry === this.shown) renderFold(this.part("steps"), fromSteps(entry.steps));
   }
 
   append(entry, text) {
@@ -149,6 +187,7 @@ class TurnView {
   /* Shows answer `index`: its text, version, rating, correction and notes. */
   show(index) {
     if (index < 0 || index >= this.answers.length) return;
+    if (index !== this.index) this.toggleCorrection(false); // it edits the answer shown
     this.index = index;
     const entry = this.answers[index];
     const live = entry === this.streaming;
@@ -158,6 +197,7 @@ class TurnView {
     if (live) this.answer.textContent = entry.text;
     else if (entry.failed) this.answer.textContent = entry.failed;
     else this.answer.replaceChildren(renderMarkdown(entry.text));
+    renderFold(this.part("steps"), fromSteps(entry.steps), live); // folded once complete
     this.el.classList.toggle("stopped", Boolean(entry.stopped));
     this.showIds(entry);
     this.showFeedback(entry);
@@ -182,6 +222,9 @@ class TurnView {
     const shown = this.part("correction-shown");
     shown.hidden = !entry.correction;
     this.part("correction-text").replaceChildren(renderMarkdown(entry.correction || ""));
+    const calls = this.part("correction-steps");
+    calls.hidden = !entry.correctionMessages;
+    renderLines(calls, fromMessages(entry.correctionMessages));
     const notes = [];
     if (entry.pending) notes.push("stopping…");
     else if (entry.stopped) notes.push("(stopped)");
@@ -205,24 +248,44 @@ class TurnView {
     if (entry === this.shown) this.showFeedback(entry);
   }
 
+  /* Opens the editor on the answer shown: its final text and its calls (those of its
+     latest correction, else those it made), or closes it. */
   toggleCorrection(open) {
     const form = this.part("correction-form");
     form.hidden = open === undefined ? !form.hidden : !open;
+    this.showEditError(null);
     if (!form.hidden) {
       const input = this.part("correction-input");
       const entry = this.shown;
       input.value = (entry && (entry.correction || entry.text)) || "";
+      const corrected = entry && entry.correctionMessages;
+      this.calls.load(corrected ? fromMessages(corrected) : fromSteps(entry && entry.steps));
       input.focus();
       input.select();
     }
   }
 
-  async sendFeedback(entry, rating, correction) {
+  /* A problem with what the editor holds, next to it (null: none); everything typed stays. */
+  showEditError(err, field) {
+    const line = this.part("correction-error");
+    line.hidden = !err;
+    line.textContent = err ? err.message : "";
+    if (field) {
+      field.setAttribute("aria-invalid", "true");
+      field.focus();
+    }
+  }
+
+  /* `correction`: a better final answer; `messages`: the whole corrected trajectory
+     (its steps with calls, then the final answer, which is `correction` too). */
+  async sendFeedback(entry, rating, correction, messages) {
     const body = { turn_id: entry.turnId, rating };
-    if (correction !== undefined) body.correction = correction;
+    if (messages) body.correction_messages = messages;
+    else if (correction !== undefined) body.correction = correction;
     const result = await api("POST", "v1/feedback", body);
     entry.rating = rating;
     entry.correction = correction === undefined ? null : correction;
+    entry.correctionMessages = messages || null;
     // honest about what happens next: a correction may train the next version or be kept
     // aside to test it; either way the next learning cycle uses it
     let note = correction !== undefined ? "thanks: the next learning cycle uses it" : "thanks";
@@ -239,17 +302,50 @@ class TurnView {
     return guarded(() => this.sendFeedback(entry, rating));
   }
 
-  submitCorrection() {
+  /* Saves the editor: a text correction, or, when the answer called tools or the editor
+     holds calls, the corrected trajectory. Refused (by the page or the server): the
+     reason shows next to the editor and nothing in it is lost. */
+  async submitCorrection() {
     const entry = this.shown;
-    const text = this.part("correction-input").value.trim();
-    if (!text) {
-      showError("write the better answer first");
-      return undefined;
+    if (!entry || !entry.turnId || this.saving) return;
+    const input = this.part("correction-input");
+    const text = input.value.trim();
+    let messages = null;
+    try {
+      if (!text) throw new EditError("write the better answer first", input);
+      if (!this.calls.empty || fromSteps(entry.steps).steps.length) {
+        messages = [...this.calls.messages(), { role: "assistant", content: text }];
+      }
+    } catch (err) {
+      this.showEditError(err, err.field);
+      return;
     }
-    return guarded(async () => {
-      await this.sendFeedback(entry, "down", text);
-      this.toggleCorrection(false);
-    });
+    this.showEditError(null);
+    this.saving = true;
+    this.part("correction-submit").disabled = true;
+    try {
+      await this.sendFeedback(entry, "down", text, messages);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) showError(err);
+      else this.showEditError(err);
+      return;
+    } finally {
+      this.saving = false;
+      this.part("correction-submit").disabled = false;
+    }
+    this.toggleCorrection(false);
+    if (messages) await guarded(() => this.storedCorrection(entry));
+  }
+
+  /* The saved trajectory as the server completed it (the results it ran the tools for). */
+  async storedCorrection(entry) {
+    const threadId = entry.threadId || chat.threadId;
+    const turn = threadId && (await storedTurn(threadId, entry.turnId));
+    const latest = turn && turn.feedback && turn.feedback[turn.feedback.length - 1];
+    if (latest && latest.correction_messages) {
+      entry.correctionMessages = latest.correction_messages;
+      if (entry === this.shown) this.showFeedback(entry);
+    }
   }
 
   regenerate() {
@@ -272,6 +368,13 @@ function scrollToEnd() {
   box.scrollTop = box.scrollHeight;
 }
 
+/* The stored turn `turnId` of thread `threadId` (any of a message's answers); null when
+   it is not (yet) stored. */
+async function storedTurn(threadId, turnId) {
+  const thread = await api("GET", `v1/threads/${encodeURIComponent(threadId)}`);
+  return thread.turns.flatMap((t) => t.answers || [t]).find((t) => t.turn_id === turnId) || null;
+}
+
 /* After Stop: the server stops the answer at its next token and logs what it had; wait for
    that turn (its stored text may hold a few more tokens than arrived) so its feedback tools
    work. An answer that never started is logged once it would have: tools stay usable. */
@@ -281,12 +384,10 @@ async function settleStopped(view, entry, threadId) {
   const deadline = Date.now() + STOP_WAIT_MS;
   try {
     while (entry.turnId && threadId && Date.now() < deadline) {
-      const thread = await api("GET", `v1/threads/${encodeURIComponent(threadId)}`);
-      const stored = thread.turns
-        .flatMap((t) => t.answers || [t])
-        .find((t) => t.turn_id === entry.turnId);
+      const stored = await storedTurn(threadId, entry.turnId);
       if (stored) {
         entry.text = stored.answer || entry.text;
+        entry.steps = stored.steps || entry.steps;
         break;
       }
       await sleep(250);
@@ -324,16 +425,21 @@ async function streamInto(view, body) {
     );
     threadId = headers.get("X-Learnloop-Thread-Id");
     let finishReason = null;
+    let logged = null; // the turn's steps, as the last chunk has them
     await readEvents(response.body, (chunk) => {
       if (chunk.error) throw new ApiError(chunk.error.message || "the answer failed", 500);
       view.identify(entry, chunk.turn_id, chunk.version);
       threadId = chunk.thread_id || threadId;
+      if (chunk.learnloop_step) view.step(entry, chunk.learnloop_step);
+      if (chunk.learnloop_steps) logged = chunk.learnloop_steps;
       const choice = (chunk.choices || [])[0];
       if (!choice) return;
       if (choice.delta && choice.delta.content) view.append(entry, choice.delta.content);
       if (choice.finish_reason) finishReason = choice.finish_reason;
     });
     view.end(entry, finishReason === "length" ? "(cut off at the length limit)" : "");
+    if (logged) view.logged(entry, logged);
+    entry.threadId = threadId;
   } catch (err) {
     if (!controller.signal.aborted) {
       view.drop(entry, err.message);

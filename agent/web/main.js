@@ -6,6 +6,7 @@
      page.js      shared DOM helpers (imports nothing)
      api.js       requests, the API key, streamed events, the error line
      chat.js      threads, turns, streaming answers, feedback buttons
+     steps.js     a turn's tool calls folded under its answer, and their editor
      markdown.js  answers rendered as markdown, as DOM nodes (never the model's HTML)
      learning.js  the Learning view: "Learn now", the run it follows, the versions
      plots.js     the Learning view's SVG plots
