@@ -87,7 +87,7 @@ def test_the_arithmetic_benchmark_tools_load_by_path_and_multiply() -> None:
     parameters = schema["function"]["parameters"]
     assert parameters["required"] == ["expression"]
     assert parameters["properties"]["expression"]["type"] == "string"
-    assert toolbox.tools["calculate"].source == str(ARITHMETIC_TOOLS)
+    assert Path(toolbox.tools["calculate"].source).resolve() == ARITHMETIC_TOOLS.resolve()
 
     result = toolbox.run("calculate", '{"expression": "2824 * 82"}')
     assert (result.content, result.error) == ("231568", None)
