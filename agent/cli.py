@@ -260,8 +260,8 @@ def feedback(
     When enough new feedback waits (--learn-after, --learn-every-minutes), a learning
     cycle starts in the background; `learnloop status` shows its progress.
     """
+    from learnloop.agent.checks import check_rating
     from learnloop.agent.report import feedback_text
-    from learnloop.agent.service import check_rating
 
     if len(rating) != 1:
         raise UsageError("give exactly one rating: up or down")

@@ -14,7 +14,7 @@ import click
 from learnloop.agent.options import build_config
 
 if TYPE_CHECKING:
-    from learnloop.agent.service import Service
+    from learnloop.agent.interface import Service
 
 T = TypeVar("T")
 

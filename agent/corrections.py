@@ -14,7 +14,6 @@ refused with one UsageError naming the problem, and nothing is stored.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from learnloop.learning import chat_format
@@ -85,17 +84,14 @@ def _call(call: Any, where: str) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
         raise UsageError(f'{where}: a call is {{"function": {{"name", "arguments"}}}}')
-    arguments = fn.get("arguments", "{}")
-    if isinstance(arguments, dict):
-        arguments = json.dumps(arguments)
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else None
-    except json.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
+    arguments = fn.get("arguments")
+    parsed = chat_format.arguments_object(arguments)
+    if parsed is None:
         raise UsageError(f"{where}: the arguments of {fn['name']} must be a JSON object")
     call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
-    return chat_format.tool_call(fn["name"], arguments, call_id)
+    # A string is kept as written; a dict (or nothing) is stored as its JSON.
+    kept = arguments if isinstance(arguments, str) and arguments.strip() else parsed
+    return chat_format.tool_call(fn["name"], kept, call_id)
 
 
 def _run_waiting(

@@ -23,19 +23,16 @@ from typing import Any
 
 import click
 
-from learnloop.agent.client import ServerClient
-from learnloop.agent.report import cycle_view
-from learnloop.agent.service import (
-    OnStep,
-    OnSwitch,
-    OnToken,
-    Progress,
+from learnloop.agent.checks import (
     check_control,
     check_limit,
     check_query,
     check_rating,
     check_title,
 )
+from learnloop.agent.client import ServerClient
+from learnloop.agent.interface import OnStep, OnSwitch, OnToken, Progress
+from learnloop.agent.report import cycle_view
 from learnloop.storage.errors import Conflict
 
 POLL_S = 0.25  # how often `learn` asks for the run's progress
@@ -50,7 +47,7 @@ def _given(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class RemoteService:
-    """The :class:`~learnloop.agent.service.Service` calls as requests to ``server``.
+    """The :class:`~learnloop.agent.interface.Service` calls as requests to ``server``.
 
     ``generation`` and ``trigger`` are the flags a command was given (None: not given):
     the given generation settings go with each question, the trigger's are the server's

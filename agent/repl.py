@@ -1,6 +1,6 @@
 """The chat REPL: streaming answers, feedback and learning commands between turns.
 
-The REPL talks to a :class:`~learnloop.agent.service.Service`: the local one (this
+The REPL talks to a :class:`~learnloop.agent.interface.Service`: the local one (this
 process holds the store and the model) or, while a server runs for the data root, the
 server. Locally the database is released while the REPL waits for input, so
 ``learnloop learn`` or ``feedback`` in another terminal can run; a version made active
@@ -19,9 +19,9 @@ from typing import Any
 import click
 
 from learnloop.agent.cli_support import show_step
+from learnloop.agent.interface import Service
 from learnloop.agent.progress import CycleProgress
 from learnloop.agent.report import cycle_summary, running_text
-from learnloop.agent.service import Service
 from learnloop.learning.cycle import Cancelled, CycleFailed, NothingToLearn
 from learnloop.storage.errors import LearnloopError, UsageError
 from learnloop.storage.records import LOCAL_USER

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learnloop.storage.records import Activation, Run, Status, ThreadSummary, Turn, Version
+
+if TYPE_CHECKING:
+    from learnloop.agent.runtime import Answer
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -376,3 +379,38 @@ def cycle_view(view: dict[str, Any], versions: list[dict[str, Any]]) -> dict[str
         "adapter_path": v["adapter_path"],
         "seconds": seconds,
     }
+
+
+def thread_view(thread_id: str, history: list[Turn], every: list[Turn]) -> dict[str, Any]:
+    """``GET /v1/threads/{id}``: the history's turns, each with ``answers``: all the
+    answers to its user message (``every`` turn of the thread grouped by the turn they
+    regenerate), oldest first."""
+    answers: dict[int, list[dict[str, Any]]] = {}
+    for turn in every:
+        answers.setdefault(turn.log.regen_of or turn.id, []).append(turn_dict(turn))
+    turns = [
+        {**turn_dict(t), "answers": answers.get(t.log.regen_of or t.id, [turn_dict(t)])}
+        for t in history
+    ]
+    return {"id": thread_id, "turns": turns}
+
+
+def answer_data(answer: Answer) -> dict[str, Any]:
+    """``learnloop ask --json``: the turn's ids, the answer and the version."""
+    data: dict[str, Any] = {
+        "turn_id": answer.turn_id,
+        "thread_id": answer.thread_id,
+        "answer": answer.answer,
+        "version": answer.version,
+    }
+    if answer.interrupted:
+        data["interrupted"] = True
+    if answer.trimmed:  # earlier messages left out so that the prompt fitted the model
+        data["trimmed"] = answer.trimmed
+    if answer.stopped_by:  # "paragraph": it ended at its first paragraph; "stop"
+        data["stopped_by"] = answer.stopped_by
+    if answer.steps:  # it called tools: each call and result (agent/report.py)
+        data["steps"] = [step_view(step) for step in answer.steps]
+    if answer.tool_calls:  # the caller's own tools, for it to run
+        data["tool_calls"] = answer.tool_calls
+    return data

@@ -1,15 +1,13 @@
-"""learnloop's use cases, each written once, behind one interface.
+"""learnloop's use cases, each written once: :class:`LocalService`.
 
-:class:`Service` is what every surface talks to: the CLI (``agent/cli.py``), the REPL
-(``agent/repl.py``) and the server's routes (``agent/server/``). Surfaces only parse input
-and render output; what a use case does lives here. Two implementations:
-
-- :class:`LocalService`: the store, the model (loaded on first need) and the cycle, in
-  this process. The CLI uses it when no server runs for the data root, the REPL always
-  when it runs locally, the server for its routes (agent/server/state.py adds what
-  differs there: swaps beside running answers, cycles in a thread).
-- :class:`~learnloop.agent.remote.RemoteService`: the same calls as HTTP requests to a
-  running ``learnloop serve``, which holds the database meanwhile.
+It implements :class:`~learnloop.agent.interface.Service`, which every surface talks to:
+the CLI (``agent/cli.py``), the REPL (``agent/repl.py``) and the server's routes
+(``agent/server/``). Surfaces only parse input and render output; what a use case does
+lives here. It holds the store, the model (loaded on first need) and the cycle, in this
+process. The CLI uses it when no server runs for the data root, the REPL always when it
+runs locally, the server for its routes (agent/server/state.py adds what differs there:
+swaps beside running answers, cycles in a thread). Its twin,
+:class:`~learnloop.agent.remote.RemoteService`, sends the same calls to a running server.
 
 Every method returns JSON-ready data: exactly the API's response bodies, which are the
 CLI's ``--json`` output, so either side can render the other's (``agent/report.py``).
@@ -20,19 +18,27 @@ from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from learnloop.agent.checks import (
+    check_control,
+    check_limit,
+    check_query,
+    check_rating,
+    check_title,
+)
 from learnloop.agent.config import GenerationConfig, LoopLimits
 from learnloop.agent.corrections import check_trajectory, final_text
+from learnloop.agent.interface import OnStep, OnSwitch, OnToken, Progress
 from learnloop.agent.report import (
+    answer_data,
     history_data,
     run_data,
     status_data,
-    step_view,
     thread_summary,
+    thread_view,
     turn_dict,
     versions_data,
 )
@@ -40,223 +46,14 @@ from learnloop.learning.config import LearnConfig
 from learnloop.learning.toolbox import NO_TOOLS, Toolbox
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.errors import Conflict, UsageError
-from learnloop.storage.records import LOCAL_USER, ControlPrompt, Message, Run, Turn
+from learnloop.storage.records import LOCAL_USER, Message, Run
 from learnloop.storage.store import BASE_VERSION, Store
 
 if TYPE_CHECKING:  # the model's modules load only when a question is asked
-    from learnloop.agent.runtime import Agent, Answer
+    from learnloop.agent.runtime import Agent
     from learnloop.learning.triggers import Due
 
-OnToken = Callable[[str], Any]
-OnSwitch = Callable[[str, float | None], Any]  # version, seconds to load (None: unknown)
-OnStep = Callable[[dict[str, Any]], Any]  # {"tool_call": ...} or {"tool_result": ...}
-Progress = Callable[[dict[str, Any]], None]
-
-MAX_LIST = 1000  # the most turns, threads or runs one call lists
 CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for the cycle to record it
-MAX_TITLE = 200  # the longest title a thread may be given
-MAX_QUERY = 200  # the longest text a thread search may look for
-
-
-class Service(Protocol):
-    """The use cases. ``who`` names the person behind a call (a user name); a server
-    records the key's user instead when it requires keys."""
-
-    where: str  # "local", or the server's URL: for messages
-
-    def ask(
-        self,
-        text: str,
-        *,
-        thread_id: str | None = None,
-        regen_of: int | None = None,
-        on_token: OnToken | None = None,
-        on_switch: OnSwitch | None = None,
-        on_step: OnStep | None = None,
-    ) -> dict[str, Any]: ...
-
-    def feedback(
-        self,
-        turn_id: int,
-        rating: str,
-        *,
-        correction: str | None = None,
-        comment: str | None = None,
-        who: str | None = None,
-        correction_messages: list[Message] | None = None,
-    ) -> dict[str, Any]:
-        """Rate turn ``turn_id``; a correction is a better final answer (text) or a
-        corrected trajectory (``correction_messages``: agent/corrections.py)."""
-        ...
-
-    def learn(
-        self, settings: dict[str, Any], *, progress: Progress | None = None, who: str
-    ) -> dict[str, Any]: ...
-
-    def runs(self) -> list[dict[str, Any]]: ...
-
-    def run(self, run_id: int) -> dict[str, Any]: ...
-
-    def cancel(self, run_id: int | None = None) -> dict[str, Any]:
-        """Stop learning run ``run_id`` (default: the one running); it is recorded as
-        cancelled and the active version stays. A Conflict when none runs."""
-        ...
-
-    def versions(self) -> list[dict[str, Any]]: ...
-
-    def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]: ...
-
-    def remove_versions(
-        self, versions: list[str], *, rejected: bool = False, dry_run: bool = False
-    ) -> dict[str, Any]:
-        """Delete the adapter files of ``versions`` (and, with ``rejected``, of every
-        rejected version), keeping their rows; never the active version. ``dry_run``:
-        only say what would go. ``{"dry_run", "removed": [{"id", "status", "bytes"}],
-        "already_removed": [id], "kept": [{"id", "why"}], "bytes_freed"}``."""
-        ...
-
-    def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]: ...
-
-    def history(self) -> list[dict[str, Any]]: ...
-
-    def compare(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
-        """Versions ``a`` and ``b``'s stored answers to the control prompts side by side
-        (agent/compare.py); default ``b``: the active version, ``a``: its parent."""
-        ...
-
-    def log(self, limit: int) -> list[dict[str, Any]]: ...
-
-    def threads(self, limit: int, q: str | None = None) -> list[dict[str, Any]]:
-        """The latest ``limit`` threads; with ``q``, those whose title or messages
-        contain it (ignoring case)."""
-        ...
-
-    def thread(self, thread_id: str) -> dict[str, Any]:
-        """A thread's history; each turn's ``answers`` are every answer to its message
-        (the turn and its regenerations, oldest first; the history holds the newest)."""
-        ...
-
-    def rename_thread(self, thread_id: str, title: str) -> dict[str, Any]:
-        """Give a thread a title (1 to :data:`MAX_TITLE` characters): ``{"id", "title"}``."""
-        ...
-
-    def delete_thread(self, thread_id: str) -> dict[str, Any]:
-        """Delete a thread with its turns and their feedback: ``{"id", "turns",
-        "feedback"}`` (how many of each went). Versions trained on it keep what they
-        learned."""
-        ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def control_list(self) -> list[dict[str, Any]]: ...
-
-    def control_add(self, prompt: str, answer: str, expect: str | None) -> dict[str, Any]: ...
-
-    def export_data(self, run_id: int | None, current: bool) -> dict[str, Any]:
-        """A run's snapshot (default: the latest), or the current feedback: ``{"source",
-        "run_id", "rows": {part: [row, ...]}}`` for learning/export.py to write."""
-        ...
-
-    def keys_list(self) -> list[dict[str, Any]]: ...
-
-    def keys_create(self, name: str, *, admin: bool = False) -> dict[str, Any]:
-        """A new API key for ``name`` (``admin``: with the admin role, else the user role):
-        ``{"name", "role", "key", "created_at"}``, the only time the key is shown."""
-        ...
-
-    def keys_revoke(self, name: str) -> dict[str, Any]: ...
-
-    def prepare(self) -> None:
-        """Load what answering needs (the model), so that the first answer comes quickly
-        and a missing model is said before anything is asked."""
-
-    def idle(self) -> None:
-        """Nothing is asked for a while (a REPL waiting for input): let go of the database."""
-
-    def close(self) -> None: ...
-
-
-def check_limit(limit: int) -> int:
-    """A list length a caller asked for, or a UsageError naming the bounds."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
-        raise UsageError(f"limit must be a whole number from 1 to {MAX_LIST}, not {limit!r}")
-    return limit
-
-
-def check_title(title: str) -> str:
-    """A thread's new title, its runs of whitespace made single spaces; a UsageError
-    names the bounds when it is empty or longer than :data:`MAX_TITLE` characters."""
-    cleaned = " ".join(title.split()) if isinstance(title, str) else ""
-    if not 1 <= len(cleaned) <= MAX_TITLE:
-        raise UsageError(
-            f"a thread's title must be 1 to {MAX_TITLE} characters, not {len(cleaned)}"
-        )
-    return cleaned
-
-
-def check_query(q: str | None) -> str | None:
-    """A thread search's text, trimmed (None or blank: no search); at most
-    :data:`MAX_QUERY` characters."""
-    if q is None or not q.strip():
-        return None
-    if len(q.strip()) > MAX_QUERY:
-        raise UsageError(f"a search may be at most {MAX_QUERY} characters")
-    return q.strip()
-
-
-def thread_view(thread_id: str, history: list[Turn], every: list[Turn]) -> dict[str, Any]:
-    """``GET /v1/threads/{id}``: the history's turns, each with ``answers``: all the
-    answers to its user message (``every`` turn of the thread grouped by the turn they
-    regenerate), oldest first."""
-    answers: dict[int, list[dict[str, Any]]] = {}
-    for turn in every:
-        answers.setdefault(turn.log.regen_of or turn.id, []).append(turn_dict(turn))
-    turns = [
-        {**turn_dict(t), "answers": answers.get(t.log.regen_of or t.id, [turn_dict(t)])}
-        for t in history
-    ]
-    return {"id": thread_id, "turns": turns}
-
-
-def check_rating(rating: str, correction: str | None) -> str | None:
-    """The feedback's checks before anything is written; returns the correction, trimmed."""
-    if rating not in ("up", "down"):
-        raise UsageError("give exactly one rating: up or down")
-    if correction is not None and not correction.strip():
-        raise UsageError("the correction is empty; give the better answer as its text")
-    if correction is not None and rating == "up":
-        raise UsageError(
-            "a correction is a better answer, so it goes with `down`: rate `up` alone, "
-            "or `down` with the correction"
-        )
-    return correction.strip() if correction else None
-
-
-def check_control(prompt: str, answer: str, expect: str | None) -> ControlPrompt:
-    if not prompt.strip() or not answer.strip() or (expect is not None and not expect.strip()):
-        raise UsageError("the prompt, the answer and --expect must not be empty")
-    return ControlPrompt(prompt.strip(), answer.strip(), (expect or answer).strip())
-
-
-def answer_data(answer: Answer) -> dict[str, Any]:
-    """``learnloop ask --json``: the turn's ids, the answer and the version."""
-    data: dict[str, Any] = {
-        "turn_id": answer.turn_id,
-        "thread_id": answer.thread_id,
-        "answer": answer.answer,
-        "version": answer.version,
-    }
-    if answer.interrupted:
-        data["interrupted"] = True
-    if answer.trimmed:  # earlier messages left out so that the prompt fitted the model
-        data["trimmed"] = answer.trimmed
-    if answer.stopped_by:  # "paragraph": it ended at its first paragraph; "stop"
-        data["stopped_by"] = answer.stopped_by
-    if answer.steps:  # it called tools: each call and result (agent/report.py)
-        data["steps"] = [step_view(step) for step in answer.steps]
-    if answer.tool_calls:  # the caller's own tools, for it to run
-        data["tool_calls"] = answer.tool_calls
-    return data
 
 
 def no_server() -> bool:
@@ -450,7 +247,7 @@ class LocalService:
         return self.run_view(self.store.get_run(run_id))
 
     def cancel(self, run_id: int | None = None) -> dict[str, Any]:
-        from learnloop.learning.cycle import request_cancel
+        from learnloop.learning.child import request_cancel
         from learnloop.storage.home import pid_alive
 
         self.store.fail_stale_runs(pid_alive)
@@ -476,7 +273,7 @@ class LocalService:
         return self.store.get_run(running)
 
     def run_view(self, run: Run, version: str | None = None) -> dict[str, Any]:
-        from learnloop.learning.cycle import progress_events
+        from learnloop.learning.child import progress_events
 
         events = progress_events(Path(run.run_dir)) if run.run_dir else []
         version = run.version_id or version
@@ -604,7 +401,7 @@ class LocalService:
         return {"id": thread_id, "turns": turns, "feedback": feedback}
 
     def status(self) -> dict[str, Any]:
-        from learnloop.learning.cycle import latest_progress
+        from learnloop.learning.child import latest_progress
         from learnloop.storage.home import data_root, pid_alive
 
         self.store.fail_stale_runs(pid_alive)

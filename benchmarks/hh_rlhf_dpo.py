@@ -5,7 +5,7 @@ The train pairs become a run folder exactly like the one a learning cycle writes
 ``heldout_pairs.jsonl`` from the dev pairs, and ``request.json`` with a LearnConfig
 (method "dpo") and a gate against the base model. The real trainer child
 (``python -m learnloop.learning.trainer RUN_DIR``, started and relayed by
-``learnloop.learning.cycle.train_in_child``) trains a fresh LoRA adapter with TRL's DPOTrainer and
+``learnloop.learning.child.train_in_child``) trains a fresh LoRA adapter with TRL's DPOTrainer and
 then measures, in the same process, the held-out preference accuracy (share of dev pairs
 with log p(chosen | prompt) > log p(rejected | prompt), ``learning/evaluate.py``) of the
 candidate ("after") and of the base model ("before") on the same dev pairs.
@@ -47,8 +47,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from learnloop.learning.child import CycleFailed, train_in_child
 from learnloop.learning.config import LearnConfig
-from learnloop.learning.cycle import CycleFailed, train_in_child
 from learnloop.learning.models import ModelNotFound, ResolvedModel, resolve_model
 from learnloop.learning.tasks import TaskFileError, string_fields
 

@@ -116,12 +116,24 @@ def _with_argument_objects(message: Message) -> dict[str, Any]:
         return dict(message)
     calls = []
     for call in message["tool_calls"]:
-        try:
-            args = json.loads(call["function"]["arguments"] or "{}")
-        except json.JSONDecodeError:
-            args = call["function"]["arguments"]
-        calls.append({**call, "function": {**call["function"], "arguments": args}})
+        raw = call["function"]["arguments"]
+        args = arguments_object(raw)
+        fn = {**call["function"], "arguments": raw if args is None else args}
+        calls.append({**call, "function": fn})
     return {**message, "tool_calls": calls}
+
+
+def arguments_object(arguments: object) -> dict[str, Any] | None:
+    """A call's arguments as a dict when they are a JSON object: a dict, or a JSON string
+    of one (none, or an empty string, means no arguments: ``{}``); else None."""
+    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        return {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    return arguments if isinstance(arguments, dict) else None
 
 
 def render(

@@ -18,8 +18,8 @@ Steps, each leaving the system consistent if the process is killed right after i
 Before step 1 commits to anything, a cycle that could only waste time is refused with
 :class:`NothingToLearn`: no feedback since the last cycle that made a version (unless
 ``--force``), or nothing the gate could judge a candidate by. During step 3 a cancel
-(:func:`request_cancel`, from any process) stops the trainer; the run is recorded as
-cancelled.
+(:func:`~learnloop.learning.child.request_cancel`, from any process) stops the trainer;
+the run is recorded as cancelled.
 
 Invariants:
 
@@ -40,11 +40,8 @@ import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +49,14 @@ from typing import Any
 
 from learnloop.learning import control_cache
 from learnloop.learning.adapters import checksum
+from learnloop.learning.child import (
+    Cancelled,
+    CycleFailed,
+    DiskFull,
+    Progress,
+    disk_writes,
+    train_in_child,
+)
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.gate import Decision, decide
 from learnloop.learning.models import ResolvedModel
@@ -67,22 +72,13 @@ from learnloop.learning.snapshot import (
     write_json,
     write_snapshot,
 )
-from learnloop.storage.errors import Conflict, LearnloopError
+from learnloop.storage.errors import Conflict
 from learnloop.storage.home import adapters_dir, pid_alive, runs_dir
 from learnloop.storage.records import FeedbackExample, SnapshotRecord, Version
 from learnloop.storage.registry import ActiveChanged
 from learnloop.storage.store import BASE_VERSION, Store, StoreError
 
 __all__ = ["Cancelled", "CycleFailed", "CycleResult", "DiskFull", "NothingToLearn", "run_cycle"]
-
-Progress = Callable[[dict[str, Any]], None]
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# What a child that ran out of space prints (OSError's text, C libraries' own wording).
-NO_SPACE_TEXT = ("no space left on device", "[errno 28]", "enospc", "disk quota exceeded")
-LOW_SPACE_BYTES = 1 << 20  # less free than this after a failed child: the disk was full
-_TAIL_BYTES = 64 * 1024
-CANCEL_FILE = "cancel"
 
 
 class HandedOver(Exception):
@@ -92,25 +88,6 @@ class HandedOver(Exception):
     def __init__(self, run_id: int) -> None:
         super().__init__(f"learning run {run_id} is handed over for publishing")
         self.run_id = run_id
-
-
-class CycleFailed(LearnloopError):
-    """The cycle failed; the run is recorded as failed and nothing changed."""
-
-
-class Cancelled(LearnloopError):
-    """Someone cancelled the run (:func:`request_cancel`): it is recorded as cancelled and
-    the active version is unchanged."""
-
-    status = 409
-    kind = "cancelled"
-
-
-class DiskFull(CycleFailed):
-    """The disk under the data root ran out of space during the cycle."""
-
-    status = 503
-    kind = "unavailable_error"
 
 
 @dataclass(frozen=True)
@@ -218,126 +195,6 @@ def snapshot_record(snap: Snapshot) -> SnapshotRecord:
         counts={"sft": len(data.sft), "dpo": len(data.dpo), "kto": len(data.kto)},
         quality=asdict(snap.quality),
     )
-
-
-@contextmanager
-def disk_writes(what: str, where: Path) -> Iterator[None]:
-    """The cycle's own file writes: a full disk becomes DiskFull, any other OSError a
-    CycleFailed naming what was being written."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in NO_SPACE_ERRNOS:
-            raise DiskFull(
-                f"no space left on device while writing {what} in {where}; "
-                "free some space and learn again"
-            ) from exc
-        raise CycleFailed(f"cannot write {what} in {where}: {exc.strerror or exc}") from exc
-
-
-def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Step 3: run the trainer child, relay its progress lines, return its metrics."""
-    with disk_writes("the trainer's log", run_dir):
-        log = (run_dir / "trainer.stderr").open("w")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "learnloop.learning.trainer", str(run_dir)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    seen = 0
-    try:
-        while child.poll() is None:
-            time.sleep(0.2)
-            seen = _relay(run_dir / "progress.jsonl", seen, progress)
-            if (run_dir / CANCEL_FILE).exists():
-                raise Cancelled("cancelled")
-        _relay(run_dir / "progress.jsonl", seen, progress)
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    finally:
-        log.close()
-    if child.returncode != 0:
-        raise training_failed(run_dir, child.returncode)
-    metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
-    return metrics
-
-
-def request_cancel(run_dir: Path) -> None:
-    """Ask the process running this run's cycle, whichever it is, to stop its trainer;
-    it records the run as cancelled (``train_in_child`` polls for the file)."""
-    (run_dir / CANCEL_FILE).touch()
-
-
-def training_failed(run_dir: Path, code: int) -> CycleFailed:
-    """Why the child failed, in one line. A full disk is named as such: the child's own
-    line may say so, or, when the disk was too full to write even that line, the free
-    space left under the run folder does."""
-    said = _tail(run_dir / "trainer.stderr")
-    lines = [line for line in said.splitlines() if line.strip()]
-    logged = _tail(run_dir / "trainer.log")
-    free = _free_bytes(run_dir)
-    text = (said + logged).lower()
-    if any(t in text for t in NO_SPACE_TEXT) or (free is not None and free < LOW_SPACE_BYTES):
-        room = f", {free // 1024} KiB free" if free is not None else ""
-        return DiskFull(
-            f"training failed: no space left on device ({run_dir}{room}); "
-            "free some space and learn again"
-        )
-    return CycleFailed(f"training failed (exit {code}): {lines[-1] if lines else 'no output'}")
-
-
-def _tail(path: Path) -> str:
-    """The end of a log file (the child may have written a lot, or garbage)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - _TAIL_BYTES))
-            return f.read(_TAIL_BYTES).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _free_bytes(path: Path) -> int | None:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
-
-
-def progress_events(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete line of a run's progress.jsonl (stage, step, total, loss, t)."""
-    path = run_dir / "progress.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line still being written
-    return events
-
-
-def latest_progress(run_dir: Path) -> dict[str, Any] | None:
-    """The last complete line of a run's progress.jsonl."""
-    events = progress_events(run_dir)
-    return events[-1] if events else None
-
-
-def _relay(path: Path, seen: int, progress: Progress | None) -> int:
-    if not path.exists():
-        return seen
-    lines = path.read_text().splitlines()
-    for line in lines[seen:]:
-        if progress and line.strip():
-            try:
-                progress(json.loads(line))
-            except json.JSONDecodeError:
-                return seen  # a line still being written: read it next time
-        seen += 1
-    return seen
 
 
 def _gate_record(measured: dict[str, Any] | None, decision: Decision) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A *source* is named by a spec (``--tools SPEC``, repeatable):
 
-- ``builtin``: the built-in tools below (:func:`calculator`, :func:`current_datetime`);
+- ``builtin``: the built-in tools of :mod:`~learnloop.learning.builtin_tools`;
 - a path to a ``.py`` file (relative or absolute): loaded by path under a unique module name;
 - an importable dotted module name (``package.module``).
 
@@ -27,7 +27,6 @@ trainer child (learning/) execute tools. transformers is imported only when tool
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
 import importlib
@@ -35,18 +34,25 @@ import importlib.util
 import inspect
 import itertools
 import json
-import math
-import operator
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from learnloop.learning.builtin_tools import BUILTIN_TOOLS
+from learnloop.learning.tool_arguments import (
+    BadArguments,
+    Tool,
+    check_arguments,
+    describe,
+    first_line,
+    short_json,
+    shorten,
+)
 from learnloop.storage.errors import UsageError
 
 BUILTIN = "builtin"
@@ -59,14 +65,6 @@ _WHERE_TOOLS_COME_FROM = 'give the path of a .py file, "builtin", or an importab
 
 class ToolsError(UsageError):
     """A ``--tools`` source that cannot be used: one line naming the spec and what to do."""
-
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    schema: dict[str, Any]  # {"type": "function", "function": {"name", "description", ...}}
-    fn: Callable[..., Any]
-    source: str  # "builtin", a file's absolute path, or a module name
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class Toolbox:
 
     def describe(self) -> list[str]:
         """One line per tool: ``calculate(expression) — Evaluate an arithmetic expression.``"""
-        return [_describe(tool) for tool in self.tools.values()]
+        return [describe(tool) for tool in self.tools.values()]
 
     def run(
         self, name: str, arguments: str | dict[str, Any], timeout_s: float = 10.0
@@ -113,148 +111,16 @@ class Toolbox:
         tool = self.tools.get(name)
         if tool is None:
             there = ", ".join(self.tools) or "none"
-            content = f"error: there is no tool {_short_json(name)}; the tools are: {there}"
+            content = f"error: there is no tool {short_json(name)}; the tools are: {there}"
             return content, "unknown tool"
         try:
-            kwargs = _check_arguments(tool, arguments)
-        except _BadArguments as bad:
+            kwargs = check_arguments(tool, arguments)
+        except BadArguments as bad:
             return str(bad), "bad arguments"
         return _call(tool, kwargs, timeout_s)
 
 
 NO_TOOLS = Toolbox({})
-
-
-# --- the built-in tools -------------------------------------------------------------------
-
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
-_ALLOWED = "only numbers, + - * / // % **, unary minus and parentheses are allowed"
-_MAX_EXPRESSION = 1000  # characters: also bounds the depth of the tree _evaluate walks
-_MAX_INT = 10**100
-_MAX_POWER_BASE = 1e6
-_MAX_EXPONENT = 100
-
-
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly, e.g. "2824 * 82" or "(3 + 4) ** 2 / 7".
-
-    Args:
-        expression: Numbers with + - * / // % ** and parentheses; nothing else.
-    """
-    if len(expression) > _MAX_EXPRESSION:
-        raise ValueError(f"the expression is longer than {_MAX_EXPRESSION} characters")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"not an arithmetic expression ({e.msg}); {_ALLOWED}") from None
-    try:
-        value = _evaluate(tree.body)
-    except ZeroDivisionError:
-        raise ValueError("division by zero") from None
-    except OverflowError:
-        raise ValueError("the result is too large") from None
-    except RecursionError:
-        raise ValueError("the expression is nested too deeply") from None
-    return _format_number(value)
-
-
-def _evaluate(node: ast.expr) -> int | float:
-    """The value of an arithmetic tree; every intermediate value stays small enough that
-    no step can take long or fill memory (see :func:`_checked`)."""
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{_ALLOWED}, not {value!r}")
-        return _checked(value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow):
-            _check_power(left, right)
-        return _checked(_BINARY[type(node.op)](left, right))
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
-    raise ValueError(f"{_ALLOWED}, not {_what(node)}")
-
-
-def _check_power(base: float, exponent: float) -> None:
-    # Checked before computing: 9 ** 9 ** 9 would otherwise run for minutes and fill memory.
-    if abs(exponent) > _MAX_EXPONENT:
-        raise ValueError(f"exponents above {_MAX_EXPONENT} (in absolute value) are not allowed")
-    if abs(base) >= _MAX_POWER_BASE:
-        raise ValueError(f"** takes a base under {_MAX_POWER_BASE:.0e} in absolute value")
-
-
-def _checked(value: Any) -> int | float:
-    if isinstance(value, complex):
-        raise ValueError("the result is not a real number")
-    if isinstance(value, int) and abs(value) > _MAX_INT:
-        raise ValueError("numbers above 10**100 are not allowed")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("the result is too large")
-    return float(value) if isinstance(value, float) else int(value)
-
-
-def _what(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return f"names ({node.id})"
-    if isinstance(node, ast.Call):
-        return "function calls"
-    if isinstance(node, ast.Attribute):
-        return "attribute access"
-    return f"{type(node).__name__} expressions"
-
-
-def _format_number(value: int | float) -> str:
-    """An int when integral (``6.0`` → ``6``); else 12 significant digits (``0.1 + 0.2`` →
-    ``0.3``), so float noise never reaches the model."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        value = int(value)
-    if isinstance(value, int):
-        return str(value)
-    return format(value, ".12g")
-
-
-def current_datetime(timezone: str = "UTC") -> str:
-    """Get the current date and time, e.g. "2026-12-01 21:05:03 UTC (Tuesday)".
-
-    Args:
-        timezone: An IANA time zone name, such as "UTC", "Europe/Paris" or "America/New_York".
-    """
-    now = datetime.now(_zone(timezone))
-    stamp = now.strftime("%Y-%m-%d %H:%M:%S %Z")
-    if now.utcoffset():
-        offset = now.strftime("%z")
-        return f"{stamp} ({now:%A}, UTC{offset[:3]}:{offset[3:]})"
-    return f"{stamp} ({now:%A})"
-
-
-def _zone(name: str) -> tzinfo:
-    # UTC without zoneinfo: it must work on a machine without tzdata.
-    if name.strip().upper() in ("UTC", "ETC/UTC", "Z"):
-        return UTC
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f'unknown time zone "{name}": give an IANA name such as "UTC" or "Europe/Paris"'
-        ) from None
-
-
-_BUILTIN_TOOLS = (calculator, current_datetime)
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -316,7 +182,7 @@ def _public_functions(spec: str, source: str) -> list[tuple[str, Any]]:
     tells a function defined there from one imported into it; an alias (other = fn) is the
     same tool, so only the name it was defined under counts."""
     if source == BUILTIN:
-        return [(fn.__name__, fn) for fn in _BUILTIN_TOOLS]
+        return [(fn.__name__, fn) for fn in BUILTIN_TOOLS]
     module = _import_file(spec, Path(source)) if source.endswith(".py") else _import_module(spec)
     return [
         (name, obj)
@@ -427,169 +293,14 @@ def _signature_problem(fn: Callable[..., Any]) -> str | None:
 
 def _schema_problem(name: str, error: Exception) -> str:
     # "Cannot generate JSON schema for f because it has no docstring!" → "has no docstring"
-    text = _first_line(str(error)) or type(error).__name__
+    text = first_line(str(error)) or type(error).__name__
     for prefix in (f"Cannot generate JSON schema for {name} because ", "it "):
         text = text.removeprefix(prefix)
     text = text.split(", likely")[0].removesuffix(f" in function {name}").rstrip("!.: ")
-    return _shorten(text, 120)
+    return shorten(text, 120)
 
 
 # --- running ------------------------------------------------------------------------------
-
-
-class _BadArguments(Exception):
-    """A tool call's arguments do not fit the tool's schema; the message is for the model."""
-
-
-_JSON_TYPE_NAMES = {
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "true or false",
-    "array": "an array",
-    "object": "an object",
-    "null": "null",
-}
-
-
-def _check_arguments(tool: Tool, arguments: str | dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments for the call, or _BadArguments saying exactly what is wrong
-    and what the tool takes. Integral floats become ints where an integer is expected."""
-    if isinstance(arguments, str):
-        # An empty string is how some models and clients write "no arguments".
-        if not arguments.strip():
-            arguments = "{}"
-        try:
-            arguments = json.loads(arguments)
-        except ValueError as e:
-            raise _BadArguments(
-                f"error: {tool.name} arguments are not JSON ({_first_line(str(e))}); "
-                f"{_takes(tool)}; got {_shorten(repr(arguments), 200)}"
-            ) from None
-    if not isinstance(arguments, dict):
-        raise _BadArguments(
-            f"error: {tool.name} arguments must be a JSON object; {_takes(tool)}; "
-            f"got {_short_json(arguments)}"
-        )
-    parameters = tool.schema["function"].get("parameters", {})
-    properties: dict[str, Any] = parameters.get("properties", {})
-    missing = [p for p in parameters.get("required", []) if p not in arguments]
-    problems = [f'needs "{p}" ({_kind(properties.get(p, {}))})' for p in missing]
-    problems += [f'takes no "{key}"' for key in arguments if key not in properties]
-    kwargs: dict[str, Any] = {}
-    for key, value in arguments.items():
-        if key in properties:
-            ok, kwargs[key] = _fits(value, properties[key])
-            if not ok:
-                wanted = _kind(properties[key])
-                problems.append(f'needs "{key}" to be {wanted}, not {_short_json(value, 60)}')
-    if not problems:
-        return kwargs
-    # Where the message already names every parameter, the signature would only repeat it.
-    signature = "" if set(missing) == set(properties) else f"; {_takes(tool)}"
-    raise _BadArguments(
-        f"error: {tool.name} {'; '.join(problems)}{signature}; got {_short_json(arguments)}"
-    )
-
-
-def _fits(value: Any, schema: dict[str, Any]) -> tuple[bool, Any]:
-    """Whether ``value`` has the JSON type ``schema`` asks for (its simple ``type``,
-    ``nullable``, ``enum``, ``anyOf`` and array ``items``), and the value to pass."""
-    if value is None and schema.get("nullable"):
-        return True, None
-    if "enum" in schema and value not in schema["enum"]:
-        return False, value
-    if "anyOf" in schema:
-        for option in schema["anyOf"]:
-            ok, converted = _fits(value, option)
-            if ok:
-                return True, converted
-        return False, value
-    wanted = schema.get("type")
-    if wanted is None:
-        return True, value  # Any: the tool takes whatever JSON it gets
-    for kind in [wanted] if isinstance(wanted, str) else wanted:
-        ok, converted = _fits_type(value, kind, schema)
-        if ok:
-            return True, converted
-    return False, value
-
-
-_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str,
-    "number": (int, float),
-    "boolean": bool,
-    "object": dict,
-    "null": type(None),
-}
-_PLURALS = {"string": "strings", "integer": "integers", "number": "numbers", "object": "objects"}
-
-
-def _fits_type(value: Any, kind: str, schema: dict[str, Any]) -> tuple[bool, Any]:
-    if kind == "integer":
-        if isinstance(value, float) and value.is_integer():
-            return True, int(value)
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if kind == "array":
-        if not isinstance(value, list):
-            return False, value
-        if "items" not in schema:
-            return True, value
-        items = [_fits(item, schema["items"]) for item in value]
-        return all(ok for ok, _ in items), [item for _, item in items]
-    if kind not in _PYTHON_TYPES:
-        return True, value  # a type this check does not know: the tool judges it
-    if isinstance(value, bool) and kind != "boolean":
-        return False, value  # JSON true is no number, although Python's True is an int
-    return isinstance(value, _PYTHON_TYPES[kind]), value
-
-
-def _kind(schema: dict[str, Any]) -> str:
-    """What a parameter takes, in words: "a string", "an array of integers", "one of ..."."""
-    if "enum" in schema:
-        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
-    if "anyOf" in schema:
-        return " or ".join(_kind(option) for option in schema["anyOf"])
-    wanted = schema.get("type")
-    if wanted is None:
-        return "any value"
-    kinds = [wanted] if isinstance(wanted, str) else wanted
-    text = " or ".join(_JSON_TYPE_NAMES.get(k, k) for k in kinds)
-    item_type = schema.get("items", {}).get("type")
-    if kinds == ["array"] and item_type in _PLURALS:
-        text += f" of {_PLURALS[item_type]}"
-    return text + (" or null" if schema.get("nullable") else "")
-
-
-def _takes(tool: Tool) -> str:
-    return f"call it as {_signature(tool)}"
-
-
-def _signature(tool: Tool, with_types: bool = True) -> str:
-    """``calculate(expression: string)``; optional parameters show their default."""
-    parameters = tool.schema["function"].get("parameters", {})
-    required = set(parameters.get("required", []))
-    defaults = {
-        p.name: p.default
-        for p in inspect.signature(tool.fn).parameters.values()
-        if p.default is not p.empty
-    }
-    parts = []
-    for name, schema in parameters.get("properties", {}).items():
-        part = name
-        if with_types:
-            kind = schema.get("type", "any")
-            part += f": {kind if isinstance(kind, str) else ' | '.join(kind)}"
-        if name not in required and name in defaults:
-            equals = " = " if with_types else "="
-            part += f"{equals}{_short_json(defaults[name], 30)}"
-        parts.append(part)
-    return f"{tool.name}({', '.join(parts)})"
-
-
-def _describe(tool: Tool) -> str:
-    description = _first_line(tool.schema["function"].get("description", ""))
-    return f"{_signature(tool, with_types=False)} — {description}".rstrip(" —")
 
 
 def _call(tool: Tool, kwargs: dict[str, Any], timeout_s: float) -> tuple[str, str | None]:
@@ -654,22 +365,6 @@ def _cut(content: str) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    message = _first_line(_safe_str(error))
+    message = first_line(_safe_str(error))
     name = type(error).__name__
-    return _shorten(f"{name}: {message}" if message else name, 300)
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0].strip() if text.strip() else ""
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _short_json(value: Any, limit: int = 200) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return _shorten(text, limit)
+    return shorten(f"{name}: {message}" if message else name, 300)

@@ -13,6 +13,7 @@ from learnloop.agent.bench.label_task import score
 from learnloop.learning.tasks import Example, exact_format, is_correct, named_labels
 from learnloop.storage.store import Store
 from tests.helpers import run_cli
+from tests.scripted import SHARED_TOOLS
 
 LABELS = "positive,negative,neutral"
 TEXTS = [
@@ -135,3 +136,50 @@ def test_bad_bench_settings_are_refused(tmp_path: Path) -> None:
         result = run_cli(None, *bench_args(tmp_path), *extra)
         assert result.exit_code == 1 and expected in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tool_task_is_taught_with_demonstrations_that_ran_the_real_tool(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [
+        {"text": f"What is {a} * {b}?", "answer": str(a * b),
+         "calls": [{"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}]}
+        for a, b in [(4821, 37), (1203, 58), (9917, 12), (3344, 71), (2718, 28), (5150, 19)]
+    ]  # fmt: skip
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    result = run_cli(
+        tiny_model_dir, "bench", "--tools", str(SHARED_TOOLS),
+        "--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "dev.jsonl"),
+        "--instruction", "Use the calculate tool.", "--gate-rows", "3",
+        "--max-new-tokens", "8", "--set", "max_steps=2", "--interactions", "4",
+        "--cycle-every", "4", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    # The table a person pastes says how often each version called the tool, and how well.
+    header = result.stdout.splitlines()[0]
+    assert "tool use" in header and "tried a call" in header and "well-formed" in header
+    assert "macro-F1" not in header
+    for point in [results["base"], *results["cycles"]]:
+        assert point["macro_f1"] is None and 0 <= point["tool_use"] <= 1
+        assert 0 <= point["attempted"] <= 1
+    # A random tiny model answers no multiplication right: each miss is corrected with the
+    # row's call, run with the real tool, and then the answer, and trained on.
+    with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
+        examples = store.feedback_examples()
+    corrected = [e for e in examples if e.correction_messages]
+    assert len(corrected) == results["feedback"]["corrections"] >= 3
+    by_text = {r["text"]: r for r in rows}
+    for example in corrected:
+        call, result_message, final = example.correction_messages  # type: ignore[misc]
+        row = by_text[example.messages[-1]["content"].split("\n")[-1].strip()]
+        assert call["tool_calls"][0]["function"]["name"] == "calculate"
+        assert result_message == {
+            "role": "tool",
+            "tool_call_id": call["tool_calls"][0]["id"],
+            "content": row["answer"],
+        }
+        assert row["answer"] in final["content"]
+        assert [t["function"]["name"] for t in example.tools] == ["calculate"]
+    assert results["cycles"] and results["cycles"][0]["examples"]["sft"] >= 1

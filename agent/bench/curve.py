@@ -25,7 +25,8 @@ def plot_learning_curve(results: dict[str, Any], path: Path) -> None:
     if tools:
         lines += [
             ("tool_use", "called the expected tool", "s--"),
-            ("well_formed", "well-formed calls", "^:"),
+            ("attempted", "tried a call", "d-."),
+            ("well_formed", "well-formed calls (of those tried)", "^:"),
         ]
     else:
         lines += [("macro_f1", "macro-F1", "s--"), ("exact_format", "exact one-word format", "^:")]

@@ -393,7 +393,14 @@ class Bench:
         result = {"version": self.chat.backend.version, **self.task.score(answers, rows)}
         said = ", ".join(
             f"{k.replace('_', ' ')} {result[k]:.3f}"
-            for k in ("accuracy", "macro_f1", "exact_format", "tool_use", "well_formed")
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "exact_format",
+                "tool_use",
+                "attempted",
+                "well_formed",
+            )
             if result.get(k) is not None
         )
         say(f"{version}: {said} on {len(rows)} eval texts")

@@ -16,12 +16,17 @@ def _score(value: float | None) -> str:
 
 
 def bench_table(results: dict[str, Any]) -> str:
-    """Markdown: one row for the base and one per cycle, then the goals. A tool task's
-    rows add how often the expected tool was called and the calls were well-formed."""
+    """Markdown: one row for the base and one per cycle, then the goals. A tool task has
+    no labels, so no macro-F1; its rows say how often the expected tool was called, how
+    often the first step tried a call, and how many of those calls were well-formed."""
     tools = bool(results["config"].get("tools"))
-    keys = ["accuracy", "macro_f1", "exact_format"] + (["tool_use", "well_formed"] if tools else [])
+    keys = (
+        ["accuracy", "exact_format", "tool_use", "attempted", "well_formed"]
+        if tools
+        else ["accuracy", "macro_f1", "exact_format"]
+    )
     names = {"macro_f1": "macro-F1", "exact_format": "exact format", "tool_use": "tool use",
-             "well_formed": "well-formed calls"}  # fmt: skip
+             "attempted": "tried a call", "well_formed": "well-formed calls"}  # fmt: skip
     heads = " | ".join(names.get(k, k) for k in keys)
     lines = [
         f"| after | interactions | version | gate | active | {heads} | train s | peak RSS MB |",

@@ -56,7 +56,7 @@ from learnloop.agent.backend import Pin
 from learnloop.agent.config import MAX_STOP_STRINGS, GenerationConfig
 from learnloop.agent.fitting import Fitted
 from learnloop.agent.graph import conversation
-from learnloop.agent.report import step_view
+from learnloop.agent.report import answer_data, step_view
 from learnloop.agent.runtime import (
     MAX_MESSAGE_CHARS,
     Answer,
@@ -67,7 +67,6 @@ from learnloop.agent.runtime import (
 from learnloop.agent.server.service import visible_thread, visible_turn
 from learnloop.agent.server.state import ServerState
 from learnloop.agent.server.tool_requests import check_tool_choice, check_tools
-from learnloop.agent.service import answer_data
 from learnloop.learning import chat_format
 from learnloop.storage.records import Message
 
@@ -265,11 +264,7 @@ def _assistant(m: ChatMessage, where: str, called: set[str]) -> Message:
     calls = []
     for call in m.tool_calls:
         name = call.function.name
-        try:
-            arguments = json.loads(call.function.arguments or "{}")
-        except json.JSONDecodeError:
-            arguments = None
-        if not isinstance(arguments, dict):
+        if chat_format.arguments_object(call.function.arguments) is None:
             raise UsageError(f"{where}: the arguments of its call of {name!r} are no JSON object")
         if call.id in called:
             raise UsageError(f"{where}: the tool call id {call.id!r} is used twice")

@@ -29,14 +29,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from learnloop.agent.checks import MAX_LIST
 from learnloop.agent.report import losses
 from learnloop.agent.runtime import MAX_MESSAGE_CHARS
 from learnloop.agent.server.chat import ChatRequest, Prepared, stream_answer
 from learnloop.agent.server.service import ServerService
 from learnloop.agent.server.state import ACTIVE_ALIAS
-from learnloop.agent.service import MAX_LIST
+from learnloop.learning.child import progress_events
 from learnloop.learning.config import LearnConfig
-from learnloop.learning.cycle import progress_events
 from learnloop.storage.errors import Forbidden, UsageError
 from learnloop.storage.records import LOCAL_USER
 from learnloop.storage.store import BASE_VERSION

@@ -19,9 +19,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from learnloop.agent.checks import check_limit, check_query
 from learnloop.agent.report import status_data, thread_summary, turn_dict
 from learnloop.agent.server.state import Busy, ServerState
-from learnloop.agent.service import CANCEL_WAIT_SECONDS, LocalService, check_limit, check_query
+from learnloop.agent.service import CANCEL_WAIT_SECONDS, LocalService
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import Due, check
 from learnloop.storage.errors import Forbidden, NotFound

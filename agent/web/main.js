@@ -5,7 +5,8 @@
 
      page.js      shared DOM helpers (imports nothing)
      api.js       requests, the API key, streamed events, the error line
-     chat.js      threads, turns, streaming answers, feedback buttons
+     chat.js      turns, streaming answers, feedback buttons
+     threads.js   the thread list: search, rename, delete
      steps.js     a turn's tool calls folded under its answer, and their editor
      markdown.js  answers rendered as markdown, as DOM nodes (never the model's HTML)
      learning.js  the Learning view: "Learn now", the run it follows, the versions
@@ -17,9 +18,10 @@
    `window.LEARN_OPTIONS` gets its default ({}) here; learning.js says what it does. */
 
 import { api, clearError, forgetKey, guarded, saveKey, savedKey } from "./api.js";
-import { loadThreads, newChat, searchSoon, send, showThreads, stop } from "./chat.js";
+import { newChat, send, stop } from "./chat.js";
 import { isFollowing, learnNow, refreshLearning, rollback, wireLearning } from "./learning.js";
 import { $, setActiveVersion } from "./page.js";
+import { loadThreads, searchSoon, showThreads } from "./threads.js";
 
 const REFRESH_MS = 5000; // the Learning view, while no run is being followed
 
