@@ -454,6 +454,7 @@ async function streamInto(view, body) {
   if (entry.version) setActiveVersion(entry.version);
   if (epoch === chat.epoch && threadId) {
     chat.threadId = threadId;
+    markCurrentThread(threadId);
     await loadThreads(); // a new thread, or one more turn in this one
   }
 }

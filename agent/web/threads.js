@@ -9,7 +9,7 @@ import { $, shortTime } from "./page.js";
 
 const SEARCH_DELAY_MS = 250; // typing in the search box: wait for a pause
 
-const threads = {
+const state = {
   current: null, // the thread the chat shows (null: a new conversation)
   listing: 0, // the latest list asked for: older answers are dropped
   open: async (_id) => {}, // chat.js: show a thread
@@ -18,19 +18,18 @@ const threads = {
 
 /* chat.js says how to open a thread, and what to do when the one shown is deleted. */
 export function wireThreads({ open, deleted }) {
-  threads.open = open;
-  threads.deleted = deleted;
+  state.open = open;
+  state.deleted = deleted;
 }
 
 export function markCurrentThread(id) {
-  threads.current = id;
+  state.current = id;
   for (const item of document.querySelectorAll("#thread-list [data-thread-id]")) {
     const current = item.dataset.threadId === id;
     item.classList.toggle("current", current);
     item.setAttribute("aria-current", current ? "true" : "false");
   }
 }
-
 
 /* On a narrow screen the thread list is a panel the ☰ button opens; `open` shows it. */
 export function showThreads(open) {
@@ -70,7 +69,7 @@ function threadItem(thread) {
   const n = thread.turns;
   meta.textContent = `${n} turn${n === 1 ? "" : "s"} · ${shortTime(thread.last_at || thread.created_at)}`;
   button.append(title, meta);
-  button.addEventListener("click", () => guarded(() => threads.open(thread.id)));
+  button.addEventListener("click", () => guarded(() => state.open(thread.id)));
   const rename = toolButton(PENCIL, "thread-rename", `rename “${thread.title}”`);
   rename.addEventListener("click", () => startRename(item, thread));
   const remove = toolButton(TRASH, "thread-delete", `delete “${thread.title}”`);
@@ -153,19 +152,19 @@ async function deleteThread(thread) {
     "Versions already trained on that feedback keep what they learned.";
   if (!window.confirm(question)) return;
   await api("DELETE", `v1/threads/${encodeURIComponent(thread.id)}`);
-  if (thread.id === threads.current) threads.deleted();
+  if (thread.id === state.current) state.deleted();
   await loadThreads();
 }
 
 export async function loadThreads() {
   const q = searchText();
-  const asked = ++threads.listing;
+  const asked = ++state.listing;
   const threads = await api("GET", q ? `v1/threads?q=${encodeURIComponent(q)}` : "v1/threads");
-  if (asked !== threads.listing) return; // a later search is on its way
+  if (asked !== state.listing) return; // a later search is on its way
   const list = $("thread-list");
   list.replaceChildren(...threads.map(threadItem));
   const empty = $("thread-empty");
   empty.hidden = threads.length > 0;
   empty.textContent = q ? `No conversation matches “${q}”.` : "No conversations yet.";
-  markCurrentThread(threads.current);
+  markCurrentThread(state.current);
 }
