@@ -454,7 +454,6 @@ async function streamInto(view, body) {
   if (entry.version) setActiveVersion(entry.version);
   if (epoch === chat.epoch && threadId) {
     chat.threadId = threadId;
-    markCurrentThread(threadId);
     await loadThreads(); // a new thread, or one more turn in this one
   }
 }
@@ -485,7 +484,7 @@ function clearConversation() {
 export function newChat() {
   clearConversation();
   chat.threadId = null;
-  markCurrentThread(chat.threadId);
+  markCurrentThread();
   showThreads(false);
   $("message-input").focus();
 }
@@ -495,9 +494,9 @@ async function openThread(id) {
   clearConversation();
   chat.threadId = thread.id;
   for (const turn of thread.turns) new TurnView(turn.user_message).load(turn);
-  markCurrentThread(chat.threadId);
+  markCurrentThread();
   showThreads(false);
   scrollToEnd();
 }
 
-wireThreads({ open: openThread, deleted: newChat });
+wireThreads({ current: () => chat.threadId, open: openThread, deleted: newChat });

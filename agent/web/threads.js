@@ -1,8 +1,8 @@
 /* The thread list beside the chat: searched as you type, renamed in place, deleted
    after a confirmation; the thread shown is marked current.
 
-   chat.js owns the conversation: it says which thread it shows (markCurrentThread) and
-   how to open one or leave a deleted one (wireThreads). */
+   chat.js owns the conversation: it says which thread it shows, how to open one and
+   how to leave a deleted one (wireThreads). */
 
 import { api, guarded } from "./api.js";
 import { $, shortTime } from "./page.js";
@@ -10,20 +10,23 @@ import { $, shortTime } from "./page.js";
 const SEARCH_DELAY_MS = 250; // typing in the search box: wait for a pause
 
 const state = {
-  current: null, // the thread the chat shows (null: a new conversation)
+  current: () => null, // chat.js: the thread it shows (null: a new conversation)
   listing: 0, // the latest list asked for: older answers are dropped
   open: async (_id) => {}, // chat.js: show a thread
   deleted: () => {}, // chat.js: the thread shown was deleted
 };
 
-/* chat.js says how to open a thread, and what to do when the one shown is deleted. */
-export function wireThreads({ open, deleted }) {
+/* chat.js says which thread it shows, how to open one, and what to do when the one shown
+   is deleted. */
+export function wireThreads({ current, open, deleted }) {
+  state.current = current;
   state.open = open;
   state.deleted = deleted;
 }
 
-export function markCurrentThread(id) {
-  state.current = id;
+/* Marks the thread the chat shows (after it opens one, starts one, or answers). */
+export function markCurrentThread() {
+  const id = state.current();
   for (const item of document.querySelectorAll("#thread-list [data-thread-id]")) {
     const current = item.dataset.threadId === id;
     item.classList.toggle("current", current);
@@ -152,7 +155,7 @@ async function deleteThread(thread) {
     "Versions already trained on that feedback keep what they learned.";
   if (!window.confirm(question)) return;
   await api("DELETE", `v1/threads/${encodeURIComponent(thread.id)}`);
-  if (thread.id === state.current) state.deleted();
+  if (thread.id === state.current()) state.deleted();
   await loadThreads();
 }
 
@@ -166,5 +169,5 @@ export async function loadThreads() {
   const empty = $("thread-empty");
   empty.hidden = threads.length > 0;
   empty.textContent = q ? `No conversation matches “${q}”.` : "No conversations yet.";
-  markCurrentThread(state.current);
+  markCurrentThread();
 }
