@@ -166,14 +166,15 @@ def turn_log(
     )
 
 
+CAPS = ("step cap", "time cap")  # what a turn that a cap ended has as `stopped_by`
+
+
 def cap_note(ended_by: str, limits: LoopLimits) -> str:
     """The answer of a turn a cap ended: what happened and which setting to raise."""
     if ended_by == "step cap":
         cap = f"its cap of {limits.max_steps} model calls (--max-steps)"
-    elif ended_by == "time cap":
-        cap = f"its time cap of {limits.turn_seconds:g} s (--turn-seconds)"
     else:
-        cap = "the model's context (the tool results filled it)"
+        cap = f"its time cap of {limits.turn_seconds:g} s (--turn-seconds)"
     return f"I stopped before a final answer: this turn reached {cap}."
 
 

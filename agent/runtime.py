@@ -19,7 +19,7 @@ from learnloop.agent.backend import Backend, Pin
 from learnloop.agent.chat_model import LocalChatModel, last_user_text
 from learnloop.agent.config import GenerationConfig, LoopLimits
 from learnloop.agent.fitting import Fitted, fit_prompt, prompt_budget
-from learnloop.agent.graph import build_graph
+from learnloop.agent.graph import CAPS, build_graph
 from learnloop.learning.adapters import AdapterDamaged, fall_back, trusted_checksum
 from learnloop.learning.models import same_base, trained_on
 from learnloop.learning.toolbox import NO_TOOLS, Toolbox
@@ -230,7 +230,7 @@ class Agent:
             self.check_thread(thread_id)
         state["thread_id"] = thread_id or new_thread_id()
         final: dict[str, Any] = {}
-        noted = False
+        noted = streamed = False
         modes = ["messages", "values", "custom"]
         with self._ctrl_c_stops_answer():
             for mode, data in self.graph.stream(state, stream_mode=modes):
@@ -238,6 +238,7 @@ class Agent:
                     chunk = data[0]
                     if on_token and chunk.content:
                         on_token(str(chunk.content))
+                        streamed = True
                 elif mode == "custom":
                     if on_step:
                         on_step(data)
@@ -247,7 +248,10 @@ class Agent:
                         self.warn(made.note())  # once, before the answer streams
                         noted = True
                     final = data
-        return Answer.of(final["turn_id"], final["log"], final.get("calls") or [])
+        answer = Answer.of(final["turn_id"], final["log"], final.get("calls") or [])
+        if on_token and answer.stopped_by in CAPS:  # the graph wrote it: no model streamed it
+            on_token(("\n\n" if streamed else "") + answer.answer)
+        return answer
 
 
 def load_agent(

@@ -79,12 +79,15 @@ def prepare_home(home: Path, model_spec: str | None) -> None:
                 )
 
 
-def start_server(home: Path, port: int, model_spec: str | None) -> subprocess.Popen[bytes]:
+def start_server(
+    home: Path, port: int, model_spec: str | None, *flags: str
+) -> subprocess.Popen[bytes]:
+    """`learnloop serve` on ``home`` with learning off (and ``flags``), once it answers."""
     env = {**os.environ, "LEARNLOOP_HOME": str(home)}
     args = [sys.executable, "-m", "learnloop.agent.cli"]
     if model_spec:
         args += ["--model", model_spec]
-    args += ["serve", "--port", str(port), "--auto-learn", "false"]
+    args += ["serve", "--port", str(port), "--auto-learn", "false", *flags]
     log = (home / "server.log").open("wb")
     server = subprocess.Popen(args, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 180

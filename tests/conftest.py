@@ -7,7 +7,9 @@ exactly as with the real model while training steps take milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smol_tokenizer_dir:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def server(tiny_model_dir: Path) -> Iterator[Any]:
+    """A real server (tests/serving.py) over the tiny model and the test's data root."""
+    from tests.serving import running_server
+
+    with running_server(tiny_model_dir) as running:
+        yield running

@@ -47,6 +47,21 @@ class Running:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
+    def counts(self) -> tuple[int, ...]:
+        """Everything a request could change: turns, threads, feedback, runs, switches,
+        control prompts, keys."""
+        store = self.state.store
+        status = store.status()
+        return (
+            status.turns,
+            status.threads,
+            status.feedback,
+            len(store.runs()),
+            len(store.activations()),
+            len(store.control_prompts()),
+            len(store.api_keys()),
+        )
+
 
 @contextmanager
 def running_server(

@@ -19,7 +19,7 @@ from learnloop.storage.errors import NotFound
 from learnloop.storage.store import Store
 from tests.helpers import make_log, refused
 from tests.serving import Running, running_server
-from tests.test_security import keyed, own  # noqa: F401 (keyed: a fixture)
+from tests.test_access import keyed, own  # noqa: F401 (keyed: a fixture)
 
 
 @pytest.fixture

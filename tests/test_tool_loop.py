@@ -17,6 +17,7 @@ from learnloop.agent.runtime import Agent
 from learnloop.learning.toolbox import load_tools
 from learnloop.storage.store import Store
 from tests.scripted import SHARED_TOOLS, ScriptedBackend, call
+from tests.tool_clients import WEATHER
 
 pytestmark = pytest.mark.skipif(not SHARED_TOOLS.is_file(), reason="../shared/data is absent")
 
@@ -122,8 +123,10 @@ def test_the_step_cap_ends_the_turn_with_an_answer_that_says_so(
     agent, backend, store = agent_with(
         smol_tokenizer_dir, [call("calculate", expression="1 + 1")] * 10, max_steps=3
     )
-    answer = agent.ask("Add forever")
+    shown: list[str] = []
+    answer = agent.ask("Add forever", on_token=shown.append)
     assert "cap of 3 model calls" in answer.answer and "--max-steps" in answer.answer
+    assert "".join(shown) == answer.answer  # streamed too: the REPL and the page show it
     assert answer.stopped_by == "step cap"
     log = store.get_turn(answer.turn_id).log
     assert [s["type"] for s in log.steps] == ["model", "tool", "model", "tool", "model"]
@@ -141,8 +144,10 @@ def test_the_time_cap_ends_the_turn_between_steps(smol_tokenizer_dir: Path, tmp_
     agent, backend, _ = agent_with(
         smol_tokenizer_dir, [call("nap")] * 10, tools=[str(slow)], turn_seconds=0.2
     )
-    answer = agent.ask("Nap")
+    shown: list[str] = []
+    answer = agent.ask("Nap", on_token=shown.append)
     assert answer.stopped_by == "time cap" and "time cap of 0.2 s" in answer.answer
+    assert "".join(shown) == answer.answer
     assert len(backend.prompts) == 1
 
 
@@ -159,20 +164,8 @@ def test_a_malformed_call_stays_text_and_is_logged_as_malformed(
 
 
 def test_a_callers_own_tools_are_returned_not_run(smol_tokenizer_dir: Path) -> None:
-    weather = {
-        "type": "function",
-        "function": {
-            "name": "weather",
-            "description": "The weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
     agent, backend, store = agent_with(smol_tokenizer_dir, [call("weather", city="Oslo")])
-    answer = agent.ask("Weather in Oslo?", tools=[weather])
+    answer = agent.ask("Weather in Oslo?", tools=[WEATHER])
     assert answer.answer == "" and len(backend.prompts) == 1
     assert answer.tool_calls[0]["function"]["name"] == "weather"
     assert '"weather"' in backend.prompts[0] and '"calculate"' not in backend.prompts[0]

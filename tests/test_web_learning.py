@@ -4,7 +4,7 @@ against a real ``learnloop serve`` process over the tiny model: the settings for
 side; and the API's own pages, ``/docs`` and ``/redoc``, with every request off this
 machine blocked.
 
-The fixtures and helpers are tests/test_web.py's.
+The fixtures and helpers are tests/browser.py's.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Browser, Page, Route, expect
 
 from learnloop.storage.store import Store
-from tests import test_web
+from tests.browser import SLOW, Server, browser, open_page, page, serve, server, teach
 from tests.serving import running_server
 from tests.test_compare import seed_versions
-from tests.test_web import SLOW, Server, open_page, serve, teach
 
-# test_web.py's fixtures: a module-scoped Chromium, a `learnloop serve` process, a page on it
-browser = test_web.browser
-server = test_web.server
-page = test_web.page
+# tests/browser.py's fixtures: a module-scoped Chromium, a `learnloop serve` process, a page
+__all__ = ["browser", "page", "server"]
 
 # a run that trains for a while (the tiny model takes milliseconds a step): long enough to
 # be cancelled, never long enough to matter if the cancel did not land

@@ -1,7 +1,7 @@
 """The tools a turn called, on the web page: folded under its answer, shown live while it
 streams, and corrected there (a call's arguments edited, calls removed and added).
 
-A real Chromium (as tests/test_web.py drives it) on a real server whose operator's tools
+A real Chromium (as tests/browser.py drives it) on a real server whose operator's tools
 are the shared arithmetic task's ``calculate``; the model is tests/scripted.py's, which
 makes the calls each test sets (the tiny random model never makes one). The tools run for
 real, in the agent's graph and when a corrected call is saved.
@@ -19,11 +19,11 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from learnloop.learning.toolbox import load_tools
+from tests.browser import PHONE, browser, open_page
 from tests.scripted import SHARED_TOOLS, ScriptedBackend, call
 from tests.serving import Running, running_server
-from tests.test_web import PHONE, browser, open_page
 
-__all__ = ["browser"]  # the Chromium fixture of tests/test_web.py, shared by this module
+__all__ = ["browser"]  # the Chromium fixture of tests/browser.py, shared by this module
 
 pytestmark = pytest.mark.skipif(not SHARED_TOOLS.is_file(), reason="../shared/data is absent")
 
