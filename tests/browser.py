@@ -8,7 +8,6 @@ Playwright never downloads one here. Test modules import the fixtures they use.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from tests.serving import serve_process
+from tests.test_compare import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -167,10 +167,4 @@ def teach(http: httpx.Client, question: str, rating: str, correction: str | None
 
 def learn(http: httpx.Client) -> dict[str, Any]:
     run = http.post("/v1/learn", json=FAST_LEARN).json()["run"]
-    deadline = time.monotonic() + SLOW / 1000
-    while time.monotonic() < deadline:
-        view: dict[str, Any] = http.get(f"/v1/learn/{run}").json()
-        if view["status"] != "running":
-            return view
-        time.sleep(0.2)
-    raise AssertionError(f"run {run} still running")
+    return wait_for(http, run, SLOW / 1000)
