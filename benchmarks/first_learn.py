@@ -3,12 +3,16 @@ fresh data root, then one more correction and the second cycle run twice, side b
 on copies of the same data root: with the control scores the first cycle kept
 (learning/control_cache.py) and with that cache removed, as every cycle measured before.
 
-    python -m benchmarks.first_learn [--json FILE]
+    python -m benchmarks.first_learn [--json FILE] [--seeds N]
 
 Prints a markdown table (what the README shows): wall seconds of the walkthrough and of
 each cycle, each cycle's training and gate seconds (from its ``metrics.json``), how many
 prompts the gate measured, the verdict's summary, and whether the new version gives the
 correction. Uses the default model and settings; give the machine to it alone.
+
+``--seeds N`` then runs the walkthrough again with each sampling seed 1..N (the script's
+``SEED``) and tabulates how often its first cycle is promoted: four feedback items make
+that a close call, and the answers the seed samples decide it.
 """
 
 from __future__ import annotations
@@ -66,22 +70,49 @@ def timed_learn(name: str, root: Path) -> dict[str, Any]:
     return cycle_row(name, root, wall, learned["run_id"], version)
 
 
+def walkthrough(root: Path, seed: int | None = None) -> tuple[str, float]:
+    """The walkthrough script's output in a fresh ``root``, and its wall seconds."""
+    log(f"walkthrough in {root}" + ("" if seed is None else f", seed {seed}"))
+    env = {**root_env(root), "LEARNLOOP": learnloop_bin()}
+    if seed is not None:
+        env["SEED"] = str(seed)
+    started = time.perf_counter()
+    done = subprocess.run(["bash", str(WALKTHROUGH)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the walkthrough failed:\n{done.stderr}")
+    return done.stdout, time.perf_counter() - started
+
+
+def seed_row(work: Path, seed: int) -> dict[str, Any]:
+    root = work / f"seed-{seed}"
+    walkthrough(root, seed)
+    version = cli(root, "versions")[-1]
+    gate = version["gate"]
+    right = [
+        round(side["control_accuracy"] * side["control_prompts"])
+        for side in (gate["candidate"], gate["base_control"] or gate["active"])
+    ]
+    return {
+        "seed": seed,
+        "promoted": version["status"] == "promoted",
+        "general": f"{right[0]} of {gate['candidate']['control_prompts']} (base {right[1]})",
+        "answers_hopper": "Hopper" in cli(root, "log", "-n", "1")[0]["answer"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="then the walkthrough with seeds 1..N (0: none)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="learnloop-first-learn-"))
     root = work / "root"
-    log(f"walkthrough in {root}")
-    started = time.perf_counter()
-    env = {**root_env(root), "LEARNLOOP": learnloop_bin()}
-    done = subprocess.run(["bash", str(WALKTHROUGH)], env=env, capture_output=True, text=True)
-    walkthrough = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"the walkthrough failed:\n{done.stderr}")
-    print(done.stdout)
+    said, walkthrough_s = walkthrough(root)
+    print(said)
     first = cycle_row(
-        "walkthrough: 4 feedback items", root, walkthrough, 1, cli(root, "versions")[-1]
+        "walkthrough: 4 feedback items", root, walkthrough_s, 1, cli(root, "versions")[-1]
     )
     first["wall_s"] = f"{first['wall_s']} (whole script)"
     rows = [first]
@@ -96,8 +127,11 @@ def main() -> None:
         log(f"learn: {name}")
         rows.append(timed_learn(name, where))
     print(table(rows))
+    seeds = [seed_row(work, seed) for seed in range(1, args.seeds + 1)]
+    if seeds:
+        print(seed_table(seeds))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"cycles": rows, "seeds": seeds}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -111,6 +145,20 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{'yes' if r['promoted'] else 'no'} | {r['summary']} |"
         )
     return "\n".join(lines)
+
+
+def seed_table(rows: list[dict[str, Any]]) -> str:
+    promoted = sum(r["promoted"] for r in rows)
+    lines = [
+        "| seed | v1 promoted | general questions right | then answers Hopper |",
+        "| ---: | --- | ---: | --- |",
+    ]
+    yes = {True: "yes", False: "no"}
+    for r in rows:
+        lines.append(
+            f"| {r['seed']} | {yes[r['promoted']]} | {r['general']} | {yes[r['answers_hopper']]} |"
+        )
+    return "\n".join([*lines, "", f"promoted with {promoted} of {len(rows)} seeds"])
 
 
 if __name__ == "__main__":
