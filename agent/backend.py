@@ -6,10 +6,10 @@ first implementation (transformers + PEFT on CPU or GPU); faster engines (llama.
 vLLM with multi-LoRA) plug in behind the same protocol.
 
 Adapter switching: each version's adapter is loaded under its own unique name (the
-version id) into the already-loaded base model with PEFT's ``load_adapter`` and made
-current with ``set_adapter``: no reload of the base, no restart. A lock serialises
-generation and switching, so an answer in progress finishes on the version it started
-with and the next answer uses the new one.
+version id) into the already-loaded base model with PEFT's ``load_adapter``: no reload of
+the base, no restart. Answers are generated together, in one continuous batch
+(agent/batching.py), each row with its own version's adapter; a switch only changes the
+version that answers not pinned to one get, so it waits for no answer in progress.
 
 Where an answer ends: at an end-of-turn token, at ``max_new_tokens`` (``truncated``), at a
 stop string of the request, or at the end of its first paragraph (see
@@ -18,12 +18,12 @@ which one ended it.
 
 Pinning: a caller that must know which version answers (the server, where a swap can
 happen between a request's arrival and its turn at the model) passes a :class:`Pin`;
-the adapter is made current under the lock just before that answer, so the version a
-request was promised is the one that generates it, whatever was switched meanwhile.
+that version's adapter answers it, whatever was switched meanwhile.
 """
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import time
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from learnloop.agent.batching import BASE_ROW, Batcher, Row
 from learnloop.agent.config import PARAGRAPH, GenerationConfig
 from learnloop.learning import chat_format
 from learnloop.learning.adapters import AdapterDamaged, check
@@ -113,6 +114,11 @@ class Backend(Protocol):
         """Stop the answer being generated (safe to call from a signal handler)."""
         ...
 
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` (a 503 with Retry-After) if an answer asked for now would
+        find every place taken (agent/batching.py)."""
+        ...
+
 
 class TransformersBackend:
     """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
@@ -124,6 +130,8 @@ class TransformersBackend:
         *,
         keep_adapters: int = 2,
         fingerprint: str | None = None,
+        max_batch: int = 8,
+        max_queue: int = 64,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -143,12 +151,15 @@ class TransformersBackend:
         self.model: Any = model.to(device)
         self.model.eval()
         self.context_tokens = context_length(model.config, self.tokenizer)
-        self._lock = threading.Lock()  # held while an answer is generated
         self._loading = threading.Lock()  # held while adapters are added or removed
         self._loaded: list[str] = []  # adapter names in load order
         self._paths: dict[str, str] = {}  # adapter folder of every version seen
         self._checksums: dict[str, str] = {}  # what each folder must hash to when loaded
-        self._stop = threading.Event()  # set to cut the current answer short
+        self._pending: collections.Counter[str] = collections.Counter()  # loaded, not queued
+        self.batcher = Batcher(
+            lambda: self.model, self._end_ids(), max_batch=max_batch, max_queue=max_queue
+        )
+        self.batcher.between_steps.append(self._evict)
 
     # -- prompts -------------------------------------------------------------------------
 
@@ -162,46 +173,46 @@ class TransformersBackend:
     # -- adapters ------------------------------------------------------------------------
 
     def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
-        """Make ``version`` current once the answer in progress (if any) has finished; the
-        seconds returned are those spent loading, not those spent waiting for it."""
+        """Make ``version`` the one unpinned answers get; answers in progress go on with
+        theirs. The seconds returned are those spent loading its adapter."""
         if version == self.version:
             return 0.0
-        with self._lock:
-            started = time.perf_counter()
-            self._use(Pin(version, adapter_path, checksum))
-            self.version = version
-        return time.perf_counter() - started
+        return self.prepare(Pin(version, adapter_path, checksum))
 
     def prepare(self, pin: Pin) -> float:
-        """Load ``pin``'s adapter while answers go on, and make it the default version: for
-        a caller whose every answer is pinned (the server), a swap that waits for nobody.
-        Loading adds the adapter's own modules and leaves the answering adapter as it is;
-        only a model with no adapter yet waits for the answer in progress, since wrapping
-        it in PEFT replaces the layers that answer runs through. Returns seconds spent."""
+        """Load ``pin``'s adapter while answers go on, and make it the default version: a
+        swap that waits for nobody. Returns the seconds spent."""
         started = time.perf_counter()
-        if pin.version != BASE_VERSION:
-            self._remember(pin)
-            if self._is_peft():
-                with self._loading:
-                    self._inject(pin.version)
-            else:
-                with self._lock, self._loading:
-                    self._inject(pin.version)
+        self._load(pin)
         self.version = pin.version
         return time.perf_counter() - started
 
     def ready_for_adapters(self) -> None:
         """Wrap the base model for adapters now, with an empty placeholder adapter (LoRA B
-        is zero: the base's own output), so that every later :meth:`prepare` only adds
-        modules. Wrapping replaces the layers an answer runs through, so done later it
-        would have to wait for a gap between answers, which a busy server may not have."""
+        is zero: the base's own output), so that every later load only adds modules.
+        Wrapping replaces the layers every answer runs through, so it waits for a gap
+        between two decode steps; done once, before answers start, it waits for none."""
         from peft import LoraConfig, get_peft_model
 
-        with self._lock, self._loading:
+        with self.batcher.paused(), self._loading:
             if not self._is_peft():
                 config = LoraConfig(r=1, init_lora_weights=True)  # the model type's targets
                 self.model = get_peft_model(self.model, config, adapter_name=PLACEHOLDER)
                 self.model.eval()
+
+    def _load(self, pin: Pin) -> None:
+        """Load ``pin``'s adapter unless it is loaded. Adding an adapter to a PEFT model
+        adds modules the running rows do not use; the first one wraps the model, which
+        waits for a gap between decode steps."""
+        if pin.version == BASE_VERSION:
+            return
+        self._remember(pin)
+        if self._is_peft():
+            with self._loading:
+                self._inject(pin.version)
+        else:
+            with self.batcher.paused(), self._loading:
+                self._inject(pin.version)
 
     def _remember(self, pin: Pin) -> None:
         if pin.adapter_path is not None:
@@ -215,19 +226,6 @@ class TransformersBackend:
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
-
-    def _use(self, pin: Pin) -> str:
-        """Make ``pin``'s adapter the current one (loading it if needed); the caller holds
-        the lock, so no answer is running. The base model needs no adapter: generation
-        disables it."""
-        if pin.version == BASE_VERSION:
-            return BASE_VERSION
-        self._remember(pin)
-        with self._loading:
-            self._inject(pin.version)
-            self.model.set_adapter(pin.version)
-            self._evict(keep=pin.version)
-        return pin.version
 
     def _inject(self, name: str) -> None:
         """Load adapter ``name`` under its own name (unique per version) unless loaded;
@@ -263,20 +261,31 @@ class TransformersBackend:
             except Exception:  # nothing usable was added: nothing else to undo
                 config.pop(name, None)
 
-    def _evict(self, keep: str) -> None:
-        """Bound memory: forget the oldest adapters, never ``keep`` (about to answer) nor
-        the default version's. Only with the lock held: no answer uses an adapter then."""
-        for old in list(self._loaded):
-            if len(self._loaded) <= self.keep_adapters:
-                break
-            if old not in (keep, self.version):
-                self._loaded.remove(old)
-                self.model.delete_adapter(old)
+    def _evict(self) -> None:
+        """Bound memory: forget the oldest adapters beyond ``keep_adapters``, never the
+        default version's nor one a row generating, waiting or about to wait needs. Run by
+        the batcher between two decode steps, so no forward pass is using any of them."""
+        with self._loading:
+            needed = {self.version, *self.batcher.in_use(), *self._pending}
+            for old in list(self._loaded):
+                if len(self._loaded) <= self.keep_adapters:
+                    break
+                if old not in needed:
+                    self._loaded.remove(old)
+                    self.model.delete_adapter(old)
 
     # -- generation ----------------------------------------------------------------------
 
     def interrupt(self) -> None:
-        self._stop.set()
+        self.batcher.stop_all()
+
+    def check_room(self) -> None:
+        self.batcher.check_room()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(answers generating, answers waiting for a place in the batch)."""
+        return self.batcher.load
 
     def stream(
         self,
@@ -286,89 +295,74 @@ class TransformersBackend:
         tools: Tools = None,
         prefix: str = "",
     ) -> TokenStream:
+        """Queue the answer now (raising :class:`~learnloop.agent.batching.Overloaded`
+        when the queue is full); its pieces arrive as the batch generates them."""
+        from transformers import TextIteratorStreamer
+
         prompt = self.render(messages, tools, prefix)
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        inputs = inputs.to(self.model.device)
-        result = TokenStream(iter(()), prompt_tokens=int(inputs["input_ids"].shape[1]))
-        result.pieces = self._pieces(inputs, config, result, pin)
-        return result
-
-    def _pieces(
-        self, inputs: Any, config: GenerationConfig, result: TokenStream, pin: Pin | None
-    ) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        stop = self._stop  # an interrupt: Ctrl-C, a consumer gone
-        ended = threading.Event()  # the answer reached a stop string or its first paragraph
-        scanner = StopScanner(config.stop, paragraph=not config.whole_answer)
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                done = stop.is_set() or ended.is_set()
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
-
+        ids = inputs["input_ids"].to(self.model.device)
+        pin = pin or Pin(self.version)
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
         )
-        kwargs: dict[str, Any] = dict(
-            **inputs,
-            streamer=streamer,
-            max_new_tokens=config.max_new_tokens,
-            repetition_penalty=config.repetition_penalty,
-            stopping_criteria=StoppingCriteriaList([_Stop()]),
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        if config.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p)
-        output: dict[str, Any] = {}
+        streamer.put(ids)  # the prompt: skipped, as generate's first put is
+        finished = threading.Event()
+        failure: list[BaseException] = []
 
-        def work() -> None:
-            try:
-                if config.seed >= 0:
-                    torch.manual_seed(config.seed)
-                with torch.inference_mode():
-                    if result.version == BASE_VERSION and self._is_peft():
-                        with self.model.disable_adapter():
-                            output["ids"] = self.model.generate(**kwargs)
-                    else:
-                        output["ids"] = self.model.generate(**kwargs)
-            except BaseException as exc:  # handed to the consumer below
-                output["error"] = exc
-                streamer.end()
+        def finish(error: BaseException | None) -> None:
+            failure.extend([error] if error is not None else [])
+            streamer.end()
+            finished.set()
 
-        with self._lock:
-            result.version = self._use(pin or Pin(self.version))
-            stop.clear()
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            try:
-                for piece in streamer:  # after an ending, what was generated meanwhile is dropped
-                    shown = scanner.feed(piece)
-                    if scanner.stopped_by is not None:
-                        ended.set()
-                    if shown:
-                        yield shown
-                rest = scanner.finish()
-                if rest:
-                    yield rest
-            except BaseException:  # the consumer stopped early: stop generating too
-                stop.set()
-                raise
-            finally:
-                worker.join()
-                result.interrupted = stop.is_set()
-                result.stopped_by = scanner.stopped_by
-                if "ids" in output:
-                    result.completion_tokens = _new_tokens(output["ids"], result.prompt_tokens)
-                    new_ids = output["ids"][0, result.prompt_tokens :].tolist()
-                    result.truncated = scanner.stopped_by is None and stopped_by_limit(
-                        new_ids, config.max_new_tokens, self._end_ids()
-                    )
-        if "error" in output:
-            raise output["error"]
+        adapter = BASE_ROW if pin.version == BASE_VERSION else pin.version
+        row = Row(ids, config, adapter, lambda token: streamer.put(_one(token)), finish)
+        with self._loading:
+            self._pending[pin.version] += 1
+        try:
+            self._load(pin)
+            self.batcher.submit(row)
+        finally:
+            with self._loading:
+                self._pending[pin.version] -= 1
+                if not self._pending[pin.version]:
+                    del self._pending[pin.version]
+        result = TokenStream(iter(()), prompt_tokens=int(ids.shape[1]), version=pin.version)
+        result.pieces = self._pieces(row, streamer, finished, failure, result)
+        return result
+
+    def _pieces(
+        self,
+        row: Row,
+        streamer: Any,
+        finished: threading.Event,
+        failure: list[BaseException],
+        result: TokenStream,
+    ) -> Iterator[str]:
+        scanner = StopScanner(row.config.stop, paragraph=not row.config.whole_answer)
+        try:
+            for piece in streamer:  # after an ending, what was generated meanwhile is dropped
+                shown = scanner.feed(piece)
+                if scanner.stopped_by is not None:
+                    row.stop.set()
+                if shown:
+                    yield shown
+            rest = scanner.finish()
+            if rest:
+                yield rest
+        except BaseException:  # the consumer stopped early: the row leaves the batch
+            row.stop.set()
+            raise
+        finally:
+            finished.wait(timeout=60)
+            result.interrupted = row.stop.is_set() and scanner.stopped_by is None
+            result.stopped_by = scanner.stopped_by
+            result.completion_tokens = len(row.tokens)
+            result.truncated = scanner.stopped_by is None and stopped_by_limit(
+                row.tokens, row.config.max_new_tokens, self._end_ids()
+            )
+        if failure:
+            raise failure[0]
 
     def _end_ids(self) -> set[int]:
         ends = self.model.generation_config.eos_token_id
@@ -479,5 +473,7 @@ def stopped_by_limit(new_ids: list[int], limit: int, end_ids: set[int]) -> bool:
     return len(new_ids) >= limit and bool(new_ids) and new_ids[-1] not in end_ids
 
 
-def _new_tokens(ids: Any, prompt_tokens: int) -> int:
-    return int(ids.shape[1]) - prompt_tokens
+def _one(token: int) -> Any:
+    import torch
+
+    return torch.tensor([token])

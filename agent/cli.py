@@ -34,7 +34,7 @@ from learnloop.agent.cli_support import (
     tools_options,
 )
 from learnloop.agent.cli_versions import versions_rm
-from learnloop.agent.config import GenerationConfig
+from learnloop.agent.config import GenerationConfig, ServingConfig
 from learnloop.agent.options import dataclass_options, pop_config_values
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import TriggerConfig
@@ -148,6 +148,7 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
 @dataclass_options(GenerationConfig)
 @tools_options
 @dataclass_options(TriggerConfig)
+@dataclass_options(ServingConfig)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -169,6 +170,7 @@ def serve(
 
     quiet_libraries()
     trigger = config_from(TriggerConfig, pop_config_values(TriggerConfig, values))
+    serving = config_from(ServingConfig, pop_config_values(ServingConfig, values))
     toolbox, limits = toolbox_from(values)
     generation = config_from(GenerationConfig, values)
     run_server(
@@ -183,6 +185,7 @@ def serve(
         max_prompt_tokens=max_prompt_tokens,
         toolbox=toolbox,
         limits=limits,
+        serving=serving,
     )
 
 

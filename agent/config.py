@@ -121,6 +121,31 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """How many answers the server generates at once and how many may wait
+    (agent/batching.py)."""
+
+    max_batch: int = field(
+        default=8,
+        metadata={
+            "help": "most answers generated together, in one continuous batch (requests join "
+            "it between decode steps)"
+        },
+    )
+    max_queue: int = field(
+        default=64,
+        metadata={
+            "help": "most requests waiting for a place in the batch; one more is refused "
+            "with a 503 and Retry-After"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError("--max-batch must be at least 1 and --max-queue at least 0")
+
+
+@dataclass(frozen=True)
 class LoopLimits:
     """How far one turn's loop between the model and its tools may go (agent/graph.py)."""
 

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,10 @@ def start_server(
 # -- measuring ---------------------------------------------------------------------------
 
 
-def stream_chat(url: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+def stream_chat(url: str, prompt: str, max_tokens: int, **settings: Any) -> dict[str, Any]:
+    """One streamed chat; ``settings``: more of the request's fields (temperature, ...)."""
     body = {
+        **settings,
         "model": "learnloop",
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
@@ -322,17 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    results = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    measured = {
         "single": single,
         "load": load,
         "swap": swap,
         "logging": logging_cost(args.out, args.log_ops),
     }
+    report(args, measured, table)
+    return 0
+
+
+def report(
+    args: argparse.Namespace, measured: dict[str, Any], table: Callable[[dict[str, Any]], str]
+) -> None:
+    """``OUT/results.json``: the run's settings, the machine and ``measured``; printed as
+    JSON with ``--json``, else as ``table`` makes it."""
+    results = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **measured,
+    }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2) if args.json else table(results))
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ Output, all inside ``RUN_DIR``:
 - ``metrics.json`` (written after the adapter, also by rename): per stage examples,
   steps, train_loss, seconds and the per-step losses (DPO adds the last logged
   ``rewards/accuracies`` and ``rewards/margins``); a skipped stage is ``null``. Plus
-  ``peak_rss_mb``, total ``seconds``, ``gate_seconds`` and ``trainable_params``.
+  ``peak_rss_mb``, total ``seconds``, ``gate_seconds``, ``trainable_params`` and
+  ``niceness`` (the CPU priority it trained at, :data:`NICENESS` above its parent's).
 - ``gate.json`` when a gate was asked for: the candidate and the active version measured
   on the same held-out feedback and control set (learning/evaluate.py).
 - ``trainer.log``: everything the libraries print, and the traceback of a failure.
@@ -99,6 +100,9 @@ if TYPE_CHECKING:
 GATE_FILE = "gate.json"
 PROGRESS_FILE = "progress.jsonl"
 METRICS_FILE = "metrics.json"
+# The child yields the CPU to its parent's process: a server answering chats while a
+# cycle trains (agent/batching.py) then slows down as little as the cores allow.
+NICENESS = 10
 ADAPTER_DIR = "adapter"
 LOG_FILE = "trainer.log"
 OUTPUT_DIR = "trl-output"
@@ -421,6 +425,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started, 3),
         "gate_seconds": gate_seconds,
         "trainable_params": trainable,
+        "niceness": os.nice(0),
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     progress.write("done")
@@ -462,6 +467,8 @@ def watch_parent(parent: int, report_fds: tuple[int, ...]) -> threading.Thread:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:  # a process of its own (not a test calling main): every thread it
+        os.nice(NICENESS)  # starts, torch's included, inherits the lower priority
     if len(args) != 1:
         print(fail("usage: python -m learnloop.learning.trainer RUN_DIR"), file=sys.stderr)
         return 2

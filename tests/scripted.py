@@ -80,3 +80,6 @@ class ScriptedBackend:
 
     def interrupt(self) -> None:
         pass
+
+    def check_room(self) -> None:
+        pass  # a script has no queue

@@ -20,7 +20,7 @@ import httpx
 import uvicorn
 
 from learnloop.agent.backend import Backend
-from learnloop.agent.config import GenerationConfig, LoopLimits
+from learnloop.agent.config import GenerationConfig, LoopLimits, ServingConfig
 from learnloop.agent.runtime import Agent
 from learnloop.agent.server.app import create_app
 from learnloop.agent.server.run import build_state, server_url
@@ -75,6 +75,7 @@ def running_server(
     backend: Backend | None = None,
     toolbox: Toolbox = NO_TOOLS,
     limits: LoopLimits | None = None,
+    serving: ServingConfig | None = None,
     **app_options: Any,
 ) -> Iterator[Running]:
     """``app_options``: more of ``create_app``'s settings (hosts, max_prompt_tokens);
@@ -91,6 +92,7 @@ def running_server(
             keep_adapters=keep_adapters,
             toolbox=toolbox,
             limits=limits,
+            serving=serving,
         )
     else:
         store = Store(shared=True)

@@ -1,5 +1,6 @@
-"""Hot-swap under load: concurrent streaming chats while the active version switches back
-and forth. Every answer must complete, and must be the answer of the version it names.
+"""Hot-swap under load: concurrent streaming chats, generated together in one batch, while
+the active version switches back and forth. Every answer must complete, and must be the
+answer of the version it names: the same text as that version's greedy answer alone.
 
 Two LoRA adapters with random (non-zero) weights make the tiny model answer a fixed
 prompt differently per version, so a greedy answer identifies the version that made it.
@@ -37,6 +38,7 @@ def stream_once(url: str) -> dict[str, Any]:
                 done = True
                 continue
             chunk = json.loads(line[6:])
+            assert "version" in chunk, chunk
             versions.add(chunk["version"])
             text += chunk["choices"][0]["delta"].get("content") or ""
     return {

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from learnloop.learning.trainer import NICENESS
+
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 STEPS = 3
 
@@ -197,6 +199,8 @@ def test_run_reports_metrics_and_progress(full_run: Run) -> None:
     assert metrics["trainable_params"] > 0
     assert metrics["peak_rss_mb"] > 0
     assert metrics["seconds"] > 0
+    # it trained below its parent's CPU priority: a server's answers come first
+    assert metrics["niceness"] == min(os.nice(0) + NICENESS, 19)
 
     progress = full_run.progress
     assert all(set(line) == {"stage", "step", "total", "loss", "t"} for line in progress)

@@ -326,6 +326,7 @@ class Prepared:
         # fitted here, not only in the graph: the headers say what was left out, and a
         # prompt that cannot fit is refused before anything is stored
         self.fitted: Fitted = state.agent.fit(messages, self.generation, max_prompt_tokens, shown)
+        state.agent.backend.check_room()  # a busy server says so (503) before storing anything
         self.thread_id = thread_id or store.create_owned_thread(new_thread_id(), owner)
         self.turn_id = store.new_turn_id()
         self.created = int(time.time())

@@ -27,7 +27,8 @@ def error(
 def install_errors(app: FastAPI) -> None:
     @app.exception_handler(LearnloopError)
     async def user_error(_: Request, exc: LearnloopError) -> JSONResponse:
-        return error(exc.status, exc.api_prefix + str(exc), exc.kind)
+        headers = getattr(exc, "headers", None)  # Retry-After on a busy server's 503
+        return error(exc.status, exc.api_prefix + str(exc), exc.kind, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from learnloop.agent.config import GenerationConfig, LoopLimits
+from learnloop.agent.config import GenerationConfig, LoopLimits, ServingConfig
 from learnloop.learning.toolbox import NO_TOOLS, Toolbox
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.home import data_root, server_file, write_private
@@ -32,6 +32,7 @@ def build_state(
     keep_adapters: int = 4,
     toolbox: Toolbox = NO_TOOLS,
     limits: LoopLimits | None = None,
+    serving: ServingConfig | None = None,
 ) -> ServerState:
     """The store (held for good), the model wrapped for adapters, the active version, and
     the operator's tools, which run inside the graph."""
@@ -45,8 +46,14 @@ def build_state(
     store = Store(shared=True)
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
     model = resolve_model(model_spec)
+    serving = serving or ServingConfig()
     backend = TransformersBackend(
-        model.path, model.name, keep_adapters=keep_adapters, fingerprint=model.fingerprint
+        model.path,
+        model.name,
+        keep_adapters=keep_adapters,
+        fingerprint=model.fingerprint,
+        max_batch=serving.max_batch,
+        max_queue=serving.max_queue,
     )
     agent = Agent(store, backend, generation, toolbox=toolbox, limits=limits)
     agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
@@ -70,6 +77,7 @@ def serve(
     max_prompt_tokens: int | None = None,
     toolbox: Toolbox = NO_TOOLS,
     limits: LoopLimits | None = None,
+    serving: ServingConfig | None = None,
 ) -> None:
     """``allow_hosts``: names besides the listening address and loopback's that requests
     may reach the server by; ``max_prompt_tokens``: the bound on a chat request's prompt
@@ -95,7 +103,13 @@ def serve(
         require_keys = keys_required(host, keys)
     token = new_key() if require_keys else None  # the CLI's key to this server
     state = build_state(
-        model_spec, generation, trigger, bench_results, toolbox=toolbox, limits=limits
+        model_spec,
+        generation,
+        trigger,
+        bench_results,
+        toolbox=toolbox,
+        limits=limits,
+        serving=serving,
     )
     path = server_file()
 
