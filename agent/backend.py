@@ -359,7 +359,7 @@ class TransformersBackend:
             result.stopped_by = scanner.stopped_by
             result.completion_tokens = len(row.tokens)
             result.truncated = scanner.stopped_by is None and stopped_by_limit(
-                row.tokens, row.config.max_new_tokens, self._end_ids()
+                row.tokens, row.config.max_new_tokens, self.batcher.end_ids
             )
         if failure:
             raise failure[0]
