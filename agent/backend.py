@@ -2,8 +2,9 @@
 
 :class:`Backend` is what the chat model, the agent and the CLI rely on: render a
 prompt, stream an answer, switch the adapter version. :class:`TransformersBackend` is the
-first implementation (transformers + PEFT on CPU or GPU); faster engines (llama.cpp,
-vLLM with multi-LoRA) plug in behind the same protocol.
+:class:`BatchedBackend` is what every engine shares (the tokenizer renders prompts and
+streams text, agent/batching.py generates); :class:`TransformersBackend` is transformers
++ PEFT on CPU or GPU, in fp32 or bf16, and agent/llama_engine.py is llama.cpp.
 
 Adapter switching: each version's adapter is loaded under its own unique name (the
 version id) into the already-loaded base model with PEFT's ``load_adapter``: no reload of
@@ -24,6 +25,7 @@ that version's adapter answers it, whatever was switched meanwhile.
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import threading
 import time
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from learnloop.agent.batching import BASE_ROW, Batcher, Row
+from learnloop.agent.batching import Batcher, Decoder, Row
 from learnloop.agent.config import PARAGRAPH, GenerationConfig
 from learnloop.learning import chat_format
 from learnloop.learning.adapters import AdapterDamaged, check
@@ -72,6 +74,7 @@ class TokenStream:
 
 class Backend(Protocol):
     model_name: str
+    engine: str  # what generates, in words: "transformers float32", "llama.cpp f16"
     fingerprint: str | None  # the base's weights (learning/models.py); None: unknown
     version: str
     context_tokens: int  # the most tokens the model attends to: prompt and answer together
@@ -120,46 +123,50 @@ class Backend(Protocol):
         ...
 
 
-class TransformersBackend:
-    """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
+class BatchedBackend:
+    """A backend whose answers a :class:`Batcher` generates with an engine's
+    :class:`Decoder`; the engine loads adapters (:meth:`_load`, :meth:`_evict`).
+
+    Text goes through the Hugging Face tokenizer whatever the engine: prompts are rendered
+    and tokenised as training saw them, and the same ids reach every engine."""
+
+    engine: str
 
     def __init__(
         self,
-        checkpoint: str,
+        tokenizer: Any,
         model_name: str,
+        fingerprint: str | None,
+        context_tokens: int,
+        end_ids: set[int],
         *,
-        keep_adapters: int = 2,
-        fingerprint: str | None = None,
-        max_batch: int = 8,
-        max_queue: int = 64,
+        max_batch: int,
+        max_queue: int,
     ) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
+        self.tokenizer = tokenizer
         self.model_name = model_name
         self.fingerprint = fingerprint
+        self.context_tokens = context_tokens
         self.version = BASE_VERSION
-        self.keep_adapters = keep_adapters
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        try:
-            self.tokenizer = load_tokenizer(checkpoint)
-            model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype)
-        except OSError as exc:  # hub unreachable, missing files, not a model
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelNotFound(f"cannot load model {checkpoint}: {first_line}") from exc
-        self.model: Any = model.to(device)
-        self.model.eval()
-        self.context_tokens = context_length(model.config, self.tokenizer)
         self._loading = threading.Lock()  # held while adapters are added or removed
-        self._loaded: list[str] = []  # adapter names in load order
         self._paths: dict[str, str] = {}  # adapter folder of every version seen
         self._checksums: dict[str, str] = {}  # what each folder must hash to when loaded
         self._pending: collections.Counter[str] = collections.Counter()  # loaded, not queued
-        self.batcher = Batcher(
-            lambda: self.model, self._end_ids(), max_batch=max_batch, max_queue=max_queue
-        )
+        self.batcher = Batcher(self._decoder(), end_ids, max_batch=max_batch, max_queue=max_queue)
         self.batcher.between_steps.append(self._evict)
+
+    def _decoder(self) -> Decoder:
+        raise NotImplementedError
+
+    def _load(self, pin: Pin) -> None:
+        """Load ``pin``'s adapter unless it is loaded (AdapterDamaged if it cannot be)."""
+        raise NotImplementedError
+
+    def _evict(self) -> None:
+        """Bound memory between two decode steps: forget adapters nobody needs."""
+
+    def ready_for_adapters(self) -> None:
+        """Get ready for :meth:`prepare` to load adapters while answers run."""
 
     # -- prompts -------------------------------------------------------------------------
 
@@ -170,7 +177,7 @@ class TransformersBackend:
         ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)
         return len(ids["input_ids"])
 
-    # -- adapters ------------------------------------------------------------------------
+    # -- versions ------------------------------------------------------------------------
 
     def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
         """Make ``version`` the one unpinned answers get; answers in progress go on with
@@ -183,9 +190,178 @@ class TransformersBackend:
         """Load ``pin``'s adapter while answers go on, and make it the default version: a
         swap that waits for nobody. Returns the seconds spent."""
         started = time.perf_counter()
-        self._load(pin)
-        self.version = pin.version
+        with self._needing(pin.version):  # not evicted between its load and the repoint
+            if pin.version != BASE_VERSION:
+                self._remember(pin)
+                self._load(pin)
+            self.version = pin.version
         return time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def _needing(self, version: str) -> Iterator[None]:
+        """Count ``version`` as needed (:meth:`_needed`) inside this block."""
+        with self._loading:
+            self._pending[version] += 1
+        try:
+            yield
+        finally:
+            with self._loading:
+                self._pending[version] -= 1
+                if not self._pending[version]:
+                    del self._pending[version]
+
+    def _remember(self, pin: Pin) -> None:
+        if pin.adapter_path is not None:
+            self._paths[pin.version] = pin.adapter_path
+        if pin.checksum is not None:
+            self._checksums[pin.version] = pin.checksum
+        if pin.version not in self._paths:
+            raise ValueError(f"version {pin.version} needs an adapter path")
+
+    def _needed(self) -> set[str | None]:
+        """Adapters that may not go: the default version's, and those of the answers
+        generating, waiting or about to wait. The caller holds ``_loading``."""
+        return {self.version, *self.batcher.in_use(), *self._pending}
+
+    # -- generation ----------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.batcher.stop_all()
+
+    def check_room(self) -> None:
+        self.batcher.check_room()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(answers generating, answers waiting for a place in the batch)."""
+        return self.batcher.load
+
+    def stream(
+        self,
+        messages: list[Message],
+        config: GenerationConfig,
+        pin: Pin | None = None,
+        tools: Tools = None,
+        prefix: str = "",
+    ) -> TokenStream:
+        """Queue the answer now (raising :class:`~learnloop.agent.batching.Overloaded`
+        when the queue is full); its pieces arrive as the batch generates them."""
+        from transformers import TextIteratorStreamer
+
+        prompt = self.render(messages, tools, prefix)
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        pin = pin or Pin(self.version)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
+        )
+        streamer.put(ids)  # the prompt: skipped, as generate's first put is
+        finished = threading.Event()
+        failure: list[BaseException] = []
+
+        def finish(error: BaseException | None) -> None:
+            failure.extend([error] if error is not None else [])
+            streamer.end()
+            finished.set()
+
+        adapter = None if pin.version == BASE_VERSION else pin.version
+        row = Row(self._on_device(ids), config, adapter, lambda t: streamer.put(_one(t)), finish)
+        with self._needing(pin.version):  # until its row is queued, which counts then
+            if adapter is not None:
+                self._remember(pin)
+                self._load(pin)
+            self.batcher.submit(row)
+        result = TokenStream(iter(()), prompt_tokens=int(ids.shape[1]), version=pin.version)
+        result.pieces = self._pieces(row, streamer, finished, failure, result)
+        return result
+
+    def _on_device(self, ids: Any) -> Any:
+        return ids
+
+    def _pieces(
+        self,
+        row: Row,
+        streamer: Any,
+        finished: threading.Event,
+        failure: list[BaseException],
+        result: TokenStream,
+    ) -> Iterator[str]:
+        scanner = StopScanner(row.config.stop, paragraph=not row.config.whole_answer)
+        try:
+            for piece in streamer:  # after an ending, what was generated meanwhile is dropped
+                shown = scanner.feed(piece)
+                if scanner.stopped_by is not None:
+                    row.stop.set()
+                if shown:
+                    yield shown
+            rest = scanner.finish()
+            if rest:
+                yield rest
+        except BaseException:  # the consumer stopped early: the row leaves the batch
+            row.stop.set()
+            raise
+        finally:
+            finished.wait(timeout=60)
+            result.interrupted = row.stop.is_set() and scanner.stopped_by is None
+            result.stopped_by = scanner.stopped_by
+            result.completion_tokens = len(row.tokens)
+            result.truncated = scanner.stopped_by is None and stopped_by_limit(
+                row.tokens, row.config.max_new_tokens, self.batcher.end_ids
+            )
+        if failure:
+            raise failure[0]
+
+
+class TransformersBackend(BatchedBackend):
+    """transformers + PEFT: a base model loaded once, LoRA adapters swapped in by name."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        model_name: str,
+        *,
+        keep_adapters: int = 2,
+        fingerprint: str | None = None,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        dtype: str = "auto",
+    ) -> None:
+        """``dtype``: "float32", "bfloat16", or "auto" (bf16 on a GPU, fp32 on a CPU)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if device == "cuda" else "float32"
+        try:
+            tokenizer = load_tokenizer(checkpoint)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                checkpoint, dtype=getattr(torch, dtype)
+            )
+        except OSError as exc:  # hub unreachable, missing files, not a model
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ModelNotFound(f"cannot load model {checkpoint}: {first_line}") from exc
+        self.model: Any = model.to(device)
+        self.model.eval()
+        self.engine = f"transformers {dtype}"
+        self.keep_adapters = keep_adapters
+        self._loaded: list[str] = []  # adapter names in load order
+        super().__init__(
+            tokenizer,
+            model_name,
+            fingerprint,
+            context_length(model.config, tokenizer),
+            _end_ids(self.model, tokenizer),
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
+
+    def _decoder(self) -> Decoder:
+        from learnloop.agent.torch_decoder import TorchDecoder
+
+        return TorchDecoder(lambda: self.model)
+
+    def _on_device(self, ids: Any) -> Any:
+        return ids.to(self.model.device)
 
     def ready_for_adapters(self) -> None:
         """Wrap the base model for adapters now, with an empty placeholder adapter (LoRA B
@@ -204,23 +380,12 @@ class TransformersBackend:
         """Load ``pin``'s adapter unless it is loaded. Adding an adapter to a PEFT model
         adds modules the running rows do not use; the first one wraps the model, which
         waits for a gap between decode steps."""
-        if pin.version == BASE_VERSION:
-            return
-        self._remember(pin)
         if self._is_peft():
             with self._loading:
                 self._inject(pin.version)
         else:
             with self.batcher.paused(), self._loading:
                 self._inject(pin.version)
-
-    def _remember(self, pin: Pin) -> None:
-        if pin.adapter_path is not None:
-            self._paths[pin.version] = pin.adapter_path
-        if pin.checksum is not None:
-            self._checksums[pin.version] = pin.checksum
-        if pin.version not in self._paths:
-            raise ValueError(f"version {pin.version} needs an adapter path")
 
     def _is_peft(self) -> bool:
         from peft import PeftModel
@@ -266,7 +431,7 @@ class TransformersBackend:
         default version's nor one a row generating, waiting or about to wait needs. Run by
         the batcher between two decode steps, so no forward pass is using any of them."""
         with self._loading:
-            needed = {self.version, *self.batcher.in_use(), *self._pending}
+            needed = self._needed()
             for old in list(self._loaded):
                 if len(self._loaded) <= self.keep_adapters:
                     break
@@ -274,100 +439,11 @@ class TransformersBackend:
                     self._loaded.remove(old)
                     self.model.delete_adapter(old)
 
-    # -- generation ----------------------------------------------------------------------
 
-    def interrupt(self) -> None:
-        self.batcher.stop_all()
-
-    def check_room(self) -> None:
-        self.batcher.check_room()
-
-    @property
-    def load(self) -> tuple[int, int]:
-        """(answers generating, answers waiting for a place in the batch)."""
-        return self.batcher.load
-
-    def stream(
-        self,
-        messages: list[Message],
-        config: GenerationConfig,
-        pin: Pin | None = None,
-        tools: Tools = None,
-        prefix: str = "",
-    ) -> TokenStream:
-        """Queue the answer now (raising :class:`~learnloop.agent.batching.Overloaded`
-        when the queue is full); its pieces arrive as the batch generates them."""
-        from transformers import TextIteratorStreamer
-
-        prompt = self.render(messages, tools, prefix)
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        ids = inputs["input_ids"].to(self.model.device)
-        pin = pin or Pin(self.version)
-        streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
-        )
-        streamer.put(ids)  # the prompt: skipped, as generate's first put is
-        finished = threading.Event()
-        failure: list[BaseException] = []
-
-        def finish(error: BaseException | None) -> None:
-            failure.extend([error] if error is not None else [])
-            streamer.end()
-            finished.set()
-
-        adapter = BASE_ROW if pin.version == BASE_VERSION else pin.version
-        row = Row(ids, config, adapter, lambda token: streamer.put(_one(token)), finish)
-        with self._loading:
-            self._pending[pin.version] += 1
-        try:
-            self._load(pin)
-            self.batcher.submit(row)
-        finally:
-            with self._loading:
-                self._pending[pin.version] -= 1
-                if not self._pending[pin.version]:
-                    del self._pending[pin.version]
-        result = TokenStream(iter(()), prompt_tokens=int(ids.shape[1]), version=pin.version)
-        result.pieces = self._pieces(row, streamer, finished, failure, result)
-        return result
-
-    def _pieces(
-        self,
-        row: Row,
-        streamer: Any,
-        finished: threading.Event,
-        failure: list[BaseException],
-        result: TokenStream,
-    ) -> Iterator[str]:
-        scanner = StopScanner(row.config.stop, paragraph=not row.config.whole_answer)
-        try:
-            for piece in streamer:  # after an ending, what was generated meanwhile is dropped
-                shown = scanner.feed(piece)
-                if scanner.stopped_by is not None:
-                    row.stop.set()
-                if shown:
-                    yield shown
-            rest = scanner.finish()
-            if rest:
-                yield rest
-        except BaseException:  # the consumer stopped early: the row leaves the batch
-            row.stop.set()
-            raise
-        finally:
-            finished.wait(timeout=60)
-            result.interrupted = row.stop.is_set() and scanner.stopped_by is None
-            result.stopped_by = scanner.stopped_by
-            result.completion_tokens = len(row.tokens)
-            result.truncated = scanner.stopped_by is None and stopped_by_limit(
-                row.tokens, row.config.max_new_tokens, self.batcher.end_ids
-            )
-        if failure:
-            raise failure[0]
-
-    def _end_ids(self) -> set[int]:
-        ends = self.model.generation_config.eos_token_id
-        ids = set(ends if isinstance(ends, list) else [ends])
-        return ids | {self.tokenizer.eos_token_id}
+def _end_ids(model: Any, tokenizer: Any) -> set[int]:
+    ends = model.generation_config.eos_token_id
+    ids = set(ends if isinstance(ends, list) else [ends])
+    return ids | {tokenizer.eos_token_id}
 
 
 # A paragraph is complete when it ends a sentence: . ! or ?, then closing quotes, brackets or

@@ -1,12 +1,15 @@
 """Continuous batching: one decode loop that generates every answer in progress at once.
 
 A request joins the running batch between two decode steps: its prompt is prefilled on
-its own, then its key/value cache is merged into the batch's (left-padded to a common
-length, the padding masked out). Each step runs the model once over the last token of
-every row, each row with its own adapter (PEFT's per-row ``adapter_names``, ``__base__``
-for the base model), and samples each row with its own settings and random generator. A
-row leaves the batch as soon as it ends: an end-of-turn token, its token limit, or its
-consumer's stop (a stop string found, a client gone), and its place is free for the next.
+its own, then it takes part in every step, which runs the model once over the last token
+of every row, each row with its own adapter, and samples each row with its own settings
+and random generator. A row leaves the batch as soon as it ends: an end-of-turn token,
+its token limit, or its consumer's stop (a stop string found, a client gone), and its
+place is free for the next.
+
+The loop, the queue and the sampling are the same for every engine; running the model is
+a :class:`Decoder`'s job (agent/torch_decoder.py: transformers with PEFT's per-row
+adapters; agent/llama_engine.py: llama.cpp, a context per version).
 
 Invariants:
 
@@ -17,7 +20,7 @@ Invariants:
   whoever else is in the batch, up to the floating-point effect of padding (the masked
   positions add exact zeros, but matrix products over a different batch shape may round
   differently, so a near tie between two tokens can fall either way);
-- only the loop's thread runs the model; whoever must change modules that answers run
+- only the loop's thread calls the decoder; whoever must change modules that answers run
   through (wrapping the model for adapters) does it inside :meth:`Batcher.paused`, which
   waits for the step in progress and holds the next, so no forward pass ever sees a
   half-changed model;
@@ -33,12 +36,10 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from learnloop.agent.config import GenerationConfig
 from learnloop.storage.errors import Unavailable
-
-BASE_ROW = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 class Overloaded(Unavailable):
@@ -61,7 +62,7 @@ class Row:
 
     prompt: Any  # a [1, L] tensor of token ids
     config: GenerationConfig
-    adapter: str  # the adapter's name (its version), or BASE_ROW
+    adapter: str | None  # the adapter's name (its version); None: the base model
     emit: Callable[[int], None]
     finish: Callable[[BaseException | None], None]
     stop: threading.Event = field(default_factory=threading.Event)
@@ -69,7 +70,7 @@ class Row:
     ended_by_model: bool = False  # an end-of-turn token, not a limit or a stop
     _generator: Any = None
     _processors: Any = None
-    _cached: int = 0  # tokens of this row in the cache (prompt + generated but the last)
+    cached: int = 0  # tokens of this row in the cache (prompt + generated but the last)
 
     @property
     def ids(self) -> Any:
@@ -80,18 +81,55 @@ class Row:
         return torch.cat([self.prompt, new], dim=1)
 
 
+class Decoder(Protocol):
+    """Runs the model for the batcher, only ever on its loop thread. It keeps each running
+    row's key/value cache, in the order of the batcher's running rows; logits are torch
+    tensors of shape [rows, vocabulary]."""
+
+    def reserve(self, row: Row) -> bool:
+        """Take room for ``row`` (leaving the queue next), or say there is none yet (it
+        waits, first in line). What it took is given back by :meth:`discard` or
+        :meth:`retain`."""
+        ...
+
+    def prefill(self, row: Row) -> Any:
+        """The logits after ``row``'s prompt; its cache is kept aside until :meth:`admit`
+        or :meth:`discard`."""
+        ...
+
+    def admit(self, row: Row) -> None:
+        """The row just prefilled joins the running rows, last."""
+        ...
+
+    def discard(self, row: Row) -> None:
+        """The row just prefilled (or failing to) ended at once: drop its cache."""
+        ...
+
+    def step(self, rows: list[Row]) -> Any:
+        """One decode step over the last token of each running row."""
+        ...
+
+    def retain(self, rows: list[Row], keep: list[int]) -> None:
+        """Of the running ``rows``, only those at ``keep`` go on."""
+        ...
+
+    def reset(self) -> None:
+        """A step failed: every running row's cache is dropped."""
+        ...
+
+
 class Batcher:
     """The decode loop, on a daemon thread started with the first request."""
 
     def __init__(
         self,
-        model: Callable[[], Any],
+        decoder: Decoder,
         end_ids: set[int],
         *,
         max_batch: int = 8,
         max_queue: int = 64,
     ) -> None:
-        self._model = model  # read anew each step: wrapping it for adapters replaces it
+        self.decoder = decoder
         self.end_ids = end_ids
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -101,7 +139,6 @@ class Batcher:
         self._waiting: collections.deque[Row] = collections.deque()
         self._running: list[Row] = []
         self._joining: list[Row] = []  # taken from the queue, being prefilled
-        self._cache: Any = None  # the running rows' DynamicCache, rows in _running's order
         self._thread: threading.Thread | None = None
         self.peak = 0  # the most rows that ever generated together
         self.between_steps: list[Callable[[], None]] = []  # run by the loop, lock held
@@ -146,7 +183,7 @@ class Batcher:
         for row in (*tuple(self._running), *tuple(self._joining), *tuple(self._waiting)):
             row.stop.set()
 
-    def in_use(self) -> set[str]:
+    def in_use(self) -> set[str | None]:
         """The adapters of the rows generating or waiting: none of them may be deleted."""
         with self._wake:
             return {row.adapter for row in [*self._running, *self._joining, *self._waiting]}
@@ -168,14 +205,28 @@ class Batcher:
             with self._step_lock, torch.inference_mode():
                 for hook in self.between_steps:  # the rows about to join are still waiting
                     hook()
-                with self._wake:
-                    room = min(self.max_batch - len(self._running), len(self._waiting))
-                    self._joining = [self._waiting.popleft() for _ in range(room)]
+                self._take_waiting()
                 for row in self._joining:
                     self._guarded(self._join, row)
                 self._joining = []
                 if self._running:
                     self._guarded(self._step)
+
+    def _take_waiting(self) -> None:
+        """Move rows from the queue's head to ``_joining`` while there are places and the
+        decoder has room for them. Only the loop takes from the queue, so the head it
+        reserved for is still the head after; reserving may take time (a llama.cpp
+        context is made), so it runs without holding the queue's lock."""
+        room = self.max_batch - len(self._running)
+        while len(self._joining) < room:
+            with self._wake:
+                if not self._waiting:
+                    return
+                head = self._waiting[0]
+            if not self.decoder.reserve(head):
+                return
+            with self._wake:
+                self._joining.append(self._waiting.popleft())
 
     def _guarded(self, work: Callable[..., None], *row: Row) -> None:
         """Run one prefill (of ``row``) or one step; a failure ends the rows it concerns
@@ -184,63 +235,45 @@ class Batcher:
             work(*row)
         except BaseException as exc:  # handed to each row's consumer
             failed = list(row) or self._running
-            if not row:
+            if row:
+                self.decoder.discard(*row)
+            else:
                 with self._wake:
-                    self._running, self._cache = [], None
+                    self._running = []
+                self.decoder.reset()
             for each in failed:
                 each.finish(exc)
 
     def _join(self, row: Row) -> None:
-        """Prefill ``row``'s prompt alone and merge its cache into the batch's."""
-        from transformers import DynamicCache
-
+        """Prefill ``row``'s prompt alone; it joins the batch unless it ended at once."""
         if row.stop.is_set():
+            self.decoder.discard(row)
             row.finish(None)
             return
         _prepare(row)
-        cache, model = DynamicCache(), self._model()
-        out = model(
-            input_ids=row.prompt,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **_adapters(model, [row]),
-        )
-        row._cached = int(row.prompt.shape[1])
-        if self._accept(row, out.logits[:, -1, :]):
-            self._cache = cache if not self._running else _merge(self._cache, self._running, cache)
-            with self._wake:
-                self._running.append(row)
-                self.peak = max(self.peak, len(self._running))
+        logits = self.decoder.prefill(row)
+        row.cached = int(row.prompt.shape[1])
+        if not self._accept(row, logits):
+            self.decoder.discard(row)
+            return
+        self.decoder.admit(row)
+        with self._wake:
+            self._running.append(row)
+            self.peak = max(self.peak, len(self._running))
 
     def _step(self) -> None:
         """One decode step for every running row."""
-        import torch
-
         rows = self._running
-        device = rows[0].prompt.device
-        width = self._cache.get_seq_length()
-        mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=device)
-        for i, row in enumerate(rows):
-            mask[i, width - row._cached :] = 1
-        model = self._model()
-        out = model(
-            input_ids=torch.tensor([[row.tokens[-1]] for row in rows], device=device),
-            attention_mask=mask,
-            position_ids=torch.tensor([[row._cached] for row in rows], device=device),
-            cache=self._cache,
-            use_cache=True,
-            **_adapters(model, rows),
-        )
+        logits = self.decoder.step(rows)
         keep = []
         for i, row in enumerate(rows):
-            row._cached += 1
-            if self._accept(row, out.logits[i : i + 1, -1, :]):
+            row.cached += 1
+            if self._accept(row, logits[i : i + 1]):
                 keep.append(i)
         if len(keep) < len(rows):
             with self._wake:
                 self._running = [rows[i] for i in keep]
-            self._cache = _select(self._cache, keep, [rows[i] for i in keep])
+            self.decoder.retain(rows, keep)
 
     def _accept(self, row: Row, logits: Any) -> bool:
         """Sample ``row``'s next token from ``logits`` and hand it out; False once the row
@@ -250,7 +283,9 @@ class Batcher:
         if row.stop.is_set():
             row.finish(None)
             return False
-        scores = row._processors(row.ids, logits.to(dtype=torch.float32))
+        scores = logits.to(dtype=torch.float32)
+        if row._processors:  # none for greedy answers: skip rebuilding the row's ids
+            scores = row._processors(row.ids, scores)
         if row.config.greedy:
             token = int(torch.argmax(scores, dim=-1))
         else:
@@ -291,52 +326,3 @@ def _prepare(row: Row) -> None:
     row._generator = torch.Generator()
     seed = config.seed if config.seed >= 0 else random.getrandbits(63)
     row._generator.manual_seed(seed)
-
-
-def _adapters(model: Any, rows: list[Row]) -> dict[str, Any]:
-    """Each row's adapter, for a model wrapped for adapters (one that is not has only
-    base rows: loading a version's adapter wraps it, before its first row is queued)."""
-    if not hasattr(model, "peft_config"):
-        return {}
-    return {"adapter_names": [row.adapter for row in rows]}
-
-
-def _layers(cache: Any) -> list[Any]:
-    return list(cache.layers)
-
-
-def _merge(cache: Any, rows: list[Row], new: Any) -> Any:
-    """``cache`` (one row per running row) with ``new``'s one row appended below, every
-    row left-padded with zeros to the longer of the two lengths."""
-    import torch
-
-    width = max(cache.get_seq_length(), new.get_seq_length())
-    for old, add in zip(_layers(cache), _layers(new), strict=True):
-        parts = [_pad_left(t, width) for t in (old.keys, add.keys)]
-        old.keys = torch.cat(parts, dim=0)
-        parts = [_pad_left(t, width) for t in (old.values, add.values)]
-        old.values = torch.cat(parts, dim=0)
-    return cache
-
-
-def _select(cache: Any, keep: list[int], rows: list[Row]) -> Any:
-    """``cache`` with only the rows ``keep``, and without the columns that are padding in
-    every one of them."""
-    if not keep:
-        return None
-    width = cache.get_seq_length()
-    trim = width - max(row._cached for row in rows)
-    for layer in _layers(cache):
-        layer.keys = layer.keys[keep, :, trim:, :]
-        layer.values = layer.values[keep, :, trim:, :]
-    return cache
-
-
-def _pad_left(t: Any, width: int) -> Any:
-    import torch
-
-    missing = width - t.shape[2]
-    if missing == 0:
-        return t
-    pad = t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3]))
-    return torch.cat([pad, t], dim=2)

@@ -120,10 +120,13 @@ class GenerationConfig:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
+ENGINES = ("auto", "llama.cpp", "transformers", "transformers-bf16")
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """How many answers the server generates at once and how many may wait
-    (agent/batching.py)."""
+    """What generates the server's answers (agent/engines.py), how many at once and how
+    many may wait (agent/batching.py)."""
 
     max_batch: int = field(
         default=8,
@@ -140,9 +143,32 @@ class ServingConfig:
         },
     )
 
+    engine: str = field(
+        default="auto",
+        metadata={
+            "help": "what generates answers: llama.cpp (the model's GGUF in llama.cpp, each "
+            "version's adapter converted; the fastest here, needs `make llama`), "
+            "transformers (PyTorch, fp32 on a CPU), transformers-bf16, or auto: llama.cpp "
+            "when it is installed and the model is a GGUF, else transformers",
+            "choices": ENGINES,
+        },
+    )
+    llama_weights: str = field(
+        default="f16",
+        metadata={
+            "help": "the weights llama.cpp computes with: f16 (fast; answers as the fp32 "
+            "model the gate measures, see README), f32 (exact, slower) or bf16",
+            "choices": ("f16", "f32", "bf16"),
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 0:
             raise ValueError("--max-batch must be at least 1 and --max-queue at least 0")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}")
+        if self.llama_weights not in ("f16", "f32", "bf16"):
+            raise ValueError("--llama-weights must be f16, f32 or bf16")
 
 
 @dataclass(frozen=True)

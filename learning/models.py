@@ -70,6 +70,7 @@ class ResolvedModel:
     path: str  # a local folder or a hub id, ready for from_pretrained
     name: str  # short name for display
     fingerprint: str | None = None  # sha256 of its weights (see the module); None: a hub id
+    gguf: str | None = None  # the GGUF it was converted from, if it was one
 
     def trained(self, version: Version) -> bool:
         """Whether ``version`` was trained on this base (:func:`same_base`)."""
@@ -138,7 +139,7 @@ def resolve_model(spec: str | None, *, progress: bool = True) -> ResolvedModel:
 
 def _from_gguf(spec: str, gguf: Path, progress: bool) -> ResolvedModel:
     folder = convert_gguf(gguf, progress=progress)
-    return ResolvedModel(spec, str(folder), gguf.stem, file_digest(gguf))
+    return ResolvedModel(spec, str(folder), gguf.stem, file_digest(gguf), str(gguf))
 
 
 # -- fingerprints ---------------------------------------------------------------------------

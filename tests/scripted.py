@@ -31,6 +31,7 @@ class ScriptedBackend:
     prefix), streamed in pieces of a few characters; ``prompts`` keeps what it was given."""
 
     model_name = "scripted"
+    engine = "scripted"
     fingerprint: str | None = None
     context_tokens = 8192
 

@@ -36,7 +36,7 @@ def build_state(
 ) -> ServerState:
     """The store (held for good), the model wrapped for adapters, the active version, and
     the operator's tools, which run inside the graph."""
-    from learnloop.agent.backend import TransformersBackend
+    from learnloop.agent.engines import load_backend
     from learnloop.agent.runtime import Agent
     from learnloop.agent.server.state import ServerState
     from learnloop.learning.models import resolve_model
@@ -46,15 +46,7 @@ def build_state(
     store = Store(shared=True)
     store.fail_stale_runs(pid_alive)  # a cycle of a server that was killed
     model = resolve_model(model_spec)
-    serving = serving or ServingConfig()
-    backend = TransformersBackend(
-        model.path,
-        model.name,
-        keep_adapters=keep_adapters,
-        fingerprint=model.fingerprint,
-        max_batch=serving.max_batch,
-        max_queue=serving.max_queue,
-    )
+    backend = load_backend(model, serving or ServingConfig(), keep_adapters=keep_adapters)
     agent = Agent(store, backend, generation, toolbox=toolbox, limits=limits)
     agent.backend.ready_for_adapters()  # swaps then never wait for a gap between answers
     agent.sync_version()
@@ -130,7 +122,11 @@ def serve(
     url = server_url(host, port)
     info = {"url": url, "pid": os.getpid()} | ({"token": token} if token else {})
     write_private(path, json.dumps(info))
-    print(f"learnloop serving {url} (data root {data_root()}); Ctrl-C stops", file=sys.stderr)
+    engine = state.agent.backend.engine
+    print(
+        f"learnloop serving {url} with {engine} (data root {data_root()}); Ctrl-C stops",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")
 
 
