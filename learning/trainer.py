@@ -32,7 +32,8 @@ Output, all inside ``RUN_DIR``:
   steps, train_loss, seconds and the per-step losses (DPO adds the last logged
   ``rewards/accuracies`` and ``rewards/margins``); a skipped stage is ``null``. Plus
   ``peak_rss_mb``, total ``seconds``, ``gate_seconds``, ``trainable_params`` and
-  ``niceness`` (the CPU priority it trained at, :data:`NICENESS` above its parent's).
+  ``niceness`` (the CPU priority it trained at, :data:`NICENESS` above its parent's) and
+  ``session_niceness`` (its scheduling group's, :data:`NICENESS`; None without autogroups).
 - ``gate.json`` when a gate was asked for: the candidate and the active version measured
   on the same held-out feedback and control set (learning/evaluate.py).
 - ``trainer.log``: everything the libraries print, and the traceback of a failure.
@@ -426,6 +427,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         "gate_seconds": gate_seconds,
         "trainable_params": trainable,
         "niceness": os.nice(0),
+        "session_niceness": session_niceness(),
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     progress.write("done")
@@ -465,10 +467,29 @@ def watch_parent(parent: int, report_fds: tuple[int, ...]) -> threading.Thread:
     return thread
 
 
+def lower_priority() -> None:
+    """Run at :data:`NICENESS` below the parent. The child leads a session of its own
+    (so that a kill reaches its whole group), and where the kernel groups the tasks of
+    each session for scheduling (autogroup, on by default), a process's nice value only
+    weighs against the tasks of its own session: the session's group gets the nice value
+    too, or the trainer takes a core from the server whatever its nice."""
+    os.nice(NICENESS)
+    with contextlib.suppress(OSError):  # no autogroups (another OS, another kernel): nice holds
+        Path("/proc/self/autogroup").write_text(f"{NICENESS}\n")
+
+
+def session_niceness() -> int | None:
+    """The nice value of this process's scheduling group (None: no autogroups here)."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if argv is None:  # a process of its own (not a test calling main): every thread it
-        os.nice(NICENESS)  # starts, torch's included, inherits the lower priority
+        lower_priority()  # starts, torch's included, inherits the lower priority
     if len(args) != 1:
         print(fail("usage: python -m learnloop.learning.trainer RUN_DIR"), file=sys.stderr)
         return 2

@@ -201,6 +201,8 @@ def test_run_reports_metrics_and_progress(full_run: Run) -> None:
     assert metrics["seconds"] > 0
     # it trained below its parent's CPU priority: a server's answers come first
     assert metrics["niceness"] == min(os.nice(0) + NICENESS, 19)
+    if Path("/proc/self/autogroup").exists():  # and so did its session's scheduling group
+        assert metrics["session_niceness"] == NICENESS
 
     progress = full_run.progress
     assert all(set(line) == {"stage", "step", "total", "loss", "t"} for line in progress)
