@@ -122,6 +122,10 @@ class Backend(Protocol):
         find every place taken (agent/batching.py)."""
         ...
 
+    def sharing_cores(self) -> contextlib.AbstractContextManager[None]:
+        """While another process computes beside the answers (the trainer child)."""
+        ...
+
 
 class BatchedBackend:
     """A backend whose answers a :class:`Batcher` generates with an engine's
@@ -230,6 +234,23 @@ class BatchedBackend:
 
     def check_room(self) -> None:
         self.batcher.check_room()
+
+    @contextlib.contextmanager
+    def sharing_cores(self) -> Iterator[None]:
+        """Compute on one thread inside this block: the trainer child, at a lower
+        priority, takes the other cores' spare time, and an engine's threads, which wait
+        for each other at every layer, would each wait for whichever the trainer
+        preempted."""
+        with self.batcher.paused():
+            self._threads(1)
+        try:
+            yield
+        finally:
+            with self.batcher.paused():
+                self._threads(None)
+
+    def _threads(self, n: int | None) -> None:
+        """Compute on ``n`` threads (None: as many as at the start)."""
 
     @property
     def load(self) -> tuple[int, int]:
@@ -343,6 +364,7 @@ class TransformersBackend(BatchedBackend):
         self.model: Any = model.to(device)
         self.model.eval()
         self.engine = f"transformers {dtype}"
+        self._start_threads = torch.get_num_threads()
         self.keep_adapters = keep_adapters
         self._loaded: list[str] = []  # adapter names in load order
         super().__init__(
@@ -362,6 +384,11 @@ class TransformersBackend(BatchedBackend):
 
     def _on_device(self, ids: Any) -> Any:
         return ids.to(self.model.device)
+
+    def _threads(self, n: int | None) -> None:
+        import torch
+
+        torch.set_num_threads(n or self._start_threads)
 
     def ready_for_adapters(self) -> None:
         """Wrap the base model for adapters now, with an empty placeholder adapter (LoRA B

@@ -147,7 +147,7 @@ class ServingConfig:
         default="auto",
         metadata={
             "help": "what generates answers: llama.cpp (the model's GGUF in llama.cpp, each "
-            "version's adapter converted; the fastest here, needs `make llama`), "
+            "version's adapter converted; the fastest here; `make setup` builds it), "
             "transformers (PyTorch, fp32 on a CPU), transformers-bf16, or auto: llama.cpp "
             "when it is installed and the model is a GGUF, else transformers",
             "choices": ENGINES,

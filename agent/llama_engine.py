@@ -21,6 +21,11 @@ by the same continuous batch as transformers' (agent/batching.py).
 - A row reserves its prompt and its token limit in its context's cache when it leaves the
   queue (:meth:`LlamaDecoder.reserve`); one that does not fit yet waits for rows to end.
 
+Sampling runs in torch on one thread: its vocabulary-sized operations (sorting 49,152
+logits for top-p) gain little from a second thread, and torch's threads wait for each
+other inside every operation, so whenever a core is taken (by llama.cpp's own threads
+between steps, by the trainer child during a cycle) each one would wait for the other.
+
 Invariant: the model is loaded with ``use_extra_bufts = False``: llama.cpp's AMX buffer
 type dies with SIGILL on Intel CPUs with AMX (../shared/reference/perf-anchors.md), and
 its weight repacking brings nothing for F16 and F32.
@@ -54,8 +59,8 @@ def llama() -> Any:
         import llama_cpp
     except ImportError as exc:
         raise ModelNotFound(
-            "the llama.cpp engine needs llama-cpp-python: `make llama` builds it (about 5 "
-            "minutes), or use --engine transformers"
+            "the llama.cpp engine needs llama-cpp-python: `make setup` builds it (the llama "
+            "extra, about 5 minutes), or use --engine transformers"
         ) from exc
     return llama_cpp
 
@@ -235,6 +240,8 @@ class LlamaBackend(BatchedBackend):
         """``cells``: each context's key/value cache, in tokens for all its sequences
         together [default: the model's context, at least 2048]: an answer waits for room
         when the prompts and token limits of those running would not fit beside it."""
+        import torch
+
         if model.gguf is None:
             raise ModelNotFound(
                 f"the llama.cpp engine runs GGUF models; {model.spec} is a checkpoint folder "
@@ -242,6 +249,7 @@ class LlamaBackend(BatchedBackend):
                 "--engine transformers)"
             )
         self.engine = f"llama.cpp {weights}"
+        torch.set_num_threads(1)  # see the module's note on sampling
         L = self.L = llama()
         L.llama_backend_init()
         quiet(L)
@@ -270,6 +278,10 @@ class LlamaBackend(BatchedBackend):
 
     def _decoder(self) -> Decoder:
         return LlamaDecoder(self)
+
+    def _threads(self, n: int | None) -> None:
+        n = n or os.cpu_count() or 1
+        self.L.llama_set_n_threads(self.context.ctx, n, n)
 
     def adapter(self, version: str | None) -> Any:
         """The loaded llama.cpp adapter of ``version`` (None: the base model). A version's

@@ -8,6 +8,8 @@ only the text that comes back is set by the test.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,10 @@ class ScriptedBackend:
 
     def interrupt(self) -> None:
         pass
+
+    @contextlib.contextmanager
+    def sharing_cores(self) -> Iterator[None]:
+        yield
 
     def check_room(self) -> None:
         pass  # a script has no queue

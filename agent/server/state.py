@@ -153,7 +153,8 @@ class ServerState:
 
     def _complete(self, job: LearnJob, config: LearnConfig, prepared: Any, who: str) -> None:
         try:
-            result = complete_cycle(self.store, self.model, config, prepared, who=who)
+            with self.agent.backend.sharing_cores():
+                result = complete_cycle(self.store, self.model, config, prepared, who=who)
         except (CycleFailed, Cancelled) as exc:  # the run row says so already
             job.error = str(exc)
             return
