@@ -18,7 +18,7 @@ by the same continuous batch as transformers' (agent/batching.py).
   memory does not grow with the versions served.
 - The batcher samples every row as with transformers (its own settings, seed and
   generator), from logits copied out of llama.cpp.
-- A row reserves its prompt and its token limit in its context's cache when it leaves the
+- A row reserves its prompt and its token limit in the context's cache when it leaves the
   queue (:meth:`LlamaDecoder.reserve`); one that does not fit yet waits for rows to end.
 
 Sampling runs in torch on one thread: its vocabulary-sized operations (sorting 49,152
