@@ -9,7 +9,7 @@ repetition penalty 1.05) with a fixed seed, and the time each token arrived is r
 
 Every other setting is read off that run exactly: with the same seed the model draws the
 same tokens, so an answer under a lower cap is the first N tokens of this one, arriving
-at the time token N arrived; the paragraph stop is agent/backend.py's own StopScanner fed
+at the time token N arrived; the paragraph stop is agent/stopping.py's own StopScanner fed
 the decoded text token by token, with the rule of GenerationConfig.for_message (a
 question asking for more is answered whole). Per setting: seconds to the end of the
 answer (median, p90, total; the machine's load inflates them, tokens do not change),
@@ -144,8 +144,8 @@ def read_off(
     run: dict[str, Any], tokenizer: Any, question: str, setting: Setting
 ) -> dict[str, Any]:
     """The answer ``setting`` gives, from the 256-token run of the same question."""
-    from learnloop.agent.backend import StopScanner
     from learnloop.agent.config import GenerationConfig
+    from learnloop.agent.stopping import StopScanner
 
     config = GenerationConfig(
         max_new_tokens=setting.max_new_tokens, whole_answer=setting.whole_answer

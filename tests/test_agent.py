@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from learnloop.agent.backend import TransformersBackend, stopped_by_limit
+from learnloop.agent.backend import TransformersBackend
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.runtime import Agent
+from learnloop.agent.stopping import stopped_by_limit
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import run_cycle
 from learnloop.learning.models import resolve_model
