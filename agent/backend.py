@@ -135,6 +135,7 @@ class BatchedBackend:
     and tokenised as training saw them, and the same ids reach every engine."""
 
     engine: str
+    keep_adapters: int  # the most adapters kept loaded when nobody needs them
 
     def __init__(
         self,
@@ -221,6 +222,14 @@ class BatchedBackend:
             self._checksums[pin.version] = pin.checksum
         if pin.version not in self._paths:
             raise ValueError(f"version {pin.version} needs an adapter path")
+
+    def _to_forget(self, loaded: list[str]) -> list[str]:
+        """Of the adapters ``loaded`` (oldest first), those to forget to keep at most
+        ``keep_adapters``: the oldest that nobody needs (:meth:`_needed`). The caller
+        holds ``_loading``."""
+        needed = self._needed()
+        spare = [name for name in loaded if name not in needed]
+        return spare[: max(len(loaded) - self.keep_adapters, 0)]
 
     def _needed(self) -> set[str | None]:
         """Adapters that may not go: the default version's, and those of the answers
@@ -458,13 +467,9 @@ class TransformersBackend(BatchedBackend):
         default version's nor one a row generating, waiting or about to wait needs. Run by
         the batcher between two decode steps, so no forward pass is using any of them."""
         with self._loading:
-            needed = self._needed()
-            for old in list(self._loaded):
-                if len(self._loaded) <= self.keep_adapters:
-                    break
-                if old not in needed:
-                    self._loaded.remove(old)
-                    self.model.delete_adapter(old)
+            for old in self._to_forget(self._loaded):
+                self._loaded.remove(old)
+                self.model.delete_adapter(old)
 
 
 def _end_ids(model: Any, tokenizer: Any) -> set[int]:

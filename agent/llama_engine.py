@@ -319,15 +319,11 @@ class LlamaBackend(BatchedBackend):
         """Forget the oldest adapters beyond ``keep_adapters`` that nobody needs. Run by
         the batcher between two steps, so no decode is using any of them."""
         with self._loading:
-            needed = self._needed()
-            for name in list(self._adapters):
-                if len(self._adapters) <= self.keep_adapters:
-                    break
-                if name not in needed:
-                    adapter = self._adapters.pop(name)
-                    if self.context.adapter is adapter:
-                        self.context.use(None)
-                    self.L.llama_adapter_lora_free(adapter)
+            for name in self._to_forget(list(self._adapters)):
+                adapter = self._adapters.pop(name)
+                if self.context.adapter is adapter:
+                    self.context.use(None)
+                self.L.llama_adapter_lora_free(adapter)
 
 
 def _end_ids(checkpoint: str) -> set[int]:
