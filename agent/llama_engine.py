@@ -128,16 +128,16 @@ class Context:
         if status != 0:
             raise RuntimeError(f"llama_decode failed (status {status})")
 
-    def logits(self, indices: list[int], vocab: int) -> Any:
-        """The logits at these batch positions, copied: a [len, vocab] float32 tensor."""
+    def logits(self, vocab: int, positions: list[int], into: Any, rows: list[int]) -> None:
+        """Copy the logits at these batch positions of the last decode into those rows of
+        ``into``, a [n, vocab] float32 tensor (its own memory: one copy, from llama.cpp's
+        buffer)."""
         import numpy as np
-        import torch
 
-        out = np.empty((len(indices), vocab), dtype=np.float32)
-        for row, index in enumerate(indices):
-            pointer = self.L.llama_get_logits_ith(self.ctx, index)
-            out[row] = np.ctypeslib.as_array(pointer, shape=(vocab,))
-        return torch.from_numpy(out)
+        target = into.numpy()
+        for position, row in zip(positions, rows, strict=True):
+            pointer = self.L.llama_get_logits_ith(self.ctx, position)
+            target[row] = np.ctypeslib.as_array(pointer, shape=(vocab,))
 
     def close(self) -> None:
         self.L.llama_batch_free(self.batch)
@@ -174,8 +174,12 @@ class LlamaDecoder:
             context.decode(
                 [(t, start + i, seq, final and i == len(chunk) - 1) for i, t in enumerate(chunk)]
             )
+        import torch
+
         last = (len(ids) - 1) % PREFILL_CHUNK  # the last token's place in the last chunk
-        return context.logits([last], self.backend.vocab)
+        out = torch.empty((1, self.backend.vocab), dtype=torch.float32)
+        context.logits(self.backend.vocab, [last], out, [0])
+        return out
 
     def admit(self, row: Row) -> None:
         pass  # its sequence is in the context's cache already
@@ -201,7 +205,7 @@ class LlamaDecoder:
                     for i in members
                 ]
             )
-            out[members] = context.logits(list(range(len(members))), self.backend.vocab)
+            context.logits(self.backend.vocab, list(range(len(members))), out, members)
         return out
 
     def retain(self, rows: list[Row], keep: list[int]) -> None:
