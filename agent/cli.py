@@ -20,6 +20,7 @@ import click
 
 from learnloop.agent.cli_bench import bench
 from learnloop.agent.cli_data import control, export, history
+from learnloop.agent.cli_forget import forget
 from learnloop.agent.cli_keys import keys
 from learnloop.agent.cli_support import (
     MODEL_HELP,
@@ -75,14 +76,25 @@ def cli(ctx: click.Context, model: str | None) -> None:
     ctx.obj = {"model": model}
 
 
+USER_OPTION = click.option(
+    "--user",
+    "user_name",
+    default=LOCAL_USER,
+    show_default=True,
+    help="whose turns and feedback these are (`learnloop forget --user` deletes them); a "
+    "server that requires keys records the key's user instead",
+)
+
+
 @cli.command()
 @model_option
 @click.option("--thread", "thread_id", default=None, help="resume this thread (see `log`)")
+@USER_OPTION
 @dataclass_options(GenerationConfig)
 @tools_options
 @dataclass_options(TriggerConfig)
 @click.pass_context
-def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
+def chat(ctx: click.Context, thread_id: str | None, user_name: str, **values: Any) -> None:
     """Chat in the terminal; /help inside lists the commands (/up /down /fix /learn ...).
 
     Learning starts by itself in the background once --learn-after new feedback items
@@ -100,7 +112,7 @@ def chat(ctx: click.Context, thread_id: str | None, **values: Any) -> None:
     with connect(ctx, values, trigger) as service:
         if thread_id is not None:
             service.thread(thread_id)  # an unknown thread fails before the model loads
-        Repl(service, thread_id).run()
+        Repl(service, thread_id, user_name).run()
 
 
 @cli.command()
@@ -193,11 +205,19 @@ def serve(
 @model_option
 @click.argument("text")
 @click.option("--thread", "thread_id", default=None, help="continue this thread")
+@USER_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print a JSON object instead of text")
 @dataclass_options(GenerationConfig)
 @tools_options
 @click.pass_context
-def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **values: Any) -> None:
+def ask(
+    ctx: click.Context,
+    text: str,
+    thread_id: str | None,
+    user_name: str,
+    as_json: bool,
+    **values: Any,
+) -> None:
     """Ask one question; the answer streams, the turn id is printed for feedback.
 
     Answers are short by default, to be quick on a CPU: at most --max-new-tokens (128),
@@ -213,7 +233,9 @@ def ask(ctx: click.Context, text: str, thread_id: str | None, as_json: bool, **v
     with connect(ctx, values) as service:
         on_token = None if as_json else (lambda t: click.echo(t, nl=False))
         on_step = None if as_json else show_step
-        result = service.ask(text, thread_id=thread_id, on_token=on_token, on_step=on_step)
+        result = service.ask(
+            text, thread_id=thread_id, on_token=on_token, on_step=on_step, who=user_name
+        )
 
     def text_end() -> None:
         click.echo()  # the streamed answer ends its line
@@ -416,7 +438,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     emit(as_json, data, lambda: click.echo(status_text(data)))
 
 
-for command in (control, history, export, bench, keys):
+for command in (control, history, export, bench, keys, forget):
     cli.add_command(command)
 versions.add_command(versions_rm)
 

@@ -245,6 +245,9 @@ class ServerClient:
     def remove_versions(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/versions/remove", body))
 
+    def forget(self, user: str, learn: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/forget", {"user": user, "learn": learn}))
+
     def rollback(self, why: str) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/rollback", {"why": why}))
 

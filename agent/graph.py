@@ -39,13 +39,14 @@ from learnloop.agent.chat_model import to_langchain
 from learnloop.agent.config import LoopLimits
 from learnloop.agent.fitting import Fitted
 from learnloop.learning.toolbox import NO_TOOLS, Toolbox
-from learnloop.storage.records import Message, TurnLog
+from learnloop.storage.records import LOCAL_USER, Message, TurnLog
 from learnloop.storage.store import Store
 
 
 class TurnState(TypedDict, total=False):
     thread_id: str
     user_message: str
+    user: str  # who asks (storage/records.py TurnLog.user_name; default: local)
     regen_of: int | None  # the turn to answer again, if this is a /regen
     attempt: int  # answers that prompt has had before this one (0 unless a /regen)
     context: list[Message]  # earlier messages sent by the caller, instead of the thread's
@@ -126,6 +127,7 @@ def turn_log(
     total_ms: float | None = None,
     regen_of: int | None = None,
     trimmed: int = 0,
+    user_name: str = LOCAL_USER,
 ) -> TurnLog:
     """A turn's log from its steps (:func:`model_step` and tool steps) and the last model
     call's metadata ``last``. One mapping for every graph that logs turns
@@ -163,6 +165,7 @@ def turn_log(
         truncated=bool(last.get("truncated", False)),
         steps=[] if plain else steps,
         tools=list(last.get("tools") or []),
+        user_name=user_name,
     )
 
 
@@ -322,6 +325,7 @@ def build_graph(
             total_ms=(time.perf_counter() - state["started"]) * 1000,
             regen_of=state.get("regen_of"),
             trimmed=state.get("trimmed", 0),
+            user_name=state.get("user") or LOCAL_USER,
         )
         turn_id = store.add_turn(log, turn_id=state.get("turn_id"))
         return {"turn_id": turn_id, "log": log, "nodes": ["log_turn"]}

@@ -34,7 +34,11 @@ class Service(Protocol):
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
         on_step: OnStep | None = None,
-    ) -> dict[str, Any]: ...
+        who: str | None = None,
+    ) -> dict[str, Any]:
+        """Answer ``text`` and log the turn as ``who``'s (default: local; a server that
+        requires keys records the key's user instead)."""
+        ...
 
     def feedback(
         self,
@@ -77,6 +81,22 @@ class Service(Protocol):
         ...
 
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]: ...
+
+    def forget(
+        self,
+        user: str,
+        *,
+        settings: dict[str, Any] | None = None,
+        who: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Delete ``user``'s turns and feedback, retire every version trained on them,
+        train and gate a replacement from the rest with the learn ``settings`` given
+        (learning/forget.py):
+        ``{"user", "turns_deleted", "feedback_deleted", "versions_retired",
+        "replacement", "replacement_verdict", "active", "seconds"}``. NotFound when
+        ``user`` has no turn and no feedback."""
+        ...
 
     def history(self) -> list[dict[str, Any]]: ...
 

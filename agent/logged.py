@@ -21,6 +21,8 @@ What a call does, whether it is ``invoke`` or ``stream``, in a graph or not:
   node that called. Its thread is the LangGraph config's ``configurable.thread_id``
   (LangGraph hands it to the model as run metadata; outside a graph pass
   ``config={"metadata": {"thread_id": ...}}``); without one each call is a new thread.
+  The turn's user (whose it is for ``learnloop forget``) is the metadata's ``user``, else
+  ``local``.
 - The answer's ``response_metadata`` carries ``turn_id`` and ``thread_id``. Feedback on
   that turn trains the next cycle like any other: the messages are the prompt, the
   answer (or the correction) the completion.
@@ -76,7 +78,7 @@ from learnloop.agent.runtime import Agent, new_thread_id
 from learnloop.agent.service import LocalService
 from learnloop.learning import chat_format
 from learnloop.storage.errors import UsageError
-from learnloop.storage.records import Message, Turn, TurnLog
+from learnloop.storage.records import LOCAL_USER, Message, Turn, TurnLog
 from learnloop.storage.store import Store
 
 
@@ -133,6 +135,7 @@ class LoggedChatModel(LocalChatModel):
                     answer=meta.get("content") or "",
                     nodes=[node] if node else [],
                     trimmed=fitted.trimmed,
+                    user_name=str(metadata.get("user") or LOCAL_USER),
                 )
                 turn_id = agent.store.add_turn(log)
             meta.update(turn_id=turn_id, thread_id=thread_id, trimmed=fitted.trimmed)
@@ -266,6 +269,7 @@ def continued_log(
         nodes=[*old.nodes, step["node"]] if step["node"] else old.nodes,
         regen_of=old.regen_of,
         trimmed=int(old.settings.get("trimmed", 0)),
+        user_name=old.user_name,
     )
 
 

@@ -101,10 +101,13 @@ class RemoteService:
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
         on_step: OnStep | None = None,
+        who: str | None = None,
     ) -> dict[str, Any]:
         """As LocalService.ask; the server's own tools run there, and ``on_step`` hears
         of each call and result as it runs."""
         body = self._body(text or "(regenerate)", thread_id, regen_of)
+        if who is not None:
+            body["user"] = who  # OpenAI's field; a server with keys records the key's user
 
         def started(version: str) -> None:
             if self.version is not None and version != self.version and on_switch:
@@ -222,6 +225,28 @@ class RemoteService:
     ) -> dict[str, Any]:
         body = {"versions": versions, "rejected": rejected, "dry_run": dry_run}
         return self.server.remove_versions(body)
+
+    def forget(
+        self,
+        user: str,
+        *,
+        settings: dict[str, Any] | None = None,
+        who: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """As LocalService.forget; the server trains the replacement in its learning
+        thread, followed here as ``learn`` follows a run (the server records the forget
+        as its own: ``who`` is not sent)."""
+        started = time.monotonic()
+        data = self.server.forget(user, _given(settings or {}))
+        run = data.get("replacement_run")
+        if run is not None:
+            view = self._watch(int(run), progress)
+            data["replacement"] = view.get("version")
+            data["replacement_verdict"] = view.get("summary") or view.get("error")
+            data["active"] = next(v["id"] for v in self.versions() if v["active"])
+            data["seconds"] = round(time.monotonic() - started, 2)
+        return data
 
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
         self._who(who)

@@ -40,9 +40,10 @@ HELP = """commands:
 
 
 class Repl:
-    def __init__(self, service: Service, thread_id: str | None) -> None:
+    def __init__(self, service: Service, thread_id: str | None, who: str = LOCAL_USER) -> None:
         self.service = service
         self.thread_id = thread_id  # None until the first answer creates the thread
+        self.who = who  # whose turns and feedback these are (chat --user)
         self.last_turn: int | None = None
         self.version: str | None = None  # the version that gave the last answer
         self.watching: int | None = None  # runs known when a background cycle started
@@ -133,6 +134,7 @@ class Repl:
             on_token=show,
             on_switch=self.switched,
             on_step=step,
+            who=self.who,
         )
         if not started:
             click.echo("bot> ", nl=False)
@@ -170,7 +172,7 @@ class Repl:
         """Send the feedback; if it started a cycle, watch for the run that records.
         Returns why a cycle started, or None."""
         runs_before = len(self.service.runs()) if self.watching is None else self.watching
-        data = self.service.feedback(turn, rating, correction=correction, who=LOCAL_USER)
+        data = self.service.feedback(turn, rating, correction=correction, who=self.who)
         started: str | None = data.get("learning_started")
         if started:
             self.watching = runs_before

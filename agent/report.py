@@ -7,6 +7,7 @@ import json
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from learnloop.storage.forgetting import ForgetRecord
 from learnloop.storage.records import Activation, Run, Status, ThreadSummary, Turn, Version
 
 if TYPE_CHECKING:
@@ -146,15 +147,36 @@ def thread_summary(t: ThreadSummary) -> dict[str, Any]:
     }
 
 
-def history_data(rows: list[Activation]) -> list[dict[str, Any]]:
-    """``learnloop history --json``: every switch of the active version."""
-    return [{"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows]
+def history_data(rows: list[Activation], forgets: list[ForgetRecord]) -> list[dict[str, Any]]:
+    """``learnloop history --json``: every switch of the active version and every forget
+    (``version`` None, the counts under ``forget``), oldest first."""
+    switches = [
+        {"version": a.version_id, "who": a.who, "why": a.why, "at": a.created_at} for a in rows
+    ]
+    forgotten = [
+        {
+            "version": None,
+            "who": f.who,
+            "why": f"forgot {f.user}: {f.turns_deleted} turns, {f.feedback_deleted} feedback "
+            f"rows; retired {', '.join(f.versions_retired) or 'no version'}",
+            "at": f.created_at,
+            "forget": {
+                "user": f.user,
+                "turns_deleted": f.turns_deleted,
+                "feedback_deleted": f.feedback_deleted,
+                "versions_retired": f.versions_retired,
+                "replacement": f.replacement,
+            },
+        }
+        for f in forgets
+    ]
+    return sorted([*switches, *forgotten], key=lambda e: e["at"])
 
 
 def history_text(data: list[dict[str, Any]]) -> str:
     return (
         "\n".join(
-            f"{when(a['at']):%Y-%m-%d %H:%M:%S}  {a['version']:6} {a['who']:16} {a['why']}"
+            f"{when(a['at']):%Y-%m-%d %H:%M:%S}  {a['version'] or '-':6} {a['who']:16} {a['why']}"
             for a in data
         )
         or "no switches yet: the base model has always been active"
@@ -200,7 +222,11 @@ def run_data(
     }
 
 
-def versions_data(versions: list[Version], active: str) -> list[dict[str, Any]]:
+def versions_data(
+    versions: list[Version], active: str, users: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """``learnloop versions --json``; ``users``: version id -> whose turns and feedback
+    trained it."""
     return [
         {"id": "base", "parent": None, "active": active == "base"},
         *[
@@ -219,6 +245,9 @@ def versions_data(versions: list[Version], active: str) -> list[dict[str, Any]]:
                 "adapter_path": v.adapter_path,
                 "base_fingerprint": v.base_fingerprint,
                 "removed_at": v.removed_at,  # `versions rm` deleted its files (None: kept)
+                "retired_why": v.retired_why,  # a forget retired it (None: never)
+                "started_from": v.started_from,  # the adapter it trained on (None: fresh)
+                "users": users.get(v.id, []),
                 "active": v.id == active,
             }
             for v in versions
@@ -279,8 +308,12 @@ def versions_text(data: list[dict[str, Any]]) -> str:
             f"{when(v['created_at']):%Y-%m-%d %H:%M} {v['status']:9} {v['method']:12} "
             f"{v['sft_examples']:>4} {v['dpo_pairs']:>4} {v['kto_rows']:>4}  {_metric(v)}"
         )
-        if v.get("removed_at"):
+        if v.get("retired_why"):
+            lines.append(f"{'':11}retired: {v['retired_why']}")
+        elif v.get("removed_at"):
             lines.append(f"{'':11}files removed {when(v['removed_at']):%Y-%m-%d %H:%M}")
+        if v.get("users"):
+            lines.append(f"{'':11}trained on feedback of: {', '.join(v['users'])}")
         for reason in (v.get("gate") or {}).get("reasons", []):
             lines.append(f"{'':11}gate: {reason}")
     return "\n".join(lines)

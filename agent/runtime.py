@@ -196,6 +196,7 @@ class Agent:
         fitted: Fitted | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = None,
+        user: str | None = None,
     ) -> Answer:
         """Answer ``text`` (or answer turn ``regen_of`` again) in a thread; log the turn.
 
@@ -206,11 +207,14 @@ class Agent:
         results and no ``text`` is gone on from (an API client sending its tools'
         results back); ``tools`` are the caller's own
         (its calls come back in the Answer instead of the operator's tools being
-        offered and run), ``tool_choice`` as learning/chat_format.py :func:`choose`.
+        offered and run), ``tool_choice`` as learning/chat_format.py :func:`choose`;
+        ``user`` is who asks (default: local).
         ``on_step`` gets ``{"tool_call": ...}`` and ``{"tool_result": ...}`` as the
         operator's tools run. When this call fits the prompt itself and leaves messages
         out, it says so in one line (``warn``) before the answer."""
         state: dict[str, Any] = {"pin": pin, "generation": generation, "turn_id": turn_id}
+        if user is not None:
+            state["user"] = user
         if fitted is not None:
             state["fitted"] = fitted
         if tools is not None:

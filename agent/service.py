@@ -16,6 +16,7 @@ Errors are :class:`~learnloop.storage.errors.LearnloopError` subclasses on both 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import time
 from dataclasses import asdict
@@ -52,6 +53,7 @@ from learnloop.storage.store import BASE_VERSION, Store
 if TYPE_CHECKING:  # the model's modules load only when a question is asked
     from learnloop.agent.runtime import Agent
     from learnloop.learning.triggers import Due
+    from learnloop.storage.forgetting import Forgotten
 
 CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for the cycle to record it
 
@@ -144,13 +146,19 @@ class LocalService:
         on_token: OnToken | None = None,
         on_switch: OnSwitch | None = None,
         on_step: OnStep | None = None,
+        who: str | None = None,
     ) -> dict[str, Any]:
         agent = self.agent
         switch = agent.sync_version()
         if switch is not None and on_switch is not None:
             on_switch(switch.version, switch.seconds)
         answer = agent.ask(
-            text, thread_id=thread_id, regen_of=regen_of, on_token=on_token, on_step=on_step
+            text,
+            thread_id=thread_id,
+            regen_of=regen_of,
+            on_token=on_token,
+            on_step=on_step,
+            user=who,
         )
         return answer_data(answer)
 
@@ -293,7 +301,7 @@ class LocalService:
         return self.store.active_version()
 
     def versions(self) -> list[dict[str, Any]]:
-        return versions_data(self.store.versions(), self.active())
+        return versions_data(self.store.versions(), self.active(), self.store.version_users())
 
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         previous = self.store.active_version()
@@ -328,6 +336,71 @@ class LocalService:
             "bytes_freed": sum(r["bytes"] for r in removed),
         }
 
+    def forget(
+        self,
+        user: str,
+        *,
+        settings: dict[str, Any] | None = None,
+        who: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        from learnloop.learning.forget import finish_forgets
+        from learnloop.storage.errors import NotFound
+
+        started = time.perf_counter()
+        settings = {**(settings or {}), "force": True}
+        self.learn_settings(settings)  # bad settings fail before anything is deleted
+        if not self.store.user_exists(user):
+            raise NotFound(f"no turns or feedback of {user!r}: there is nothing to forget")
+        who = who or getpass.getuser()
+        self.stop_learning()  # a cycle under way may be training on their rows
+        forgotten = self.forget_rows(user, who)
+        finish_forgets(self.store)
+        replaced = {"replacement": None, "replacement_verdict": None, "replacement_run": None}
+        if forgotten.files.versions:
+            replaced = self.replace(forgotten.forget_id, settings, f"forget:{who}", progress)
+        return {
+            "user": user,
+            "turns_deleted": forgotten.turns_deleted,
+            "feedback_deleted": forgotten.feedback_deleted,
+            "versions_retired": forgotten.files.versions,
+            **replaced,
+            "active": self.active(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+
+    def stop_learning(self) -> None:
+        """Cancel the cycle running now, if one is (and wait for it to record that)."""
+        from learnloop.storage.home import pid_alive
+
+        self.store.fail_stale_runs(pid_alive)
+        if self.store.running_run() is not None:
+            with contextlib.suppress(Conflict):  # it ended meanwhile
+                self.cancel()
+
+    def forget_rows(self, user: str, who: str) -> Forgotten:
+        """The store's part of a forget (a server also moves its pointer)."""
+        return self.store.forget_rows(user, who=who)
+
+    def replace(
+        self, forget_id: int, settings: dict[str, Any], who: str, progress: Progress | None
+    ) -> dict[str, Any]:
+        """A cycle with ``settings`` on the feedback left after forget ``forget_id``,
+        gated as any (none when nothing is left to learn from): ``{"replacement",
+        "replacement_verdict", "replacement_run"}``."""
+        from learnloop.learning.snapshot import NothingToLearn
+
+        try:
+            result = self.learn(settings, progress=progress, who=who)
+        except NothingToLearn as exc:
+            return {"replacement": None, "replacement_verdict": str(exc), "replacement_run": None}
+        self.store.record_replacement(forget_id, result["version"])
+        return {
+            "replacement": result["version"],
+            "replacement_verdict": result["summary"],
+            "replacement_run": result["run_id"],
+        }
+
     def rollback(self, *, why: str, who: str | None = None) -> dict[str, Any]:
         return self.activate(self.rollback_target(), why=why, who=who)
 
@@ -338,7 +411,7 @@ class LocalService:
         return self.store.get_version(current).parent
 
     def history(self) -> list[dict[str, Any]]:
-        return history_data(self.store.activations())
+        return history_data(self.store.activations(), self.store.forgets())
 
     def compare(self, a: str | None = None, b: str | None = None) -> dict[str, Any]:
         from learnloop.agent.compare import compare_data

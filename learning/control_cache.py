@@ -50,7 +50,20 @@ def keep(
         for version, side in measured.items()
         if all(k in side for k in SCORES)
     }
-    data, path = {**_read(), **kept}, _path()
+    _write({**_read(), **kept})
+
+
+def drop(versions: list[str]) -> None:
+    """Forget the scores of ``versions`` (retired: their greedy answers go with them)."""
+    data = _read()
+    gone = [k for k in data if k.split(":", 1)[0] in versions]
+    if gone:
+        _write({k: v for k, v in data.items() if k not in gone})
+
+
+def _write(data: dict[str, Any]) -> None:
+    """Replace the file with ``data`` (complete or not at all); a failed write ignored."""
+    path = _path()
     tmp = path.with_suffix(".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,7 @@ from learnloop.learning.child import (
     train_in_child,
 )
 from learnloop.learning.config import LearnConfig
+from learnloop.learning.forget import scrub_run
 from learnloop.learning.gate import Decision, decide
 from learnloop.learning.models import ResolvedModel
 from learnloop.learning.quality import QualityReport
@@ -75,7 +76,7 @@ from learnloop.learning.snapshot import (
 from learnloop.storage.errors import Conflict
 from learnloop.storage.home import adapters_dir, pid_alive, runs_dir
 from learnloop.storage.records import FeedbackExample, SnapshotRecord, Version
-from learnloop.storage.registry import ActiveChanged
+from learnloop.storage.registry import ActiveChanged, ForgottenWhileTraining
 from learnloop.storage.store import BASE_VERSION, Store, StoreError
 
 __all__ = ["Cancelled", "CycleFailed", "CycleResult", "DiskFull", "NothingToLearn", "run_cycle"]
@@ -270,6 +271,10 @@ def publish(
         except ActiveChanged as exc:  # switched between the check above and now
             decision = superseded(decision, started, exc.active, parent)
             continue
+        except ForgottenWhileTraining as exc:  # its adapter may have learned their rows
+            shutil.rmtree(target, ignore_errors=True)
+            scrub_run(run_dir)
+            raise CycleFailed(str(exc)) from exc
         if measured is not None:  # only now: the version id is taken for good
             keep_control_scores(model, config, run_dir, version_id, measured)
         return version, decision

@@ -9,6 +9,12 @@ The server instead holds the file for as long as it runs (``shared=True``): ever
 gets its own cursor on the one connection (DuckDB's rule for threads), ``release`` keeps
 the file, and write transactions take turns so that they never conflict.
 
+Rewriting the file (:meth:`Connection.rewrite`, after a forget) copies every table into a
+fresh file and puts it in place: DuckDB leaves deleted rows' bytes in the blocks it frees,
+and a forgotten row must be gone from the disk. Every store method (and transaction) runs
+inside a :class:`Gate`, so the rewrite waits for the calls under way and holds new ones
+back until the new file is open.
+
 A damaged file is this module's to report, in one line that says how to restore it
 (:class:`StoreError`): at open when the file ends before a block that holds table data
 (a truncated copy), or on the first query that reads a damaged block (DuckDB checks each
@@ -20,6 +26,8 @@ about the SQL itself (a constraint, a missing table) are bugs and pass unchanged
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import re
 import threading
 import time
@@ -133,6 +141,16 @@ class Guarded:
         return guarded
 
 
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _current(db: duckdb.DuckDBPyConnection) -> str:
+    row = db.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    return '"' + str(row[0]).replace('"', '""') + '"'
+
+
 def _connect(path: Path, timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout
     while True:
@@ -199,8 +217,67 @@ def _highest_block(db: duckdb.DuckDBPyConnection) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+class Gate:
+    """Store calls against a rewrite of the file: any number of calls at once (a call
+    inside another, in the same thread, counts as the outer one), or one rewrite alone."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._calls = 0
+        self._rewriting = False
+        self._local = threading.local()
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if not depth:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._rewriting)
+                self._calls += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if not depth:
+                with self._changed:
+                    self._calls -= 1
+                    self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """No call runs meanwhile. Not from inside a call (it would wait for itself)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._rewriting)
+            self._rewriting = True
+            self._changed.wait_for(lambda: self._calls == 0)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._rewriting = False
+                self._changed.notify_all()
+
+
+def _gated(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def gated(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        with self.gate.call():
+            return method(self, *args, **kwargs)
+
+    return gated
+
+
 class Connection:
-    """A lazily opened, migrated DuckDB connection; the base of :class:`Store`."""
+    """A lazily opened, migrated DuckDB connection; the base of :class:`Store`.
+
+    Every public method of a subclass (the store's calls) runs inside :attr:`gate`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if callable(value) and not name.startswith("_"):
+                setattr(cls, name, _gated(value))
 
     def __init__(
         self, path: Path | None = None, *, lock_timeout: float = 30.0, shared: bool = False
@@ -212,6 +289,9 @@ class Connection:
         self._opening = threading.Lock()
         self._writing = threading.RLock()
         self._local = threading.local()
+        self._generation = 0  # how many times it was closed: cursors of before go
+        self._cursors: list[duckdb.DuckDBPyConnection] = []  # every thread's, to close
+        self.gate = Gate()
 
     # -- connection -------------------------------------------------------------------
 
@@ -227,9 +307,11 @@ class Connection:
         if not self.shared:
             return cast(duckdb.DuckDBPyConnection, Guarded(self._db, self.path))
         cursor: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
-        if cursor is None:
+        if cursor is None or getattr(self._local, "generation", 0) != self._generation:
             with translated(self.path):
                 cursor = self._local.cursor = self._db.cursor()
+            self._local.generation = self._generation
+            self._cursors.append(cursor)
         return cast(duckdb.DuckDBPyConnection, Guarded(cursor, self.path))
 
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -251,6 +333,11 @@ class Connection:
             self.close()
 
     def close(self) -> None:
+        for cursor in self._cursors:  # the threads' (a server's): no file stays open
+            with contextlib.suppress(duckdb.Error):
+                cursor.close()
+        self._cursors = []
+        self._generation += 1  # a thread's cursor of before is made anew on its next use
         if self._db is not None:
             # closing a damaged file can fail too; it is closed either way
             with contextlib.suppress(duckdb.Error):
@@ -263,10 +350,40 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def rewrite(self) -> None:
+        """Copy the database into a fresh file and put it in place of this one, so that
+        the bytes of deleted rows are gone from the disk. Waits for the store calls under
+        way and holds new ones back meanwhile. A kill at any point leaves the old file
+        (before the rename; its .wal was checkpointed into it on closing) or the new one
+        (after): both hold every committed row. A copy left by a killed rewrite is
+        deleted by the next."""
+        if str(self.path) == ":memory:":
+            return
+        fresh = self.path.with_name(f"{self.path.name}.rewrite")
+        with self.gate.alone(), self._writing:
+            db = self.db  # opened, and with this thread's cursor
+            for leftover in (fresh, fresh.with_name(f"{fresh.name}.wal")):
+                leftover.unlink(missing_ok=True)  # of a rewrite that was killed
+            with translated(self.path):
+                db.execute(f"ATTACH '{_quoted(fresh)}' AS fresh")
+                try:
+                    db.execute(f"COPY FROM DATABASE {_current(db)} TO fresh")
+                finally:
+                    db.execute("DETACH fresh")
+            self.close()  # DuckDB checkpoints the .wal into the file as it closes it
+            self.path.with_name(f"{self.path.name}.wal").unlink(missing_ok=True)
+            os.replace(fresh, self.path)
+            self._db = self._open()
+
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One transaction; one opened inside another (in the same thread) is part of the
         outer one, so a caller can make a store method and what follows it atomic."""
+        with self.gate.call(), self._transaction() as db:
+            yield db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         db = self.db
         with self._writing:
             depth = getattr(self._local, "depth", 0)

@@ -287,6 +287,49 @@ def m010_trajectories(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE feedback ADD COLUMN correction_messages JSON")
 
 
+@migration
+def m011_turn_users_and_forgetting(db: duckdb.DuckDBPyConnection) -> None:
+    """What forgetting a person needs (storage/forgetting.py):
+
+    - ``turns.user_name``: who asked (the API key's name, the CLI's ``--user``, else
+      'local'), like ``feedback.user_name``. Turns logged before: their thread's owner,
+      else the user of the turn's first feedback, else 'local';
+    - ``versions.retired_why``: why a version was retired (its training data included
+      rows of a forgotten user); its adapter files are deleted (``removed_at``), its row
+      stays so the history reads the same. NULL for a version never retired;
+    - ``versions.started_from``: the version whose adapter a cycle trained further
+      (NULL: a fresh adapter from the base), so retiring a version retires every version
+      trained on top of it;
+    - ``forgets``: each forget (who was forgotten, who asked, when, what went), with
+      the files its rows left until they are deleted (a forget killed midway is
+      finished by the next)."""
+    db.execute("ALTER TABLE turns ADD COLUMN user_name VARCHAR NOT NULL DEFAULT 'local'")
+    db.execute(
+        """UPDATE turns SET user_name = coalesce(
+               (SELECT owner FROM threads WHERE threads.id = turns.thread_id),
+               (SELECT f.user_name FROM feedback f WHERE f.turn_id = turns.id
+                ORDER BY f.id LIMIT 1),
+               'local')"""
+    )
+    db.execute("ALTER TABLE versions ADD COLUMN retired_why VARCHAR")
+    db.execute("ALTER TABLE versions ADD COLUMN started_from VARCHAR")
+    db.execute("CREATE SEQUENCE forget_ids START 1")
+    db.execute(
+        """CREATE TABLE forgets (
+            id BIGINT PRIMARY KEY DEFAULT nextval('forget_ids'),
+            user_name VARCHAR NOT NULL,  -- whose turns and feedback were deleted
+            who VARCHAR NOT NULL,        -- who asked
+            turns_deleted INTEGER NOT NULL,
+            feedback_deleted INTEGER NOT NULL,
+            versions_retired JSON NOT NULL, -- their ids
+            replacement VARCHAR,         -- the version trained to replace them, if any
+            files JSON NOT NULL,         -- what its rows left on disk, to delete
+            files_deleted_at TIMESTAMP,  -- NULL until they are all gone
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )"""
+    )
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

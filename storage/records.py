@@ -46,6 +46,7 @@ class TurnLog:
     #   {"type": "tool", "tool_call_id", "name", "arguments", "content", "error", "ms"}
     steps: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # the schemas offered
+    user_name: str = LOCAL_USER  # who asked: the API key's name, the CLI's --user, else local
 
     @property
     def trajectory(self) -> list[Message]:
@@ -145,7 +146,8 @@ class Version:
     a version published before checksums until its first load records one.
     ``base_fingerprint`` identifies the base it was trained on whatever its folder is
     called (None for versions published before: their ``base_model`` name decides); a
-    version whose files were removed keeps its row, with ``removed_at``."""
+    version whose files were removed keeps its row, with ``removed_at``; one retired by a
+    forget (storage/forgetting.py) has its files removed too, and ``retired_why``."""
 
     id: str
     parent: str
@@ -163,6 +165,8 @@ class Version:
     checksum: str | None = None
     base_fingerprint: str | None = None  # the base's weights (learning/models.py); None: older
     removed_at: datetime | None = None  # when `versions rm` deleted its adapter files
+    retired_why: str | None = None  # retired by a forget: trained on a forgotten user's rows
+    started_from: str | None = None  # the version whose adapter it trained on (None: fresh)
 
 
 @dataclass(frozen=True)

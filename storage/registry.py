@@ -34,7 +34,8 @@ from learnloop.storage.records import Activation, ControlPrompt, Run, SnapshotRe
 
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
-    "created_at, kto_count, status, gate, checksum, base_fingerprint, removed_at"
+    "created_at, kto_count, status, gate, checksum, base_fingerprint, removed_at, retired_why, "
+    "started_from"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
@@ -57,11 +58,27 @@ class VersionRemoved(Conflict):
 
     def __init__(self, version: Version) -> None:
         when = f" on {version.removed_at:%Y-%m-%d %H:%M}" if version.removed_at else ""
+        how = (
+            f"it was retired ({version.retired_why})"
+            if version.retired_why
+            else "(`learnloop versions rm`)"
+        )
         super().__init__(
-            f"the files of version {version.id} were removed{when} (`learnloop versions rm`): "
+            f"the files of version {version.id} were removed{when} {how}: "
             "it cannot answer again; `learnloop versions` lists the others"
         )
         self.version = version.id
+
+
+class ForgottenWhileTraining(Conflict):
+    """A forget came while a run trained: its snapshot may hold the forgotten rows, so
+    its version may not be published."""
+
+    def __init__(self, run_id: int, user: str) -> None:
+        super().__init__(
+            f"learning run {run_id} is not published: {user} was forgotten while it trained, "
+            "and its data may hold their feedback; learn again"
+        )
 
 
 class ActiveNotRemovable(Conflict):
@@ -262,14 +279,22 @@ class Registry(Connection):
 
         With ``expect_active``, activating is refused when another version is active now:
         :class:`ActiveChanged` is raised and nothing is written, so the caller can record
-        the version without activating it instead."""
+        the version without activating it instead. A version whose run started before a
+        forget is refused (:class:`ForgottenWhileTraining`), nothing written."""
         with self.transaction() as db:
+            forgotten = db.execute(
+                """SELECT f.user_name FROM forgets f, runs r
+                   WHERE r.id = ? AND f.created_at >= r.started_at LIMIT 1""",
+                [version.run_id],
+            ).fetchone()
+            if forgotten is not None:
+                raise ForgottenWhileTraining(version.run_id, str(forgotten[0]))
             if activate and expect_active is not None:
                 active = _active(db)
                 if active != expect_active:
                     raise ActiveChanged(expect_active, active)
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 18)})",
                 [
                     version.id,
                     version.parent,
@@ -287,6 +312,8 @@ class Registry(Connection):
                     version.checksum,
                     version.base_fingerprint,
                     version.removed_at,
+                    version.retired_why,
+                    version.started_from,
                 ],
             )
             if control_answers is not None:
@@ -327,6 +354,8 @@ class Registry(Connection):
                 checksum=r[13],
                 base_fingerprint=r[14],
                 removed_at=r[15],
+                retired_why=r[16],
+                started_from=r[17],
             )
             for r in rows
         ]

@@ -8,15 +8,16 @@ Opening migrates: a fresh file and an old one are handled the same way.
 
 The class is split by responsibility over four files: the connection
 (storage/connection.py), the learning records (storage/registry.py: runs, snapshots,
-versions, activations, control set), the API keys (storage/keys.py) and, here, threads,
-turns, feedback and the overview.
+versions, activations, control set), forgetting a user (storage/forgetting.py), the API
+keys (storage/keys.py) and, here, threads, turns, feedback and the overview.
 
 Invariants:
 - the active version is the ``version_id`` of the latest ``activations`` row ('base' if none);
 - a version row and its activation are written in one transaction, after its adapter
   folder is complete on disk, so no half-written version is ever active;
 - feedback rows are only ever appended (and deleted only with their thread, by its
-  owner: :meth:`Store.delete_thread`); the latest row for a turn is the one that counts.
+  owner: :meth:`Store.delete_thread`, or with their user: :meth:`Store.forget_rows`);
+  the latest row for a turn is the one that counts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 from learnloop.storage.connection import BASE_VERSION, StoreError
 from learnloop.storage.errors import NotFound, UsageError
+from learnloop.storage.forgetting import Forgetting
 from learnloop.storage.keys import Keys
 from learnloop.storage.records import (
     FeedbackExample,
@@ -38,7 +40,6 @@ from learnloop.storage.records import (
     TurnLog,
     trajectory_of,
 )
-from learnloop.storage.registry import Registry
 
 __all__ = ["BASE_VERSION", "NotFound", "Store", "StoreError"]
 
@@ -55,11 +56,11 @@ def _list(raw: str | None) -> list[Any]:
 _TURN_COLUMNS = (
     "id, created_at, thread_id, user_message, messages, prompt, answer, version, model, "
     "settings, prompt_tokens, completion_tokens, first_token_ms, total_ms, nodes, regen_of, "
-    "interrupted, truncated, steps, tools"
+    "interrupted, truncated, steps, tools, user_name"
 )
 
 
-class Store(Keys, Registry):
+class Store(Keys, Forgetting):
     """All reads and writes of one learnloop database. Use as a context manager."""
 
     # -- threads and turns ------------------------------------------------------------
@@ -96,9 +97,10 @@ class Store(Keys, Registry):
             row = db.execute(
                 """INSERT INTO turns (id, thread_id, regen_of, user_message, messages, prompt,
                        answer, version, model, settings, prompt_tokens, completion_tokens,
-                       first_token_ms, total_ms, nodes, interrupted, truncated, steps, tools)
+                       first_token_ms, total_ms, nodes, interrupted, truncated, steps, tools,
+                       user_name)
                    VALUES (coalesce(?, nextval('turn_ids')), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                           ?, ?, ?, ?, ?, ?) RETURNING id""",
+                           ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 [
                     turn_id,
                     log.thread_id,
@@ -119,6 +121,7 @@ class Store(Keys, Registry):
                     log.truncated,
                     _json_or_null(log.steps),
                     _json_or_null(log.tools),
+                    log.user_name,
                 ],
             ).fetchone()
         assert row is not None
@@ -304,6 +307,7 @@ class Store(Keys, Registry):
                     truncated=r[17],
                     steps=_list(r[18]),
                     tools=_list(r[19]),
+                    user_name=r[20],
                 ),
                 feedback=feedback[r[0]],
             )

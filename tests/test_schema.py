@@ -81,6 +81,7 @@ OPERATIONS = {
     "POST /v1/versions/{version}/activate",
     "POST /v1/versions/remove",
     "POST /v1/rollback",
+    "POST /v1/forget",
     "GET /v1/threads",
     "GET /v1/threads/{thread_id}",
     "PATCH /v1/threads/{thread_id}",

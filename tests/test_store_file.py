@@ -15,6 +15,7 @@ Invariants tested here:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -45,6 +46,7 @@ TABLES = {
     "control_prompts",
     "control_answers",
     "api_keys",
+    "forgets",  # added by m011
 }
 
 TURN_COLUMNS = [
@@ -68,6 +70,7 @@ TURN_COLUMNS = [
     "truncated",  # added by m004
     "steps",  # added by m010
     "tools",
+    "user_name",  # added by m011
 ]
 
 FEEDBACK_COLUMNS = [
@@ -129,6 +132,7 @@ class TestAFreshDatabaseMigrates:
             (8, "m008_thread_titles"),
             (9, "m009_base_fingerprints_and_removed_adapters"),
             (10, "m010_trajectories"),
+            (11, "m011_turn_users_and_forgetting"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -293,11 +297,39 @@ class TestTurnsLoggedBeforeTrajectories:
         finally:
             migrations.MIGRATIONS.extend(newer)
             migrations.MIGRATIONS.sort()
-        with Store(path) as store:
-            assert store.get_turn(1).log == log
+        with Store(path) as store:  # m011 makes it the turn of the one who rated it
+            assert store.get_turn(1).log == dataclasses.replace(log, user_name="ann")
             (example,) = store.feedback_examples()
         assert example.trajectory == [{"role": "assistant", "content": "4"}]
         assert example.tools == [] and example.correction_messages is None
+
+
+class TestTurnsLoggedBeforeUsers:
+    def test_are_their_threads_owners_else_their_raters_else_local(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.duckdb"
+        newer = [m for m in migrations.MIGRATIONS if m[0] > 10]
+        for entry in newer:
+            migrations.MIGRATIONS.remove(entry)
+        try:
+            with Store(path) as old:
+                old.create_owned_thread("owned", "kim")
+                for thread in ("owned", "rated", "plain"):
+                    old.db.execute(
+                        """INSERT INTO turns (thread_id, user_message, messages, prompt, answer,
+                               version, model, settings, total_ms, nodes)
+                           VALUES (?, 'q', '[]', 'p', 'a', 'base', 'm', '{}', 1.0, '[]')""",
+                        [thread],
+                    )
+                for turn in (2, 1):  # the thread's owner counts before the rater
+                    old.db.execute(
+                        "INSERT INTO feedback (turn_id, rating, user_name) VALUES (?, 'up', 'lee')",
+                        [turn],
+                    )
+        finally:
+            migrations.MIGRATIONS.extend(newer)
+            migrations.MIGRATIONS.sort()
+        with Store(path) as store:
+            assert [store.get_turn(i).log.user_name for i in (1, 2, 3)] == ["kim", "lee", "local"]
 
 
 class TestAMigrationFailingHalfWay:
@@ -327,6 +359,7 @@ class TestAMigrationFailingHalfWay:
             (8, "m008_thread_titles"),
             (9, "m009_base_fingerprints_and_removed_adapters"),
             (10, "m010_trajectories"),
+            (11, "m011_turn_users_and_forgetting"),
         ]
         tables = {
             r[0]

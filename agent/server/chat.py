@@ -68,7 +68,7 @@ from learnloop.agent.server.service import visible_thread, visible_turn
 from learnloop.agent.server.state import ServerState
 from learnloop.agent.server.tool_requests import check_tool_choice, check_tools
 from learnloop.learning import chat_format
-from learnloop.storage.records import Message
+from learnloop.storage.records import LOCAL_USER, Message
 
 MAX_MESSAGES = 200
 MAX_TOKENS = 2048
@@ -157,6 +157,13 @@ class ChatRequest(BaseModel):
     )
     thread_id: str | None = Field(
         default=None, max_length=64, description="learnloop: continue this stored thread"
+    )
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="who asks: the turn is theirs (`learnloop forget --user`); ignored when "
+        "an API key names the user [default: local]",
     )
     regen_of: int | None = Field(
         default=None, ge=1, le=2**62, description="learnloop: answer this logged turn again"
@@ -289,8 +296,9 @@ class Prepared:
     """A request checked and pinned, its turn id reserved: ready to answer.
 
     ``owner``: the key user whose thread a new conversation becomes (None: the
-    operator's); ``sees``: whose threads the caller may continue or regenerate (None:
-    everyone's). Every check comes before the thread and the turn id are made, so a
+    operator's), and whose turn this is (else the request's ``user``, else local);
+    ``sees``: whose threads the caller may continue or regenerate (None: everyone's).
+    Every check comes before the thread and the turn id are made, so a
     refused request leaves nothing behind."""
 
     def __init__(
@@ -315,6 +323,7 @@ class Prepared:
         self.tool_choice = check_tool_choice(request.tool_choice, offered)
         shown, _ = chat_format.choose(self.tool_choice, offered)  # what the prompt renders
         self.regen_of = request.regen_of
+        self.user = owner or request.user or LOCAL_USER
         thread_id: str | None = None
         if self.regen_of is not None:
             turn = store.get_turn(visible_turn(store, self.regen_of, sees))  # 404 if unknown
@@ -353,6 +362,7 @@ class Prepared:
             generation=self.generation,
             turn_id=self.turn_id,
             fitted=self.fitted,
+            user=self.user,
         )
 
     def _envelope(self, kind: str) -> dict[str, Any]:

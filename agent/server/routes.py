@@ -117,6 +117,19 @@ class SwitchRequest(BaseModel):
     why: str | None = Field(default=None, max_length=500)
 
 
+class ForgetRequest(BaseModel):
+    user: str = Field(
+        min_length=1,
+        max_length=200,
+        description="whose turns and feedback go (a user key may name only its own user)",
+    )
+    learn: dict[str, Any] | None = Field(
+        default=None,
+        description="learn settings for the replacement's cycle, as POST /v1/learn takes "
+        "them, over the server's",
+    )
+
+
 class RemoveRequest(BaseModel):
     versions: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default=[], max_length=MAX_LIST, description="the versions whose adapter files go"
@@ -348,6 +361,19 @@ def activate(
 ) -> dict[str, Any]:
     why = (body.why if body else None) or "activated through the API"
     return s.activate(version, why=why, who=f"api:{user_of(request)}")
+
+
+@versions.post("/v1/forget")
+def forget(
+    body: ForgetRequest, request: Request, s: ServerService = Service, who: Caller = Who
+) -> dict[str, Any]:
+    """Delete a user's turns and feedback, retire every version trained on them (the
+    active one is switched away from before the next answer) and start training a
+    replacement from the rest (``replacement_run``, followed as any run). The operator
+    and admin keys may forget anyone; a user key only its own user (else 403)."""
+    if not who.admin and body.user != who.user:
+        raise Forbidden(f"a user key may forget only its own user ({who.user}), not {body.user!r}")
+    return s.forget(body.user, settings=body.learn, who=f"api:{user_of(request)}")
 
 
 @versions.post("/v1/versions/remove", dependencies=[Admin])

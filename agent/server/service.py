@@ -16,6 +16,7 @@ What differs from the CLI's local service, and why:
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from learnloop.agent.service import CANCEL_WAIT_SECONDS, LocalService
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import Due, check
 from learnloop.storage.errors import Forbidden, NotFound
+from learnloop.storage.forgetting import Forgotten
 from learnloop.storage.home import data_root
 from learnloop.storage.records import Run
 from learnloop.storage.store import Store
@@ -132,6 +134,37 @@ class ServerService(LocalService):
         active after it was found removable and before its files go."""
         with self.state.switching:
             return super().remove_versions(versions, rejected=rejected, dry_run=dry_run)
+
+    def forget_rows(self, user: str, who: str) -> Forgotten:
+        """As locally, with no switch of version in between; a retired active version is
+        swapped out before the next answer."""
+        with self.state.switching:
+            forgotten = super().forget_rows(user, who)
+            if forgotten.active != forgotten.previous_active:
+                self.state.follow_store()
+        return forgotten
+
+    def replace(
+        self, forget_id: int, settings: dict[str, Any], who: str, progress: Any = None
+    ) -> dict[str, Any]:
+        """The replacement cycle in the server's learning thread: its run at once (the
+        caller follows it as any run, ``GET /v1/learn/{run}``); its version is recorded
+        with the forget when it is published."""
+        from learnloop.learning.snapshot import NothingToLearn
+
+        try:
+            job = self.state.start_learning(self.learn_settings(settings), who)
+        except NothingToLearn as exc:
+            return {"replacement": None, "replacement_verdict": str(exc), "replacement_run": None}
+
+        def record() -> None:
+            if job.thread is not None:
+                job.thread.join()
+            if job.version is not None:
+                self.store.record_replacement(forget_id, job.version)
+
+        threading.Thread(target=record, daemon=True).start()
+        return {"replacement": None, "replacement_verdict": None, "replacement_run": job.run}
 
     def activate(self, version: str, *, why: str, who: str | None = None) -> dict[str, Any]:
         return dataclasses.asdict(self.state.activate(version, who=who or "api", why=why))

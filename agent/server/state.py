@@ -84,7 +84,7 @@ class ServerState:
         self.learn = learn or LearnConfig()
         self.bench_results = bench_results
         self.active = store.active_version()
-        self._swapping = threading.Lock()
+        self._swapping = threading.RLock()  # a forget moves the pointer while holding it
         self._learning = threading.Lock()
         self.jobs: dict[int, LearnJob] = {}
 
@@ -108,7 +108,7 @@ class ServerState:
         return Pin(found.id, found.adapter_path, trusted_checksum(self.store, found))
 
     @property
-    def switching(self) -> threading.Lock:
+    def switching(self) -> threading.RLock:
         """Held while the active version changes; what must not race a switch (removing
         a version's files) holds it too."""
         return self._swapping
@@ -117,8 +117,9 @@ class ServerState:
         """Load ``version`` and make it the one new requests get; record who and why."""
         return self._swap(version, lambda v: self.store.activate(v, who=who, why=why))
 
-    def _follow_promotion(self) -> None:
-        """A cycle's gate activated its version in the store: load it, move the pointer."""
+    def follow_store(self) -> None:
+        """The store's active version changed (a cycle's gate promoted one, a forget retired
+        it): load it, move the pointer."""
         self._swap(self.store.active_version(), None)
 
     def _swap(self, version: str, record: Callable[[str], None] | None) -> Swap:
@@ -168,14 +169,14 @@ class ServerState:
 
     def _serve_promoted(self) -> None:
         try:
-            self._follow_promotion()
+            self.follow_store()
         except AdapterDamaged as damaged:  # broken between publishing and loading
             backend = self.agent.backend
             chosen = fall_back(
                 self.store, backend.model_name, damaged, fingerprint=backend.fingerprint
             )
             self.agent.warn(f"{damaged}; answering with {chosen.id if chosen else 'base'}")
-            self._follow_promotion()
+            self.follow_store()
 
     def publish_handed_over(self, run_id: int, who: str) -> None:
         """Publish a run a local ``learn`` trained while this server started (it could
