@@ -292,6 +292,13 @@ def _metric(v: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def cost_text(metrics: dict[str, Any]) -> str | None:
+    """What a version's cycle cost: its trainer's CPU time and the energy estimate."""
+    if metrics.get("cpu_seconds") is None:
+        return None  # trained before costs were recorded
+    return f"cost: {metrics['cpu_seconds']:.0f} CPU-s, ~{metrics['energy_wh']:.2f} Wh"
+
+
 def versions_text(data: list[dict[str, Any]]) -> str:
     """``learnloop versions`` from its JSON (:func:`versions_data`, or ``GET /v1/versions``)."""
     lines = [
@@ -314,6 +321,10 @@ def versions_text(data: list[dict[str, Any]]) -> str:
             lines.append(f"{'':11}files removed {when(v['removed_at']):%Y-%m-%d %H:%M}")
         if v.get("users"):
             lines.append(f"{'':11}trained on feedback of: {', '.join(v['users'])}")
+        cost = cost_text(v.get("metrics") or {})
+        started = f", trained further from {v['started_from']}" if v.get("started_from") else ""
+        if cost:
+            lines.append(f"{'':11}{cost}{started}")
         for reason in (v.get("gate") or {}).get("reasons", []):
             lines.append(f"{'':11}gate: {reason}")
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from typing import Any, get_type_hints
 from learnloop.storage.errors import UsageError
 
 METHODS = ("auto", "sft", "dpo", "kto")
+STARTS = ("fresh", "active")
 GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "task_macro_f1")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 MAX_EPOCHS = 1000.0
@@ -249,6 +250,33 @@ class LearnConfig:
             "min": 1,
             "also": -1,
             "help": "cap on optimizer steps per stage (-1 = run all epochs)",
+        },
+    )
+    start: str = field(
+        default="fresh",
+        metadata={
+            "choices": STARTS,
+            "help": "fresh | active. fresh: a new adapter trained on all feedback so far; "
+            "active: the active version's adapter trained further on the feedback new since "
+            "that version, plus --replay older rows (a cycle's cost then stays flat as "
+            "feedback grows). active falls back to fresh when the base model is active",
+        },
+    )
+    replay: int = field(
+        default=150,
+        metadata={
+            "min": 0,
+            "help": "with --start active: at most this many older feedback rows trained on "
+            "again, taken in turn from each kind (correction, up, down) and label so that "
+            "every one stays represented",
+        },
+    )
+    watts_per_cpu: float = field(
+        default=4.0,
+        metadata={
+            "above": 0.0,
+            "help": "the power one busy logical CPU draws, for a cycle's energy estimate "
+            "(CPU-seconds x this); 4 W is a server CPU's TDP per hardware thread",
         },
     )
     force: bool = field(

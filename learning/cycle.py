@@ -69,6 +69,7 @@ from learnloop.learning.snapshot import (
     control_set,
     gate_request,
     measured_against,
+    start_from,
     task_rows,
     write_json,
     write_snapshot,
@@ -130,11 +131,12 @@ def prepare_run(
     if not config.force:
         nothing_new(store, examples)
     real_users = frozenset(key.name for key in store.api_keys())
-    snap = build_snapshot(examples, config, real_users)
+    active, control = store.active_version(), control_set(store)
+    start = start_from(store, model, config, active)
+    snap = build_snapshot(examples, config, real_users, start.since if start else None)
     task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
     if config.gate and not config.promote_without_heldout:
         judgeable(snap, task)
-    active, control = store.active_version(), control_set(store)
     gate = gate_request(store, model, config, active, control)
     run_id = store.reserve_run_id()
     run_dir = runs_dir() / f"run-{run_id}"
@@ -142,7 +144,7 @@ def prepare_run(
         with disk_writes(f"the snapshot of run {run_id}", run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
-            write_snapshot(run_dir, snap, model, config, gate, control, task)
+            write_snapshot(run_dir, snap, model, config, gate, control, task, start)
         store.record_prepared_run(
             run_id,
             method=snap.data.method,
@@ -254,6 +256,8 @@ def publish(
         write_json(target / "metrics.json", metrics)
     method = store.get_run(run_id).method
     version = _version(version_id, parent, run_id, model, target, method, counts, metrics)
+    request = json.loads((run_dir / "request.json").read_text())
+    version = replace(version, started_from=request.get("started_from"))
     candidate = measured["candidate"]["control_answers"] if measured else None
     active = measured["active"]["control_answers"] if measured else None
     while True:

@@ -36,6 +36,7 @@ class Request:
     kto: list[Row]
     gate: dict[str, Any] | None  # what learning/evaluate.py needs, or None: no gate
     sft_corrections: list[int] = field(default_factory=list)  # SFT rows that are corrections
+    start_adapter: Path | None = None  # the adapter to train further (None: a fresh one)
 
 
 # --- reading the request (no heavy imports: bad input fails fast) -----------------------
@@ -74,7 +75,10 @@ def read_request(run_dir: Path) -> Request:
         isinstance(i, int) and 0 <= i < len(sft) for i in fixes
     ):
         raise TrainerError(f'{REQUEST_FILE}: "sft_corrections" must list SFT row numbers')
-    return Request(base_model, config, sft, dpo, kto, gate, fixes)
+    start = raw.get("start_adapter")
+    if start is not None and not (isinstance(start, str) and Path(start).is_dir()):
+        raise TrainerError(f'{REQUEST_FILE}: "start_adapter" {start!r} is not an adapter folder')
+    return Request(base_model, config, sft, dpo, kto, gate, fixes, Path(start) if start else None)
 
 
 def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:

@@ -36,6 +36,7 @@ from learnloop.learning.datasets import (
 )
 from learnloop.learning.models import ResolvedModel
 from learnloop.learning.quality import QualityReport, clean, split_by_thread
+from learnloop.learning.replay import continual
 from learnloop.learning.tasks import (
     TaskFileError,
     is_tool_task,
@@ -122,11 +123,17 @@ def build_snapshot(
     examples: list[FeedbackExample],
     config: LearnConfig,
     real_users: frozenset[str] = frozenset(),
+    since: int | None = None,
 ) -> Snapshot:
     """Pure: clean, split by thread, build the datasets the method trains on.
-    ``real_users`` are the names the per-user cap balances (learning/quality.py)."""
+    ``real_users`` are the names the per-user cap balances (learning/quality.py). With
+    ``since`` (a cycle that starts from an adapter whose snapshot considered feedback up to
+    that id) it trains on the newer rows and a replay of older ones (learning/replay.py);
+    the held-out split is the same either way."""
     cleaned, quality = clean(examples, max_user_share=config.max_user_share, real_users=real_users)
     train, held = split(cleaned, config)
+    if since is not None:
+        train = continual(train, since, config.replay, config.seed)
     built = build_datasets(train, config.cut_off_sentences)
     if built.empty:
         raise NothingToLearn(why_empty(train, config.cut_off_sentences))
@@ -208,6 +215,30 @@ def measured_against(store: Store, model: ResolvedModel, active: str) -> tuple[s
     return active, version.adapter_path
 
 
+@dataclass(frozen=True)
+class Start:
+    """The adapter a ``--start active`` cycle trains further: ``version``'s, in
+    ``adapter``, whose own snapshot considered feedback up to id ``since``."""
+
+    version: str
+    adapter: str
+    since: int
+
+
+def start_from(
+    store: Store, model: ResolvedModel, config: LearnConfig, active: str
+) -> Start | None:
+    """Where a cycle starts while ``active`` is active: None for a fresh adapter (``--start
+    fresh``, the base model active, or a version of another base or without its files)."""
+    if config.start != "active" or active == BASE_VERSION:
+        return None
+    version = store.get_version(active)
+    since = store.trained_upto(active)
+    if not model.trained(version) or version.removed_at is not None or since is None:
+        return None
+    return Start(active, version.adapter_path, since)
+
+
 def gate_request(
     store: Store,
     model: ResolvedModel,
@@ -247,6 +278,7 @@ def write_snapshot(
     gate: dict[str, Any] | None,
     control: list[dict[str, str]],
     task: list[dict[str, Any]],
+    start: Start | None = None,
 ) -> None:
     data = snap.data
     for name, rows in (
@@ -272,5 +304,7 @@ def write_snapshot(
             "kto": "kto.jsonl",
             "sft_corrections": snap.sft_corrections,
             "gate": gate,
+            "start_adapter": start.adapter if start else None,
+            "started_from": start.version if start else None,
         },
     )

@@ -33,7 +33,10 @@ Output, all inside ``RUN_DIR``:
   ``rewards/accuracies`` and ``rewards/margins``); a skipped stage is ``null``. Plus
   ``peak_rss_mb``, total ``seconds``, ``gate_seconds``, ``trainable_params`` and
   ``niceness`` (the CPU priority it trained at, :data:`NICENESS` above its parent's) and
-  ``session_niceness`` (its scheduling group's, :data:`NICENESS`; None without autogroups).
+  ``session_niceness`` (its scheduling group's, :data:`NICENESS`; None without autogroups),
+  ``cpu_seconds`` (user + system time of all its threads; ``gate_cpu_seconds`` of them
+  the gate's) and ``energy_wh``, an estimate: CPU-seconds x ``--watts-per-cpu`` (a
+  VM has no power meter; see the README's "What a cycle costs" for the error).
 - ``gate.json`` when a gate was asked for: the candidate and the active version measured
   on the same held-out feedback and control set (learning/evaluate.py).
 - ``trainer.log``: everything the libraries print, and the traceback of a failure.
@@ -46,9 +49,12 @@ Everything the trainer writes is private to its owner (umask 077, as in the pare
 
 Invariants:
 
-- Every cycle trains a fresh LoRA adapter from the base checkpoint on the cumulative
-  data; adapters are never trained further. That sidesteps the DPO-on-an-existing-adapter
-  reference pitfall (TRL issue 4723) across cycles.
+- A cycle trains a fresh LoRA adapter from the base checkpoint (``--start fresh``), or a
+  copy of the active version's adapter (``start_adapter``, ``--start active``), loaded
+  trainable; the folder it was loaded from is only read. Either way DPO and KTO get an
+  explicit reference: TRL copies the adapter as it stands when the stage starts (below),
+  never "the adapter disabled", which is the base and the wrong reference for a trained
+  adapter (TRL issue 4723).
 - Within a cycle, SFT runs first, then DPO (or KTO) on the same PeftModel. TRL 1.16's DPOTrainer,
   given a PeftModel and no ``ref_model``, freezes a copy of the current adapter as a
   second adapter named ``ref`` and computes reference log-probs with it (KTOTrainer does
@@ -144,6 +150,14 @@ def add_fresh_adapter(model: PreTrainedModel, config: LearnConfig) -> PeftModel:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def load_start_adapter(model: PreTrainedModel, adapter: Path) -> PeftModel:
+    """The active version's adapter, to train further (``--start active``): its own rank
+    and modules, whatever the config's LoRA settings say."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
 def common_args(config: LearnConfig, run_dir: Path, stage: str) -> dict[str, Any]:
@@ -400,7 +414,10 @@ def run(run_dir: Path) -> dict[str, Any]:
     progress.write("load")
     quiet_libraries()
     base, tokenizer = load_base(request.base_model)
-    model = add_fresh_adapter(base, request.config)
+    if request.start_adapter is not None:
+        model = load_start_adapter(base, request.start_adapter)
+    else:
+        model = add_fresh_adapter(base, request.config)
     trainable = count_trainable(model)
     stage_args = (request.config, run_dir, progress)
     sft = (
@@ -412,7 +429,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
     progress.write("save")
     save_adapter(model, run_dir)
-    gate_started = time.monotonic()
+    gate_started, gate_cpu = time.monotonic(), cpu_seconds()
     if request.gate is not None:
         progress.write("gate")
         measured = measure_gate(model, tokenizer, request, run_dir, progress)
@@ -428,6 +445,9 @@ def run(run_dir: Path) -> dict[str, Any]:
         "trainable_params": trainable,
         "niceness": os.nice(0),
         "session_niceness": session_niceness(),
+        "cpu_seconds": round(cpu_seconds(), 1),
+        "gate_cpu_seconds": round(cpu_seconds() - gate_cpu, 1) if request.gate else None,
+        "energy_wh": round(cpu_seconds() * request.config.watts_per_cpu / 3600, 3),
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     progress.write("done")
@@ -435,6 +455,12 @@ def run(run_dir: Path) -> dict[str, Any]:
 
 
 # --- the process ------------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def fail(message: str) -> str:

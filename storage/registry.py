@@ -383,6 +383,15 @@ class Registry(Connection):
             [checksum, version_id],
         )
 
+    def trained_upto(self, version_id: str) -> int | None:
+        """The newest feedback id the snapshot of ``version_id``'s run considered (None: a
+        version without a snapshot, registered by hand)."""
+        return self._one(
+            """SELECT s.upto_feedback_id FROM versions v JOIN snapshots s ON s.run_id = v.run_id
+               WHERE v.id = ?""",
+            [version_id],
+        )
+
     def get_version(self, version_id: str) -> Version:
         for v in self.versions():
             if v.id == version_id:

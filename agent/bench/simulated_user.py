@@ -300,6 +300,7 @@ class Bench:
             "feedback": asdict(self.tally),
             "interactions": len(data.interactions),
             "train_seconds": round(sum(c["train_seconds"] for c in cycles), 1),
+            "energy_wh": round(sum(c.get("energy_wh") or 0.0 for c in cycles), 3),
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
 
@@ -370,6 +371,9 @@ class Bench:
             "feedback": asdict(self.tally),
             "train_seconds": round(sum(s.get("seconds", 0.0) for s in stages), 1),
             "gate_seconds": metrics.get("gate_seconds"),
+            "cpu_seconds": metrics.get("cpu_seconds"),  # the trainer child's, gate included
+            "energy_wh": metrics.get("energy_wh"),
+            "started_from": version.started_from,
             "peak_rss_mb": metrics.get("peak_rss_mb"),
             "gate": {side: _gate_numbers(gate.get(side)) for side in ("candidate", "active")},
         }

@@ -11,8 +11,8 @@ GOALS = {
 TOOL_GOALS = {"correct": {"accuracy": 0.90}, "thumbs": {}}  # a tool task (--tools)
 
 
-def _score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _score(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def bench_table(results: dict[str, Any]) -> str:
@@ -29,19 +29,21 @@ def bench_table(results: dict[str, Any]) -> str:
              "attempted": "tried a call", "well_formed": "well-formed calls"}  # fmt: skip
     heads = " | ".join(names.get(k, k) for k in keys)
     lines = [
-        f"| after | interactions | version | gate | active | {heads} | train s | peak RSS MB |",
-        "| --- | ---: | --- | --- | --- | " + "---: | " * len(keys) + "---: | ---: |",
+        f"| after | interactions | version | gate | active | {heads} | train s | CPU s | Wh "
+        "| peak RSS MB |",
+        "| --- | ---: | --- | --- | --- | " + "---: | " * len(keys) + "---: | ---: | ---: | ---: |",
     ]
     base = results["base"]
     scores = " | ".join(_score(base.get(k)) for k in keys)
-    lines.append(f"| base | 0 | - | - | base | {scores} | - | - |")
+    lines.append(f"| base | 0 | - | - | base | {scores} | - | - | - | - |")
     for n, c in enumerate(results["cycles"], start=1):
         verdict = "promoted" if c["promoted"] else "rejected"
         scores = " | ".join(_score(c.get(k)) for k in keys)
         lines.append(
             f"| cycle {n} | {c['interactions']} | {c['version']} | {verdict} "
             f"| {c['active_version']} | {scores} "
-            f"| {c['train_seconds']:.0f} | {c['peak_rss_mb']:.0f} |"
+            f"| {c['train_seconds']:.0f} | {_score(c.get('cpu_seconds'), 0)} "
+            f"| {_score(c.get('energy_wh'), 2)} | {c['peak_rss_mb']:.0f} |"
         )
     lines.append("")
     lines.append(goals_text(results))

@@ -1,0 +1,59 @@
+"""What a continual cycle learns from: the feedback new since the adapter it starts from,
+plus a bounded replay of older feedback (``learn --start active``).
+
+Pure. A cycle that trains the active version's adapter further must not train on all
+feedback again (its cost would grow with every cycle) nor on the new rows alone (what the
+adapter learned before would fade: the new rows may all be of one kind). So it takes every
+row newer than the adapter's own snapshot and at most ``replay`` older ones, chosen in
+turn from each group of a kind (a correction, a thumbs-up, a thumbs-down) and what it
+says (the correction's or the answer's first words: a labelled task's label), the
+smallest groups first, so that every kind and label stays represented however few rows
+are replayed.
+
+Invariant: the result depends only on the rows, ``since``, ``replay`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections import defaultdict
+
+from learnloop.storage.records import FeedbackExample
+
+WORDS = 3  # how many first words of an answer name its group
+
+
+def continual(
+    train: list[FeedbackExample], since: int, replay: int, seed: int
+) -> list[FeedbackExample]:
+    """The rows of ``train`` newer than feedback id ``since``, and at most ``replay`` of the
+    others, in feedback order."""
+    new = [e for e in train if e.feedback_id > since]
+    old = [e for e in train if e.feedback_id <= since]
+    return sorted([*new, *replayed(old, replay, seed)], key=lambda e: e.feedback_id)
+
+
+def replayed(old: list[FeedbackExample], replay: int, seed: int) -> list[FeedbackExample]:
+    """At most ``replay`` of ``old``: one from each group in turn, smallest group first,
+    each group's rows in a seeded random order."""
+    groups: dict[tuple[str, str], list[FeedbackExample]] = defaultdict(list)
+    for e in old:
+        groups[group(e)].append(e)
+    rng = random.Random(seed)
+    queues = [rows for _, rows in sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))]
+    for rows in queues:
+        rng.shuffle(rows)
+    chosen: list[FeedbackExample] = []
+    while len(chosen) < replay and any(queues):
+        for rows in queues:
+            if rows and len(chosen) < replay:
+                chosen.append(rows.pop())
+    return chosen
+
+
+def group(e: FeedbackExample) -> tuple[str, str]:
+    """(kind, what it says): a correction by its text, a thumb by the answer rated."""
+    kind, text = ("correction", e.correction) if e.correction else (e.rating, e.answer)
+    words = text.lower().split()[:WORDS]
+    return kind, " ".join(w.strip(string.punctuation) for w in words)
