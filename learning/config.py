@@ -276,7 +276,8 @@ class LearnConfig:
         metadata={
             "above": 0.0,
             "help": "the power one busy logical CPU draws, for a cycle's energy estimate "
-            "(CPU-seconds x this); 4 W is a server CPU's TDP per hardware thread",
+            "(CPU-seconds x this); 4 W: a hardware thread's share of a server CPU's TDP, "
+            "with memory and power supply",
         },
     )
     force: bool = field(
