@@ -119,6 +119,14 @@ class LearnConfig:
     dpo_learning_rate: float = field(
         default=5e-5, metadata={"above": 0.0, "max": 1.0, "help": "DPO learning rate"}
     )
+    dpo_balance: bool = field(
+        default=False,
+        metadata={
+            "help": "keep DPO pairs balanced by what they reject: no kind of rejected answer "
+            "(its first words: a label) in more pairs than the next most rejected kind "
+            "(unbalanced thumbs pairs once taught a model never to say one label)",
+        },
+    )
     dpo_beta: float = field(
         default=0.1,
         metadata={"above": 0.0, "help": "DPO beta: how far the policy may move from the reference"},

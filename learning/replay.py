@@ -16,12 +16,10 @@ Invariant: the result depends only on the rows, ``since``, ``replay`` and ``seed
 from __future__ import annotations
 
 import random
-import string
 from collections import defaultdict
 
+from learnloop.learning.datasets import gist
 from learnloop.storage.records import FeedbackExample
-
-WORDS = 3  # how many first words of an answer name its group
 
 
 def continual(
@@ -55,5 +53,4 @@ def replayed(old: list[FeedbackExample], replay: int, seed: int) -> list[Feedbac
 def group(e: FeedbackExample) -> tuple[str, str]:
     """(kind, what it says): a correction by its text, a thumb by the answer rated."""
     kind, text = ("correction", e.correction) if e.correction else (e.rating, e.answer)
-    words = text.lower().split()[:WORDS]
-    return kind, " ".join(w.strip(string.punctuation) for w in words)
+    return kind, gist(text)

@@ -134,7 +134,7 @@ def build_snapshot(
     train, held = split(cleaned, config)
     if since is not None:
         train = continual(train, since, config.replay, config.seed)
-    built = build_datasets(train, config.cut_off_sentences)
+    built = build_datasets(train, config.cut_off_sentences, config.dpo_balance)
     if built.empty:
         raise NothingToLearn(why_empty(train, config.cut_off_sentences))
     try:

@@ -196,6 +196,34 @@ class TestUpAndDownAnswersToTheSamePromptMakeDpoPairs:
         assert pairs == {("Blue, on a clear day.", "Green."), ("Blue.", "Green.")}
         assert set(ids) == {up.feedback_id, down.feedback_id}
 
+    def test_balanced_pairs_reject_no_label_more_than_the_next_most_rejected(self) -> None:
+        """As in the thumbs bench: the base says "positive" to most texts, so most pairs
+        reject it; balanced, it is rejected no more often than "neutral" is."""
+        rows = []
+        for n in range(6):
+            q = f"Text {n}: sentiment?"
+            rows += [
+                example("up", "negative", question=q),
+                example("down", "Positive.", question=q),
+            ]
+        for n in range(2):
+            q = f"Other {n}: sentiment?"
+            rows += [example("up", "positive", question=q), example("down", "neutral", question=q)]
+        rows += [
+            example("up", "neutral", question="Last"),
+            example("down", "negative", question="Last"),
+        ]
+        unbalanced, _ = build_dpo(rows)
+        kept, ids = build_dpo(rows, balance=True)
+        rejected = [r["rejected"][0]["content"] for r in kept]
+        assert len(unbalanced) == 9
+        assert sorted(rejected) == ["Positive.", "Positive.", "negative", "neutral", "neutral"]
+        assert len(ids) == 2 * len(kept)  # each pair's two feedback rows, no others
+        newest = [
+            r["prompt"][-1]["content"] for r in kept if r["rejected"][0]["content"] == "Positive."
+        ]
+        assert newest == ["Text 4: sentiment?", "Text 5: sentiment?"]  # the newest kept
+
 
 class TestFeedbackIdsAndContentHash:
     def test_the_recorded_feedback_ids_are_the_ones_behind_each_datasets_rows(self) -> None:
