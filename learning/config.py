@@ -191,6 +191,15 @@ class LearnConfig:
             "help": "largest allowed drop in the control answers' log-prob per token",
         },
     )
+    gate_max_kl: float = field(
+        default=0.0,
+        metadata={
+            "min": 0.0,
+            "help": "the most the candidate's next-token distributions on the control set may "
+            "move from the active version's (mean KL per token, nats; 0: measured and "
+            "reported, not bounded)",
+        },
+    )
     gate_max_new_tokens: int = field(
         default=48,
         metadata={

@@ -208,6 +208,7 @@ def _gate_record(measured: dict[str, Any] | None, decision: Decision) -> dict[st
         for side in ("candidate", "active"):
             summary[side] = {k: v for k, v in measured[side].items() if k != "control_answers"}
         summary["base_control"] = measured.get("base_control")
+        summary["kl"] = measured.get("kl")  # how far it moved from the active version
     return summary
 
 

@@ -20,7 +20,11 @@ data in the same process:
   model, which the gate holds the control set against. A version's control scores never
   change, so those measured in an earlier cycle are reused;
 - with ``--eval-file``: task accuracy, the share of labelled rows whose greedy answer
-  names exactly the gold label (learning/tasks.py).
+  names exactly the gold label (learning/tasks.py);
+- how far the candidate moved from the active version (``kl``): the mean per-token
+  KL(active || candidate) of their next-token distributions along the good answers of
+  the control set and of the held-out feedback, each (forgetting shows there first: a
+  version that keeps its answers but spreads its probability elsewhere).
 
 Deciding what the numbers mean is not done here: see ``learning/gate.py``.
 """
@@ -57,15 +61,42 @@ def answer_logp(
     model: Any, tokenizer: Any, prompt: list[Message], answer: str, tools: Tools = None
 ) -> tuple[float, int]:
     """Sum of log p(answer tokens | prompt) and the number of answer tokens."""
+    logprobs, targets = answer_logprobs(model, tokenizer, prompt, answer, tools)
+    return float(logprobs.gather(1, targets[:, None]).sum().item()), int(targets.shape[0])
+
+
+def answer_logprobs(
+    model: Any, tokenizer: Any, prompt: list[Message], answer: str, tools: Tools = None
+) -> tuple[Any, Any]:
+    """The model's log-probabilities over the vocabulary at each token of ``answer``
+    (teacher-forced after ``prompt``), a [tokens, vocab] tensor, and those tokens."""
     import torch
 
     ids, start = _ids(tokenizer, prompt, answer, tools)
     tensor = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
         logits = model(input_ids=tensor).logits[0, start - 1 : -1].float()
-    targets = tensor[0, start:]
-    logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).sum().item()
-    return float(logp), len(ids) - start
+    return torch.log_softmax(logits, dim=-1), tensor[0, start:]
+
+
+def divergence(
+    model: Any, tokenizer: Any, rows: list[Row], active: str | None, tick: Tick
+) -> float | None:
+    """Mean per-token KL(active || candidate) over ``rows`` ({"prompt", "answer"}): how far
+    the candidate's next-token distributions moved from the active version's, along the
+    rows' good answers. The candidate is adapter "default", the active version adapter
+    ``active`` (None: the base). None without rows."""
+    total, tokens = 0.0, 0
+    for row in rows:
+        args = (model, tokenizer, row["prompt"], row["answer"], row.get("tools"))
+        with as_version(model, "default"):
+            cand, _ = answer_logprobs(*args)
+        with as_version(model, active):
+            act, _ = answer_logprobs(*args)
+        total += float((act.exp() * (act - cand)).sum())
+        tokens += int(act.shape[0])
+        tick()
+    return total / tokens if tokens else None
 
 
 def greedy(
@@ -343,6 +374,7 @@ def compare(
     active_adapter = gate.get("active_adapter")
     known_active, known_base = gate.get("active_control"), gate.get("base_control")
     total = work(data, False) + work(data, known_active is not None)
+    total += sum(len(rows) for rows in drift_rows(data).values())
     if active_adapter and known_base is None:
         total += len(data["control"])
     done = 0
@@ -360,6 +392,10 @@ def compare(
         model.load_adapter(active_adapter, adapter_name="active")
     with as_version(model, "active" if active_adapter else None):
         active = measure(model, tokenizer, data, tokens, tick, known_active, toolbox)
+    drift = {
+        part: divergence(model, tokenizer, rows, "active" if active_adapter else None, tick)
+        for part, rows in drift_rows(data).items()
+    }
     if not active_adapter:
         base = active
     elif known_base is not None:
@@ -373,4 +409,27 @@ def compare(
         "candidate": candidate,
         "active": active,
         "base_control": {k: base[k] for k in (*CONTROL_KEYS, "control_answers") if k in base},
+        "kl": drift,
     }
+
+
+def drift_rows(data: dict[str, list[Row]]) -> dict[str, list[Row]]:
+    """What the candidate's drift from the active version is measured on: the control set
+    (general ability) and the held-out feedback (the users' job), each along its good
+    answers (a correction, the preferred answer of a pair)."""
+    heldout = [
+        {"prompt": f["prompt"], "answer": chat_format.first_step(f["completion"]), **_tools(f)}
+        for f in data["fixes"]
+    ] + [
+        {"prompt": p["prompt"], "answer": chat_format.first_step(p["chosen"]), **_tools(p)}
+        for p in data["pairs"]
+    ]
+    control = [
+        {"prompt": [{"role": "user", "content": c["prompt"]}], "answer": c["answer"]}
+        for c in data["control"]
+    ]
+    return {"control": control, "heldout": heldout}
+
+
+def _tools(row: Row) -> Row:
+    return {"tools": row["tools"]} if row.get("tools") else {}

@@ -26,7 +26,8 @@ Rules, in order:
    ``--control-max-drop`` and the good control answers' log-probability per token by at
    most ``--control-max-logp-drop``, both measured against the base model (the fixed
    reference for general ability); task accuracy by at most ``--task-max-drop`` against
-   the active version.
+   the active version; with ``--gate-max-kl``, the control set's next-token distributions
+   by at most that much (mean KL per token) from the active version's: forgetting.
 """
 
 from __future__ import annotations
@@ -152,7 +153,11 @@ def taught(cand: dict[str, Any], act: dict[str, Any], config: LearnConfig) -> Ve
 
 
 def _control(
-    cand: dict[str, Any], act: dict[str, Any], base: dict[str, Any], config: LearnConfig
+    cand: dict[str, Any],
+    act: dict[str, Any],
+    base: dict[str, Any],
+    config: LearnConfig,
+    result_kl: dict[str, float | None] | None = None,
 ) -> list[str]:
     """The ways the candidate breaks the control set (empty when it does not)."""
     broken = []
@@ -167,6 +172,12 @@ def _control(
         broken.append(
             f"control log-prob per token drops from {_fmt(bl)} (base) to {_fmt(cl)} "
             f"(allowed: {config.control_max_logp_drop})"
+        )
+    kl = (result_kl or {}).get("control")
+    if config.gate_max_kl and kl is not None and kl > config.gate_max_kl:
+        broken.append(
+            f"on the control set it moved {kl:.3f} nats per token from the active version "
+            f"(KL; allowed: {config.gate_max_kl})"
         )
     ct, at = cand.get("task_accuracy"), act.get("task_accuracy")
     if ct is not None and at is not None and ct < at - config.task_max_drop:
@@ -206,7 +217,7 @@ def decide(result: dict[str, Any] | None, config: LearnConfig) -> Decision:
     # dozen prompts one lucky version would otherwise raise the bar for all that follow
     # (measured: v2 at 0.833 vs the base's 0.667 rejected two better candidates at 0.667).
     base = result.get("base_control") or act
-    broken = _control(cand, act, base, config)
+    broken = _control(cand, act, base, config, result.get("kl"))
     general = _general(cand, base, broken)
     reasons = [verdict.reason, *broken]
     if verdict.won is None:

@@ -71,6 +71,16 @@ class TestDecide:
         d = decide(result(side(pref=1.0, logp=-3.0), side(pref=0.0, logp=-2.0)), LearnConfig())
         assert not d.promote and "log-prob per token drops" in d.reasons[1]
 
+    def test_drifting_too_far_from_the_active_version_rejects_when_bounded(self) -> None:
+        drifted = {**result(side(pref=1.0), side(pref=0.0)), "kl": {"control": 0.4}}
+        assert decide(drifted, LearnConfig()).promote  # measured, not bounded by default
+        d = decide(drifted, LearnConfig(gate_max_kl=0.1))
+        assert not d.promote
+        assert "moved 0.400 nats per token from the active version (KL; allowed: 0.1)" in (
+            " ".join(d.reasons)
+        )
+        assert decide(drifted, LearnConfig(gate_max_kl=0.5)).promote
+
     def test_the_control_set_is_held_against_the_base_not_a_lucky_active_version(self) -> None:
         lucky = result(side(pref=1.0, acc=0.67), side(pref=0.5, acc=0.83))
         lucky["base_control"] = {"control_accuracy": 0.67, "control_logp_per_token": -2.0}
@@ -229,7 +239,7 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
         agent = Agent(
             store,
             TransformersBackend(str(tiny_model_dir), tiny_model_dir.name),
-            GenerationConfig(max_new_tokens=4),
+            GenerationConfig(max_new_tokens=4, seed=0),  # the same answers every run
         )
         held = threads(True, 1)[0]
         rated = {}
@@ -253,6 +263,8 @@ def test_a_cycle_measures_both_versions_and_records_the_verdict(
             assert 0 <= measured["task_macro_f1"] <= 1
         assert gate["base_control"]["control_accuracy"] == gate["active"]["control_accuracy"]
         assert cycle.reasons == gate["reasons"] and cycle.promoted == gate["promote"]
+        # how far it moved from the active version, on the control set and held-out rows
+        assert gate["kl"]["control"] > 0 and gate["kl"]["heldout"] > 0
 
         version = store.get_version("v1")
         assert version.status == ("promoted" if cycle.promoted else "rejected")
