@@ -183,3 +183,39 @@ def test_a_tool_task_is_taught_with_demonstrations_that_ran_the_real_tool(
         assert row["answer"] in final["content"]
         assert [t["function"]["name"] for t in example.tools] == ["calculate"]
     assert results["cycles"] and results["cycles"][0]["examples"]["sft"] >= 1
+
+
+def test_the_job_can_change_part_way_and_both_tasks_are_measured_throughout(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """--switch-at 3: three sentiment texts, then three tool questions; every measurement
+    holds both tasks, and the cycle after the switch is judged on the second task."""
+    rows = [
+        {"text": f"What is {a} * {b}?", "answer": str(a * b),
+         "calls": [{"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}]}
+        for a, b in [(4821, 37), (1203, 58), (9917, 12), (3344, 71), (2718, 28), (5150, 19)]
+    ]  # fmt: skip
+    (tmp_path / "train2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    (tmp_path / "dev2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    args = bench_args(
+        tmp_path, "--interactions", "6", "--cycle-every", "3", "--switch-at", "3",
+        "--train2", str(tmp_path / "train2.jsonl"), "--eval2", str(tmp_path / "dev2.jsonl"),
+        "--instruction2", "Use the calculate tool.", "--tools2", str(SHARED_TOOLS),
+    )  # fmt: skip
+    result = run_cli(tiny_model_dir, *args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "2nd task accuracy" in result.stdout.splitlines()[0]
+    for point in [results["base"], *results["cycles"], results["final"]]:
+        assert 0 <= point["accuracy"] <= 1 and 0 <= point["macro_f1"] <= 1  # the first task
+        second = point["second"]
+        assert 0 <= second["accuracy"] <= 1 and second["macro_f1"] is None  # a tool task
+        assert second["answers"] == 2
+    with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
+        sent = [t.log.user_message for t in store.recent_turns(100) if t.feedback]
+        runs = store.runs()
+    assert [m.startswith("Sentiment?") for m in sent] == [True] * 3 + [False] * 3
+    # each cycle's gate judges the task being taught when it ran
+    assert runs[0].config["eval_instruction"] == "Sentiment? One word."
+    assert runs[-1].config["eval_instruction"] == "Use the calculate tool."
+    assert runs[-1].config["tools"] == str(SHARED_TOOLS)

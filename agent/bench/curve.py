@@ -33,6 +33,11 @@ def plot_learning_curve(results: dict[str, Any], path: Path) -> None:
     for key, label, style in lines:
         ys = [p.get(key) for _, p in points]
         ax.plot(xs, [float("nan") if y is None else y for y in ys], style, label=label)
+    switch = results["config"].get("switch_at")
+    if switch:  # a job change: the second task's accuracy, and where the user switched
+        ys = [p["second"].get("accuracy") for _, p in points]
+        ax.plot(xs, [float("nan") if y is None else y for y in ys], "o-", label="2nd task accuracy")
+        ax.axvline(switch, color="grey", linestyle=":", label="the job changes")
     for x, cycle in zip(xs[1:], results["cycles"], strict=True):
         mark = "promoted" if cycle["promoted"] else "rejected"
         ax.annotate(

@@ -112,6 +112,19 @@ class BenchConfig:
     max_new_tokens: int = field(
         default=0, metadata={"help": "longest answer, in tokens (0: 16, or 64 for a tool task)"}
     )
+    switch_at: int = field(
+        default=0,
+        metadata={
+            "help": "the job changes: after this many interactions the user teaches a second "
+            "task (--train2, --eval2, --instruction2, --labels2 or --tools2); every "
+            "evaluation measures both (0: one task)"
+        },
+    )
+    train2: str = field(default="", metadata={"help": "the second task's --train"})
+    eval2: str = field(default="", metadata={"help": "the second task's --eval"})
+    instruction2: str = field(default="", metadata={"help": "the second task's --instruction"})
+    labels2: str = field(default="", metadata={"help": "the second task's --labels"})
+    tools2: str = field(default="", metadata={"help": "the second task's --tools"})
 
     def __post_init__(self) -> None:
         for name in ("train", "eval", "out"):
@@ -127,6 +140,26 @@ class BenchConfig:
             raise ValueError("--instruction is empty; say what the model should answer")
         if not self.tools.strip() and len(self.label_list) < 2:
             raise ValueError("--labels needs at least two comma-separated label words")
+        if self.switch_at and not 0 < self.switch_at < self.interactions:
+            raise ValueError("--switch-at must lie between 0 and --interactions")
+        if self.switch_at and not (self.train2 and self.eval2 and self.instruction2):
+            raise ValueError("--switch-at needs the second task: --train2, --eval2, --instruction2")
+
+    def second(self) -> BenchConfig | None:
+        """The second task's settings, as a bench of its own after the switch."""
+        if not self.switch_at:
+            return None
+        return replace(
+            self,
+            train=self.train2,
+            eval=self.eval2,
+            instruction=self.instruction2,
+            labels=self.labels2,
+            tools=self.tools2,
+            interactions=self.interactions - self.switch_at,
+            max_new_tokens=0,
+            switch_at=0,
+        )
 
     @property
     def answer_tokens(self) -> int:
@@ -243,71 +276,92 @@ def load_data(config: BenchConfig, task: Any) -> Data:
     return Data(interactions=sent, eval=evaluation, gate=gate)
 
 
+@dataclass
+class Job:
+    """One task the user teaches: its rows, the learn settings whose gate judges it, and
+    (once the bench runs) the agents that answer it: ``chat`` samples as a person's chat
+    does, ``judge`` answers the eval rows greedily. Two jobs share one model."""
+
+    task: Any  # LabelTask or agent/bench/tool_task.py ToolTask
+    data: Data
+    learn: LearnConfig
+    answer_tokens: int
+    chat: Any = None
+    judge: Any = None
+
+
 class Bench:
     """One benchmark run; see the module docstring."""
 
-    def __init__(
-        self, config: BenchConfig, learn: LearnConfig, model_spec: str | None, task: Any
-    ) -> None:
+    def __init__(self, config: BenchConfig, jobs: list[Job], model_spec: str | None) -> None:
         self.config = config
-        self.learn = learn
+        self.jobs = jobs  # the first task, and the second after --switch-at
         self.model_spec = model_spec
-        self.task = task  # LabelTask or agent/bench/tool_task.py ToolTask
         self.tally = Tally()
 
-    def run(self, data: Data, say: Say) -> dict[str, Any]:
+    def start(self) -> Any:
+        """Load the model once; give every job its chat and judge agents."""
         from learnloop.agent.config import GenerationConfig
         from learnloop.agent.runtime import Agent, load_agent
-        from learnloop.learning.triggers import TriggerConfig
         from learnloop.storage.store import Store
 
+        store, backend = Store(), None
+        for job in self.jobs:
+            toolbox = getattr(job.task, "toolbox", NO_TOOLS)
+            chat_settings = GenerationConfig(
+                max_new_tokens=job.answer_tokens,
+                temperature=self.config.temperature,
+                seed=self.config.seed,
+            )
+            if backend is None:
+                job.chat = load_agent(store, self.model_spec, chat_settings, toolbox)
+                backend = job.chat.backend
+            else:
+                job.chat = Agent(store, backend, chat_settings, toolbox=toolbox)
+            greedy = GenerationConfig(max_new_tokens=job.answer_tokens, temperature=0)
+            job.judge = Agent(store, backend, greedy, toolbox=toolbox)  # same model, greedy
+        return store
+
+    def run(self, say: Say) -> dict[str, Any]:
+        from learnloop.learning.triggers import TriggerConfig
+
         started = time.perf_counter()
-        chat_settings = GenerationConfig(
-            max_new_tokens=self.config.answer_tokens,
-            temperature=self.config.temperature,
-            seed=self.config.seed,
-        )
-        store = Store()
-        toolbox = getattr(self.task, "toolbox", NO_TOOLS)
-        self.chat = load_agent(store, self.model_spec, chat_settings, toolbox)
-        greedy = GenerationConfig(max_new_tokens=self.config.answer_tokens, temperature=0)
-        # same model and tools, greedy answers
-        self.judge = Agent(store, self.chat.backend, greedy, toolbox=toolbox)
+        store = self.start()
         # due whenever anything new was rated; asked every --cycle-every interactions
         trigger = TriggerConfig(learn_after=1, learn_every_minutes=0)
-        base = self.measure(data.eval, say, "base")
+        sent = [(job, row) for job in self.jobs for row in job.data.interactions]
+        base = self.measure_all(say, "base")
         cycles: list[dict[str, Any]] = []
         last = base
-        for done, row in enumerate(data.interactions, start=1):
-            self.interact(row)
+        for done, (job, row) in enumerate(sent, start=1):
+            self.interact(job, row)
             due = done % self.config.cycle_every == 0
-            cycle = self.maybe_learn(trigger, say) if due else None
+            cycle = self.maybe_learn(job, trigger, say) if due else None
             if cycle is not None:
-                last = self.after_cycle(last, data.eval, say)
-                scores = {k: last[k] for k in score_keys(last)}
+                last = self.after_cycle(last, say)
                 cycles.append(
-                    {"interactions": done, **cycle, "active_version": last["version"], **scores}
+                    {"interactions": done, **cycle, "active_version": last["version"]}
+                    | scores_of(last)
                 )
             if done % 25 == 0:
-                say(f"{done}/{len(data.interactions)} interactions · {self.tally}")
+                say(f"{done}/{len(sent)} interactions · {self.tally}")
             store.release()
         store.release()
-        final = {"version": last["version"], **{k: last[k] for k in score_keys(last)}}
         return {
             "base": base,
             "cycles": cycles,
-            "final": final,
+            "final": {"version": last["version"]} | scores_of(last),
             "feedback": asdict(self.tally),
-            "interactions": len(data.interactions),
+            "interactions": len(sent),
             "train_seconds": round(sum(c["train_seconds"] for c in cycles), 1),
             "energy_wh": round(sum(c.get("energy_wh") or 0.0 for c in cycles), 3),
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
 
-    def interact(self, row: Example) -> None:
+    def interact(self, job: Job, row: Example) -> None:
         """One user message, the rating, and a correction or regenerations after a miss."""
-        answer = self.chat.ask(self.task.message(row))
-        right = self.rate(answer, row)
+        answer = job.chat.ask(job.task.message(row))
+        right = self.rate(job, answer, row)
         self.tally.correct_first_try += right
         if right:
             return
@@ -315,18 +369,18 @@ class Bench:
             return
         for _ in range(self.config.regen):
             self.tally.regenerations += 1
-            again = self.chat.ask("", regen_of=answer.turn_id)
-            if self.rate(again, row):
+            again = job.chat.ask("", regen_of=answer.turn_id)
+            if self.rate(job, again, row):
                 return
 
-    def rate(self, answer: Any, row: Any) -> bool:
-        store, turn_id = self.chat.store, answer.turn_id
-        if self.task.judge(answer, row):
+    def rate(self, job: Job, answer: Any, row: Any) -> bool:
+        store, turn_id = job.chat.store, answer.turn_id
+        if job.task.judge(answer, row):
             store.add_feedback(turn_id, "up", user_name="bench")
             self.tally.up += 1
             return True
         if self.config.feedback == "correct":
-            text, steps = self.task.correction(row)
+            text, steps = job.task.correction(row)
             store.add_feedback(
                 turn_id, "down", correction=text, correction_messages=steps, user_name="bench"
             )
@@ -336,13 +390,14 @@ class Bench:
         self.tally.down += 1
         return False
 
-    def maybe_learn(self, trigger: Any, say: Say) -> dict[str, Any] | None:
-        """Ask the trigger; when it starts a cycle, wait for it and read its outcome."""
+    def maybe_learn(self, job: Job, trigger: Any, say: Say) -> dict[str, Any] | None:
+        """Ask the trigger; when it starts a cycle (judged by the gate on ``job``'s task,
+        the one being taught), wait for it and read its outcome."""
         from learnloop.learning.triggers import maybe_start
 
-        store = self.chat.store
+        store = job.chat.store
         before = len(store.runs())
-        due, child = maybe_start(store, trigger, self.model_spec, self.learn, "bench")
+        due, child = maybe_start(store, trigger, self.model_spec, job.learn, "bench")
         if child is None:
             return None
         say(f"learning cycle started ({due.reason})")
@@ -374,27 +429,35 @@ class Bench:
             "cpu_seconds": metrics.get("cpu_seconds"),  # the trainer child's, gate included
             "energy_wh": metrics.get("energy_wh"),
             "started_from": version.started_from,
+            "kl": gate.get("kl"),
             "peak_rss_mb": metrics.get("peak_rss_mb"),
             "gate": {side: _gate_numbers(gate.get(side)) for side in ("candidate", "active")},
         }
 
-    def after_cycle(self, last: dict[str, Any], rows: list[Example], say: Say) -> dict[str, Any]:
+    def after_cycle(self, last: dict[str, Any], say: Say) -> dict[str, Any]:
         """Score the active version (reloaded the way a chat reloads it)."""
-        self.chat.sync_version()
-        active = self.chat.backend.version
+        chat = self.jobs[0].chat
+        chat.sync_version()
+        active = chat.backend.version
         if active == last["version"]:
             return last  # same weights, greedy answers: the same scores
-        return self.measure(rows, say, active)
+        return self.measure_all(say, active)
 
-    def measure(self, rows: list[Any], say: Say, version: str) -> dict[str, Any]:
-        self.chat.sync_version()
+    def measure_all(self, say: Say, version: str) -> dict[str, Any]:
+        """The first task's scores, and the second's under ``second`` when there is one."""
+        first, *rest = [self.measure(job, say, version) for job in self.jobs]
+        return first | ({"second": rest[0]} if rest else {})
+
+    def measure(self, job: Job, say: Say, version: str) -> dict[str, Any]:
+        job.chat.sync_version()
+        rows = job.data.eval
         answers = []
         for done, row in enumerate(rows, start=1):
-            answers.append(self.judge.ask(self.task.message(row)))
-            self.judge.store.release()
+            answers.append(job.judge.ask(job.task.message(row)))
+            job.judge.store.release()
             if done % 100 == 0 and done < len(rows):  # 477 texts take about 8 minutes
                 say(f"{version}: {done}/{len(rows)} eval texts answered")
-        result = {"version": self.chat.backend.version, **self.task.score(answers, rows)}
+        result = {"version": job.chat.backend.version, **job.task.score(answers, rows)}
         said = ", ".join(
             f"{k.replace('_', ' ')} {result[k]:.3f}"
             for k in (
@@ -425,6 +488,14 @@ SCORE_KEYS = (
 
 def score_keys(result: dict[str, Any]) -> list[str]:
     return [k for k in SCORE_KEYS if k in result]
+
+
+def scores_of(result: dict[str, Any]) -> dict[str, Any]:
+    """A measurement's scores (and the second task's, under ``second``)."""
+    kept = {k: result[k] for k in score_keys(result)}
+    if "second" in result:
+        kept["second"] = {k: result["second"][k] for k in score_keys(result["second"])}
+    return kept
 
 
 def _gate_numbers(side: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -463,6 +534,21 @@ def control_check(results: dict[str, Any], learn: LearnConfig) -> dict[str, Any]
     }
 
 
+def job_of(config: BenchConfig, learn: LearnConfig, gate_file: Path) -> Job:
+    """A task's job: its rows read and checked (errors name the file and line), its gate
+    rows written to ``gate_file`` and named in its learn settings."""
+    task = task_of(config)
+    data = load_data(config, task)
+    gate_file.parent.mkdir(parents=True, exist_ok=True)
+    task.gate_file(data.gate, gate_file)
+    if data.gate:
+        gate: dict[str, Any] = {"eval_file": str(gate_file), "eval_instruction": config.instruction}
+        learn = replace(learn, **gate, **task.gate_settings())
+    else:
+        learn = replace(learn, gate_metric="correction_match")
+    return Job(task, data, learn, config.answer_tokens)
+
+
 def run_bench(
     config: BenchConfig, learn: LearnConfig, model_spec: str | None, say: Say
 ) -> dict[str, Any]:
@@ -470,23 +556,24 @@ def run_bench(
     from learnloop.agent.bench.curve import plot_learning_curve
     from learnloop.storage.errors import UsageError
 
-    task = task_of(config)
-    data = load_data(config, task)
     out = Path(config.out)
     if (out / "results.json").exists() or (out / "home").exists():
         raise UsageError(f"{out} holds an earlier bench run; give a new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    gate_file = out / "gate-rows.jsonl"
-    task.gate_file(data.gate, gate_file)
-    if data.gate:
-        gate: dict[str, Any] = {"eval_file": str(gate_file), "eval_instruction": config.instruction}
-        learn = replace(learn, **gate, **task.gate_settings())
-    else:
-        learn = replace(learn, gate_metric="correction_match")
+    second = config.second()
+    first = replace(config, interactions=config.switch_at, switch_at=0) if second else config
+    jobs = [job_of(first, learn, out / "gate-rows.jsonl")]
+    if second is not None:
+        if second.tools.strip():  # at least the room a tool task's rows need (TOOL_LEARN)
+            learn = replace(
+                learn,
+                max_length=max(learn.max_length, 512),
+                eval_max_new_tokens=max(learn.eval_max_new_tokens, 64),
+            )
+        jobs.append(job_of(second, learn, out / "gate-rows-2.jsonl"))
     os.environ["LEARNLOOP_HOME"] = str(out / "home")
-    results = Bench(config, learn, model_spec, task).run(data, say)
-    results = {"config": asdict(config), "learn_config": learn.to_dict(), **results}
-    results["control"] = control_check(results, learn)
+    results = Bench(config, jobs, model_spec).run(say)
+    results = {"config": asdict(config), "learn_config": jobs[0].learn.to_dict(), **results}
+    results["control"] = control_check(results, jobs[0].learn)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_learning_curve(results, out / "learning_curve.png")
     return results

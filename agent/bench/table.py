@@ -28,17 +28,27 @@ def bench_table(results: dict[str, Any]) -> str:
     names = {"macro_f1": "macro-F1", "exact_format": "exact format", "tool_use": "tool use",
              "attempted": "tried a call", "well_formed": "well-formed calls"}  # fmt: skip
     heads = " | ".join(names.get(k, k) for k in keys)
+    second = "second" in results["base"]  # a job change (--switch-at): both tasks measured
+    if second:
+        heads += " | 2nd task accuracy"
     lines = [
         f"| after | interactions | version | gate | active | {heads} | train s | CPU s | Wh "
         "| peak RSS MB |",
-        "| --- | ---: | --- | --- | --- | " + "---: | " * len(keys) + "---: | ---: | ---: | ---: |",
+        "| --- | ---: | --- | --- | --- | "
+        + "---: | " * (len(keys) + second)
+        + "---: | ---: | ---: | ---: |",
     ]
-    base = results["base"]
-    scores = " | ".join(_score(base.get(k)) for k in keys)
-    lines.append(f"| base | 0 | - | - | base | {scores} | - | - | - | - |")
+
+    def scores_of(point: dict[str, Any]) -> str:
+        scores = [_score(point.get(k)) for k in keys]
+        if second:
+            scores.append(_score(point["second"].get("accuracy")))
+        return " | ".join(scores)
+
+    lines.append(f"| base | 0 | - | - | base | {scores_of(results['base'])} | - | - | - | - |")
     for n, c in enumerate(results["cycles"], start=1):
         verdict = "promoted" if c["promoted"] else "rejected"
-        scores = " | ".join(_score(c.get(k)) for k in keys)
+        scores = scores_of(c)
         lines.append(
             f"| cycle {n} | {c['interactions']} | {c['version']} | {verdict} "
             f"| {c['active_version']} | {scores} "
@@ -57,6 +67,8 @@ def goals_text(results: dict[str, Any]) -> str:
     for key, goal in goals[config["feedback"]].items():
         ok = final[key] >= goal
         parts.append(f"{key} {final[key]:.3f} (goal ≥ {goal}: {'met' if ok else 'MISSED'})")
+    if "second" in final:
+        parts.append(f"second task accuracy {final['second']['accuracy']:.3f}")
     minutes = results["train_seconds"] / 60
     parts.append(f"training {minutes:.1f} min (goal ≤ 30: {'met' if minutes <= 30 else 'MISSED'})")
     control = results.get("control")
