@@ -219,3 +219,25 @@ def test_the_job_can_change_part_way_and_both_tasks_are_measured_throughout(
     assert runs[0].config["eval_instruction"] == "Sentiment? One word."
     assert runs[-1].config["eval_instruction"] == "Use the calculate tool."
     assert runs[-1].config["tools"] == str(SHARED_TOOLS)
+
+
+def test_users_take_turns_and_one_can_be_forgotten_at_the_end(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    args = bench_args(
+        tmp_path, "--interactions", "6", "--cycle-every", "3", "--users", "3",
+        "--forget", "user1", "--json",
+    )  # fmt: skip
+    result = run_cli(tiny_model_dir, *args)
+    assert result.exit_code == 0, result.output
+    forgot = json.loads(result.stdout)["forget"]
+    assert forgot["user"] == "user1" and forgot["feedback_deleted"] == 2  # a third
+    assert forgot["versions_retired"] == ["v1", "v2"]  # both cycles trained on user1's rows
+    assert forgot["seconds"] > 0 and 0 <= forgot["after"]["accuracy"] <= 1
+    with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
+        assert not store.user_exists("user1")
+        left = {f.user_name for t in store.recent_turns(100) for f in t.feedback}
+    assert left == {"user2", "user3"}
+    (tmp_path / "x").mkdir()
+    refused = run_cli(tiny_model_dir, *bench_args(tmp_path / "x", "--forget", "user7"))
+    assert refused.exit_code == 1 and "--forget names a simulated user" in refused.stderr

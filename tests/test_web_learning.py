@@ -110,6 +110,15 @@ def seed_verdicts() -> None:
             [json.dumps(V2_GATE), "v2"],
         )
         store.db.execute("UPDATE versions SET gate = ? WHERE id = ?", [json.dumps(V3_GATE), "v3"])
+        store.db.execute(  # what v2's cycle cost, and where it grew from
+            "UPDATE versions SET metrics = ?, started_from = 'v1' WHERE id = 'v2'",
+            [json.dumps({"cpu_seconds": 187.4, "energy_wh": 0.208})],
+        )
+        store.db.execute(  # v3 retired by a forget, as storage/forgetting.py leaves it
+            """UPDATE versions SET retired_why = ?, removed_at = current_timestamp
+               WHERE id = 'v3'""",
+            ["trained on feedback of carol, forgotten by ops"],
+        )
         store.db.execute("UPDATE runs SET config = ? WHERE id = 3", ['{"max_user_share": 0.5}'])
         quality = {"examples_in": 9, "capped": {"alice": 3}, "examples_out": 6}
         store.record_snapshot(3, "hash", 9, {"sft": [1]}, {"sft": 1}, quality)
@@ -153,6 +162,14 @@ def test_verdicts_in_plain_words_and_two_versions_side_by_side(
         verdict.locator("details summary").click()
         expect(reason).to_be_visible()
         expect(verdict).to_contain_text("control accuracy 0.9 (active 0.8)")
+        expect(v2.get_by_test_id("version-cost")).to_have_text(
+            "cost: 187 CPU-s, ~0.21 Wh, trained further from v1"
+        )
+        v3 = page.locator("[data-testid=version-row][data-version=v3]")
+        expect(v3.get_by_test_id("version-retired")).to_have_text(
+            "retired: trained on feedback of carol, forgotten by ops"
+        )
+        expect(v3.get_by_test_id("activate")).to_be_disabled()  # its files are gone
 
         # pick two versions: the answers in two columns, those that differ marked
         page.get_by_test_id("compare-a").select_option("base")

@@ -120,6 +120,17 @@ class BenchConfig:
             "evaluation measures both (0: one task)"
         },
     )
+    users: int = field(
+        default=1,
+        metadata={"help": "simulated users taking turns, user1, user2, ... (1: one, bench)"},
+    )
+    forget: str = field(
+        default="",
+        metadata={
+            "help": "at the end, forget this user (`learnloop forget`): the time it takes, what "
+            "it retired and the replacement's scores go into results.json"
+        },
+    )
     train2: str = field(default="", metadata={"help": "the second task's --train"})
     eval2: str = field(default="", metadata={"help": "the second task's --eval"})
     instruction2: str = field(default="", metadata={"help": "the second task's --instruction"})
@@ -140,6 +151,11 @@ class BenchConfig:
             raise ValueError("--instruction is empty; say what the model should answer")
         if not self.tools.strip() and len(self.label_list) < 2:
             raise ValueError("--labels needs at least two comma-separated label words")
+        if self.users < 1:
+            raise ValueError("--users must be at least 1")
+        users = {user_name(n, self.users) for n in range(1, self.users + 1)}
+        if self.forget and self.forget not in users:
+            raise ValueError(f"--forget names a simulated user: user1 to user{self.users}")
         if self.switch_at and not 0 < self.switch_at < self.interactions:
             raise ValueError("--switch-at must lie between 0 and --interactions")
         if self.switch_at and not (self.train2 and self.eval2 and self.instruction2):
@@ -334,7 +350,7 @@ class Bench:
         cycles: list[dict[str, Any]] = []
         last = base
         for done, (job, row) in enumerate(sent, start=1):
-            self.interact(job, row)
+            self.interact(job, row, user_name(done, self.config.users))
             due = done % self.config.cycle_every == 0
             cycle = self.maybe_learn(job, trigger, say) if due else None
             if cycle is not None:
@@ -347,10 +363,12 @@ class Bench:
                 say(f"{done}/{len(sent)} interactions · {self.tally}")
             store.release()
         store.release()
+        forgotten = self.forget(store, say) if self.config.forget else None
         return {
             "base": base,
             "cycles": cycles,
             "final": {"version": last["version"]} | scores_of(last),
+            "forget": forgotten,
             "feedback": asdict(self.tally),
             "interactions": len(sent),
             "train_seconds": round(sum(c["train_seconds"] for c in cycles), 1),
@@ -358,10 +376,22 @@ class Bench:
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
 
-    def interact(self, job: Job, row: Example) -> None:
+    def forget(self, store: Any, say: Say) -> dict[str, Any]:
+        """``learnloop forget --user`` on the bench's data root, with the learn settings
+        of the task taught last, and the scores of what is active afterwards."""
+        from learnloop.agent.service import LocalService
+
+        job = self.jobs[-1]
+        service = LocalService(store, self.model_spec, learn=job.learn)
+        say(f"forgetting {self.config.forget}")
+        done = service.forget(self.config.forget, who="bench")
+        say(f"forgot {self.config.forget} in {done['seconds']} s; {done['active']} is active")
+        return done | {"after": scores_of(self.measure_all(say, done["active"]))}
+
+    def interact(self, job: Job, row: Example, user: str) -> None:
         """One user message, the rating, and a correction or regenerations after a miss."""
-        answer = job.chat.ask(job.task.message(row))
-        right = self.rate(job, answer, row)
+        answer = job.chat.ask(job.task.message(row), user=user)
+        right = self.rate(job, answer, row, user)
         self.tally.correct_first_try += right
         if right:
             return
@@ -369,24 +399,24 @@ class Bench:
             return
         for _ in range(self.config.regen):
             self.tally.regenerations += 1
-            again = job.chat.ask("", regen_of=answer.turn_id)
-            if self.rate(job, again, row):
+            again = job.chat.ask("", regen_of=answer.turn_id, user=user)
+            if self.rate(job, again, row, user):
                 return
 
-    def rate(self, job: Job, answer: Any, row: Any) -> bool:
+    def rate(self, job: Job, answer: Any, row: Any, user: str) -> bool:
         store, turn_id = job.chat.store, answer.turn_id
         if job.task.judge(answer, row):
-            store.add_feedback(turn_id, "up", user_name="bench")
+            store.add_feedback(turn_id, "up", user_name=user)
             self.tally.up += 1
             return True
         if self.config.feedback == "correct":
             text, steps = job.task.correction(row)
             store.add_feedback(
-                turn_id, "down", correction=text, correction_messages=steps, user_name="bench"
+                turn_id, "down", correction=text, correction_messages=steps, user_name=user
             )
             self.tally.corrections += 1
         else:
-            store.add_feedback(turn_id, "down", user_name="bench")
+            store.add_feedback(turn_id, "down", user_name=user)
         self.tally.down += 1
         return False
 
@@ -484,6 +514,11 @@ SCORE_KEYS = (
     "attempted",
     "well_formed",
 )
+
+
+def user_name(interaction: int, users: int) -> str:
+    """Who sends interaction number ``interaction`` (from 1): the users take turns."""
+    return "bench" if users == 1 else f"user{(interaction - 1) % users + 1}"
 
 
 def score_keys(result: dict[str, Any]) -> list[str]:

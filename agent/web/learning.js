@@ -179,13 +179,20 @@ function versionRow(v) {
   const status = v.id === "base" ? "base model" : v.status || "–";
   const gate = cell(row, pill(status, v.status || "base"));
   gate.dataset.testid = "version-status";
-  cell(row, v.gate ? verdict(v.gate) : "–", "reasons-cell").dataset.testid = "version-verdict";
+  const said = cell(row, v.gate ? verdict(v.gate) : "–", "reasons-cell");
+  said.dataset.testid = "version-verdict";
+  for (const [testid, text] of facts(v)) {
+    const line = element("p", "fact", text);
+    line.dataset.testid = testid;
+    said.append(line);
+  }
   const actions = element("div", "row-actions");
   const button = element("button", "", v.active ? "active" : "Activate");
   button.type = "button";
   button.dataset.testid = "activate";
   button.dataset.version = v.id;
-  button.disabled = Boolean(v.active);
+  button.disabled = Boolean(v.active || v.removed_at);
+  if (v.removed_at) button.title = "its files are gone: it cannot answer again";
   button.addEventListener("click", () =>
     guarded(async () => {
       const swap = await api("POST", `v1/versions/${encodeURIComponent(v.id)}/activate`, {
@@ -206,6 +213,21 @@ function versionRow(v) {
   }
   cell(row, actions);
   return row;
+}
+
+/* What else a person should know of a version: retired by a forget (or its files
+   removed), what its cycle cost, where it was trained from. */
+function facts(v) {
+  const out = [];
+  if (v.retired_why) out.push(["version-retired", `retired: ${v.retired_why}`]);
+  else if (v.removed_at) out.push(["version-removed", "files removed (versions rm)"]);
+  const m = v.metrics || {};
+  if (typeof m.cpu_seconds === "number") {
+    const from = v.started_from ? `, trained further from ${v.started_from}` : "";
+    const cost = `cost: ${Math.round(m.cpu_seconds)} CPU-s, ~${m.energy_wh.toFixed(2)} Wh`;
+    out.push(["version-cost", cost + from]);
+  }
+  return out;
 }
 
 export async function rollback() {
