@@ -25,8 +25,8 @@ from learnloop.learning.config import LearnConfig
 @dataclass_options(LearnConfig)
 @click.pass_context
 def forget(ctx: click.Context, user_name: str, as_json: bool, **values: Any) -> None:
-    """Forget USER: delete their turns and feedback, retire every version trained on
-    them, and learn a replacement from the rest.
+    """Forget a person (--user NAME): delete their turns and feedback, retire every
+    version trained on them, and learn a replacement from the rest.
 
     A turn is the user's when they asked it (the API key's name, `ask --user`, `chat
     --user`); later turns of a thread they asked in go too (their prompts hold the
