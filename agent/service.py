@@ -386,13 +386,15 @@ class LocalService:
         self, forget_id: int, settings: dict[str, Any], who: str, progress: Progress | None
     ) -> dict[str, Any]:
         """A cycle with ``settings`` on the feedback left after forget ``forget_id``,
-        gated as any (none when nothing is left to learn from): ``{"replacement",
-        "replacement_verdict", "replacement_run"}``."""
+        gated as any (none when nothing is left to learn from, or the cycle failed: the
+        forget itself is done either way): ``{"replacement", "replacement_verdict",
+        "replacement_run"}``."""
+        from learnloop.learning.child import CycleFailed
         from learnloop.learning.snapshot import NothingToLearn
 
         try:
             result = self.learn(settings, progress=progress, who=who)
-        except NothingToLearn as exc:
+        except (NothingToLearn, CycleFailed) as exc:
             return {"replacement": None, "replacement_verdict": str(exc), "replacement_run": None}
         self.store.record_replacement(forget_id, result["version"])
         return {

@@ -77,9 +77,10 @@ def test_the_control_scores_of_a_version_are_measured_once(tiny_model_dir: Path)
     events = [json.loads(line) for line in progress_file(2).read_text().splitlines()]
     measured = max(e["total"] for e in events if e["stage"] == "gate")
     # two corrections taught, measured with each version, plus the candidate's control
-    # set: v1's and the base's control scores are those the first cycle measured
+    # set: v1's and the base's control scores are those the first cycle measured; then
+    # how far the candidate moved from v1 along the control set's good answers (its KL)
     control = second["gate"]["candidate"]["control_prompts"]
-    assert measured == 2 + 2 + control
+    assert measured == 2 + 2 + control + control
     assert second["gate"]["base_control"]["control_prompts"] == control
 
 
