@@ -187,8 +187,9 @@ class BenchConfig:
         return [w.strip().lower() for w in self.labels.split(",") if w.strip()]
 
 
-# Training defaults for the bench: many short examples, retrained from scratch each cycle
-# on all feedback so far, within 30 minutes of training over 600 interactions on 2 cores.
+# Training defaults for the bench: many short examples, retrained from scratch each cycle (or
+# further from the active adapter: --set start=active) on all feedback so far, within 30
+# minutes of training over 600 interactions on 2 cores.
 # Measured on the snapshot of 300 `correct` interactions (150 dev texts): SFT 1 epoch at
 # 2e-4 on q/k/v/o gave 0.72 accuracy (nearly always "neutral"); 6e-4 gave 0.82; adding the
 # MLP projections gave 0.89, in 173 s. SFT followed by DPO on the same corrections (the
