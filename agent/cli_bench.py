@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from learnloop.agent.bench.simulated_user import BenchConfig
+from learnloop.agent.bench.config import BenchConfig
 from learnloop.agent.cli_support import config_from, emit, model_option, quiet_libraries
 from learnloop.agent.options import dataclass_options, parse_settings
 from learnloop.learning.config import LearnConfig

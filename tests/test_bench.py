@@ -26,6 +26,14 @@ TEXTS = [
 ]
 
 
+# multiplications a random tiny model never gets right
+TOOL_ROWS = [
+    {"text": f"What is {a} * {b}?", "answer": str(a * b),
+     "calls": [{"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}]}
+    for a, b in [(4821, 37), (1203, 58), (9917, 12), (3344, 71), (2718, 28), (5150, 19)]
+]  # fmt: skip
+
+
 def write_rows(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows))
     return path
@@ -141,11 +149,7 @@ def test_bad_bench_settings_are_refused(tmp_path: Path) -> None:
 def test_a_tool_task_is_taught_with_demonstrations_that_ran_the_real_tool(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    rows = [
-        {"text": f"What is {a} * {b}?", "answer": str(a * b),
-         "calls": [{"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}]}
-        for a, b in [(4821, 37), (1203, 58), (9917, 12), (3344, 71), (2718, 28), (5150, 19)]
-    ]  # fmt: skip
+    rows = TOOL_ROWS
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     result = run_cli(
@@ -190,11 +194,7 @@ def test_the_job_can_change_part_way_and_both_tasks_are_measured_throughout(
 ) -> None:
     """--switch-at 3: three sentiment texts, then three tool questions; every measurement
     holds both tasks, and the cycle after the switch is judged on the second task."""
-    rows = [
-        {"text": f"What is {a} * {b}?", "answer": str(a * b),
-         "calls": [{"name": "calculate", "arguments": {"expression": f"{a} * {b}"}}]}
-        for a, b in [(4821, 37), (1203, 58), (9917, 12), (3344, 71), (2718, 28), (5150, 19)]
-    ]  # fmt: skip
+    rows = TOOL_ROWS
     (tmp_path / "train2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
     (tmp_path / "dev2.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
     args = bench_args(
