@@ -347,6 +347,8 @@ def cycle_summary(result: Any) -> str:
     ]
     lines += capped_lines(r.get("quality") or {})
     lines += [f"  gate: {reason}" for reason in r["reasons"]]
+    if r.get("then"):  # --start both: the fresh run, gated against what the first left
+        lines += ["then a fresh adapter on all feedback:", cycle_summary(r["then"])]
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from typing import Any, get_type_hints
 from learnloop.storage.errors import UsageError
 
 METHODS = ("auto", "sft", "dpo", "kto")
-STARTS = ("fresh", "active")
+STARTS = ("fresh", "active", "both")
 GATE_METRICS = ("preference_accuracy", "correction_match", "task_accuracy", "task_macro_f1")
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 MAX_EPOCHS = 1000.0
@@ -66,6 +66,14 @@ class LearnConfig:
         metadata={
             "help": "train on the complete sentences of a thumbs-up answer the token limit "
             "cut off; false: such an answer is no SFT target at all"
+        },
+    )
+    liked_as_label: bool = field(
+        default=False,
+        metadata={
+            "help": "a labelled task (--eval-labels): a thumbs-up answer that names exactly "
+            "one label trains as that label word alone, the form the task asks for (a 👍 "
+            "says the label is right, not that a sentence around it is wanted)",
         },
     )
     max_user_share: float = field(
@@ -273,17 +281,19 @@ class LearnConfig:
         default="fresh",
         metadata={
             "choices": STARTS,
-            "help": "fresh | active. fresh: a new adapter trained on all feedback so far; "
-            "active: the active version's adapter trained further on the feedback new since "
-            "that version, plus --replay older rows (a cycle's cost then stays flat as "
-            "feedback grows). active falls back to fresh when the base model is active",
+            "help": "fresh | active | both. fresh: a new adapter trained on all feedback so "
+            "far; active: the active version's adapter trained further on the feedback new "
+            "since that version, plus --replay older rows (a cycle's cost then stays flat as "
+            "feedback grows); both: active, then fresh, each gated against the version "
+            "active then, so the gate keeps the better (twice the cost). active and both "
+            "train fresh when the base model is active",
         },
     )
     replay: int = field(
         default=150,
         metadata={
             "min": 0,
-            "help": "with --start active: at most this many older feedback rows trained on "
+            "help": "with --start active or both: at most this many older feedback rows trained on "
             "again, taken in turn from each kind (correction, up, down) and label so that "
             "every one stays represented",
         },
@@ -318,11 +328,18 @@ class LearnConfig:
         for name in self.modules:
             if not MODULE_NAME.fullmatch(name):
                 raise UsageError(f"target_modules: {name!r} is not a module name")
+        if self.liked_as_label and not self.label_words:
+            raise UsageError("liked_as_label needs the task's labels: set eval_labels")
         if self.gate_metric.startswith("task_") and not self.eval_file.strip():
             raise UsageError(f"gate_metric {self.gate_metric} needs an eval_file")
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    @property
+    def label_words(self) -> list[str]:
+        """The task's labels (--eval-labels), lower case."""
+        return [w.strip().lower() for w in self.eval_labels.split(",") if w.strip()]
 
     @property
     def modules(self) -> list[str]:

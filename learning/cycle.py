@@ -111,6 +111,8 @@ class CycleResult:
     gate: dict[str, Any] | None
     adapter_path: str
     seconds: float
+    started_from: str | None = None  # the version whose adapter it trained further
+    then: dict[str, Any] | None = None  # a --start both cycle's second, fresh run
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -383,10 +385,29 @@ def run_cycle(
     (or HandedOver: see :func:`complete_cycle`)."""
     started = time.perf_counter()
     prepared = prepare_run(store, model, config)
-    return complete_cycle(
+    result = complete_cycle(
         store, model, config, prepared, progress=progress, who=who, since=started,
         publish_here=publish_here,
     )  # fmt: skip
+    second = fresh_after(config, result)
+    if second is None:
+        return result
+    try:
+        then = run_cycle(
+            store, model, second, progress=progress, who=who, publish_here=publish_here
+        )
+    except NothingToLearn:  # another cycle got in first
+        return result
+    return replace(result, then=then.to_dict())
+
+
+def fresh_after(config: LearnConfig, first: CycleResult) -> LearnConfig | None:
+    """The second run of a ``--start both`` cycle whose first run trained the active
+    adapter further: a fresh adapter on the same feedback, gated against whichever of
+    the two the gate kept, so the better one ends active (None: no second run)."""
+    if config.start != "both" or first.started_from is None:
+        return None
+    return replace(config, start="fresh", force=True)
 
 
 def publish_handed_over(
@@ -475,4 +496,5 @@ def complete_cycle(
         gate=version.gate,
         adapter_path=version.adapter_path,
         seconds=time.perf_counter() - started,
+        started_from=version.started_from,
     )

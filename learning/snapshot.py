@@ -27,6 +27,7 @@ from learnloop.learning.chat_format import first_step
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.datasets import (
     Datasets,
+    as_labels,
     build_datasets,
     build_dpo,
     choose_method,
@@ -131,9 +132,16 @@ def build_snapshot(
     that id) it trains on the newer rows and a replay of older ones (learning/replay.py);
     the held-out split is the same either way."""
     cleaned, quality = clean(examples, max_user_share=config.max_user_share, real_users=real_users)
+    if config.liked_as_label:
+        cleaned = as_labels(cleaned, config.label_words)
     train, held = split(cleaned, config)
     if since is not None:
         train = continual(train, since, config.replay, config.seed)
+        if not train:
+            raise NothingToLearn(
+                "no feedback to train the active version's adapter on: none is newer than "
+                "its own and --replay is 0; give more feedback, or `--start fresh`"
+            )
     built = build_datasets(train, config.cut_off_sentences, config.dpo_balance)
     if built.empty:
         raise NothingToLearn(why_empty(train, config.cut_off_sentences))
@@ -229,8 +237,9 @@ def start_from(
     store: Store, model: ResolvedModel, config: LearnConfig, active: str
 ) -> Start | None:
     """Where a cycle starts while ``active`` is active: None for a fresh adapter (``--start
-    fresh``, the base model active, or a version of another base or without its files)."""
-    if config.start != "active" or active == BASE_VERSION:
+    fresh``, the base model active, or a version of another base or without its files).
+    A ``--start both`` cycle's first run starts here too; its second is fresh."""
+    if config.start == "fresh" or active == BASE_VERSION:
         return None
     version = store.get_version(active)
     since = store.trained_upto(active)

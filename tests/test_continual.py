@@ -112,3 +112,23 @@ def test_it_trains_the_active_adapter_further_and_records_it(tiny_model_dir: Pat
     assert forgot["replacement"] == "v3" and forgot["active"] == "v3"
     versions = {v["id"]: v for v in run_json(None, "versions", "--json")}
     assert versions["v3"]["started_from"] is None  # nothing retired to start from
+
+
+def test_start_both_trains_further_then_fresh_and_the_later_gate_sees_the_first(
+    tiny_model_dir: Path,
+) -> None:
+    with Store() as store:
+        rate(store, "alice", "What is the capital of France?", "Paris.")
+    assert run_cli(tiny_model_dir, "learn", *FRESH).exit_code == 0
+    with Store() as store:
+        rate(store, "bob", "What is 2 + 2?", "4")
+        rate(store, "bob", "Name a primary colour.", "Red.")
+    both = ("--start", "both", "--replay", "0", "--method", "sft", *FRESH)
+    out = run_json(tiny_model_dir, "learn", "--json", *both)
+    assert out["version"] == "v2" and out["started_from"] == "v1"
+    assert out["sft_examples"] == 2  # the new rows only
+    then = out["then"]
+    assert then["version"] == "v3" and then["started_from"] is None
+    assert then["sft_examples"] == 3 and then["parent"] == "v2"  # all rows; judged against v2
+    again = run_cli(tiny_model_dir, "learn", "--force", *both, "--replay", "1").output
+    assert "version v4 " in again and "then a fresh adapter on all feedback:\nversion v5 " in again

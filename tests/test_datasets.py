@@ -23,7 +23,16 @@ import pytest
 from datasets import Dataset
 from trl.data_utils import is_conversational
 
-from learnloop.learning.datasets import Datasets, build_datasets, build_dpo, build_sft, why_empty
+from learnloop.learning.config import LearnConfig
+from learnloop.learning.datasets import (
+    Datasets,
+    as_labels,
+    build_datasets,
+    build_dpo,
+    build_sft,
+    why_empty,
+)
+from learnloop.storage.errors import UsageError
 from learnloop.storage.records import FeedbackExample, Message
 
 SYSTEM: Message = {"role": "system", "content": "You are helpful."}
@@ -223,6 +232,34 @@ class TestUpAndDownAnswersToTheSamePromptMakeDpoPairs:
             r["prompt"][-1]["content"] for r in kept if r["rejected"][0]["content"] == "Positive."
         ]
         assert newest == ["Text 4: sentiment?", "Text 5: sentiment?"]  # the newest kept
+
+
+class TestLikedAsLabel:
+    def test_a_liked_answer_naming_one_label_trains_as_that_word(self) -> None:
+        """On a labelled task a 👍 says the label is right; the sentence around it, cut
+        off or not, is not the form the task asks for."""
+        labels = ["positive", "negative", "neutral"]
+        q = "Profits rose. Sentiment?"
+        rows = [
+            example("up", "The sentence is generally considered Positive. It", truncated=True),
+            example("down", "It is negative.", question=q),
+            example("up", "Positive, I think.", question=q),
+            example("up", "Positive or negative?", question="Both?"),  # two labels: as said
+            example("down", "neutral", question="Fixed?", correction="negative"),
+        ]
+        data = build_datasets(as_labels(rows, labels))
+        targets = [r["completion"][0]["content"] for r in data.sft]
+        assert targets == ["positive", "positive", "Positive or negative?", "negative"]
+        pair = next(r for r in data.dpo if r["prompt"][-1]["content"] == q)
+        assert (pair["chosen"], pair["rejected"]) == (
+            assistant("positive"),
+            assistant("It is negative."),
+        )
+        assert rows[0].answer.startswith("The sentence")  # the feedback itself is unchanged
+
+    def test_it_needs_the_tasks_labels(self) -> None:
+        with pytest.raises(UsageError, match="liked_as_label needs the task's labels"):
+            LearnConfig(liked_as_label=True)
 
 
 class TestFeedbackIdsAndContentHash:

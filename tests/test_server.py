@@ -177,6 +177,29 @@ class TestFeedbackAndLearning:
         assert [v["id"] for v in versions if v["active"]] == ["v1"]
         assert server.state.store.feedback_examples()[0].correction == "Paris."
 
+    def test_a_start_both_cycle_trains_twice_and_the_kept_version_serves(
+        self, server: Running
+    ) -> None:
+        with server.client() as http:
+            for question, fix in [("Capital of France?", "Paris."), ("2+2?", "4")]:
+                answer = http.post(
+                    "/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": question}]},
+                ).json()
+                http.post(
+                    "/v1/feedback",
+                    json={"turn_id": answer["turn_id"], "rating": "down", "correction": fix},
+                )
+                both = {**FAST_LEARN, "start": "both", "replay": 0}
+                done = wait_for_run(http, http.post("/v1/learn", json=both).json()["run"])
+            after = http.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "2+2?"}]}
+            )
+        # the first cycle had only the base to start from: one fresh run, v1
+        assert done["version"] == "v2" and done["status"] == "succeeded"
+        assert done["then"]["version"] == "v3" and done["then"]["promoted"]
+        assert after.headers["X-Learnloop-Version"] == "v3"
+
     def test_learning_with_nothing_to_learn_is_422_and_records_no_run(
         self, server: Running
     ) -> None:

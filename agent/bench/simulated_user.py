@@ -294,11 +294,19 @@ class Bench:
             return None
         say(f"learning cycle started ({due.reason})")
         child.wait()
-        runs = store.runs()
-        if len(runs) == before:
+        runs = store.runs()[before:]
+        if not runs:
             say("no cycle ran: see runs/background.log")
             return None
-        run = runs[-1]
+        first, *then = [self.outcome(store, run, say) for run in runs]
+        if not then:
+            return first
+        # --start both: the fresh run after the continual one; the cycle cost both
+        costs = ("train_seconds", "cpu_seconds", "energy_wh")
+        return first | {k: round(first[k] + then[0][k], 3) for k in costs} | {"then": then[0]}
+
+    def outcome(self, store: Any, run: Any, say: Say) -> dict[str, Any]:
+        """What learning run ``run`` made, and what it cost."""
         if run.status != "succeeded" or run.version_id is None:
             raise RuntimeError(f"learning run {run.id} {run.status}: {run.error}")
         version = store.get_version(run.version_id)
@@ -318,8 +326,8 @@ class Bench:
             "feedback": asdict(self.tally),
             "train_seconds": round(sum(s.get("seconds", 0.0) for s in stages), 1),
             "gate_seconds": metrics.get("gate_seconds"),
-            "cpu_seconds": metrics.get("cpu_seconds"),  # the trainer child's, gate included
-            "energy_wh": metrics.get("energy_wh"),
+            "cpu_seconds": metrics.get("cpu_seconds") or 0.0,  # the trainer's, gate included
+            "energy_wh": metrics.get("energy_wh") or 0.0,
             "started_from": version.started_from,
             "kl": gate.get("kl"),
             "peak_rss_mb": metrics.get("peak_rss_mb"),

@@ -47,10 +47,14 @@ def bench_table(results: dict[str, Any]) -> str:
 
     lines.append(f"| base | 0 | - | - | base | {scores_of(results['base'])} | - | - | - | - |")
     for n, c in enumerate(results["cycles"], start=1):
-        verdict = "promoted" if c["promoted"] else "rejected"
+        version, verdict = c["version"], "promoted" if c["promoted"] else "rejected"
+        if c.get("then"):  # --start both: continual, then fresh
+            then = c["then"]
+            version += f", {then['version']}"
+            verdict += ", " + ("promoted" if then["promoted"] else "rejected")
         scores = scores_of(c)
         lines.append(
-            f"| cycle {n} | {c['interactions']} | {c['version']} | {verdict} "
+            f"| cycle {n} | {c['interactions']} | {version} | {verdict} "
             f"| {c['active_version']} | {scores} "
             f"| {c['train_seconds']:.0f} | {_score(c.get('cpu_seconds'), 0)} "
             f"| {_score(c.get('energy_wh'), 2)} | {c['peak_rss_mb']:.0f} |"

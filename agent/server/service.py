@@ -23,7 +23,8 @@ from typing import Any
 from learnloop.agent.checks import check_limit, check_query
 from learnloop.agent.report import status_data, thread_summary, turn_dict
 from learnloop.agent.server.state import Busy, ServerState
-from learnloop.agent.service import CANCEL_WAIT_SECONDS, LocalService
+from learnloop.agent.service import LocalService
+from learnloop.agent.service_learning import CANCEL_WAIT_SECONDS
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.triggers import Due, check
 from learnloop.storage.errors import Forbidden, NotFound
@@ -122,6 +123,8 @@ class ServerService(LocalService):
     def served_run(self, run: Run) -> dict[str, Any]:
         job = self.state.jobs.get(run.id)
         view = self.run_view(run, job.version if job else None)
+        if job is not None and job.then is not None:  # the fresh run of a --start both cycle
+            view["then"] = self.run_view(self.store.get_run(job.then))
         # the run is over for a client only once its version serves (or it failed)
         if job is not None and job.thread is not None and job.thread.is_alive():
             view["status"] = "running"

@@ -28,11 +28,14 @@ from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import (
     Cancelled,
     CycleFailed,
+    CycleResult,
     complete_cycle,
+    fresh_after,
     prepare_run,
     publish_handed_over,
 )
 from learnloop.learning.models import ResolvedModel
+from learnloop.learning.snapshot import NothingToLearn
 from learnloop.learning.triggers import TriggerConfig
 from learnloop.storage.errors import Conflict
 from learnloop.storage.store import BASE_VERSION, NotFound, Store
@@ -56,6 +59,7 @@ class LearnJob:
     promoted: bool | None = None
     reasons: list[str] = field(default_factory=list)
     error: str | None = None
+    then: int | None = None  # a --start both cycle's second run
 
 
 @dataclass
@@ -153,19 +157,39 @@ class ServerState:
             return job
 
     def _complete(self, job: LearnJob, config: LearnConfig, prepared: Any, who: str) -> None:
+        """Train, judge, publish; a promoted version serves at once. A ``--start both``
+        cycle then trains its fresh run the same way (``job.then``)."""
+        result = self._finish(job, job.run, config, prepared, who)
+        if result is None:
+            return
+        job.version, job.promoted, job.reasons = result.version, result.promoted, result.reasons
+        second = fresh_after(config, result)
+        if second is None:
+            return
+        with self._learning:
+            try:
+                prepared = prepare_run(self.store, self.model, second)
+            except NothingToLearn:  # another cycle got in first
+                return
+            job.then = prepared[0]
+        self._finish(job, job.then, second, prepared, who)
+
+    def _finish(
+        self, job: LearnJob, run: int, config: LearnConfig, prepared: Any, who: str
+    ) -> CycleResult | None:
         try:
             with self.agent.backend.sharing_cores():
                 result = complete_cycle(self.store, self.model, config, prepared, who=who)
         except (CycleFailed, Cancelled) as exc:  # the run row says so already
             job.error = str(exc)
-            return
+            return None
         except Exception as exc:  # recorded on the job; the run row says failed too
             job.error = f"{type(exc).__name__}: {exc}"
-            self.store.fail_run(job.run, job.error)
-            return
-        job.version, job.promoted, job.reasons = result.version, result.promoted, result.reasons
+            self.store.fail_run(run, job.error)
+            return None
         if result.promoted:
             self._serve_promoted()
+        return result
 
     def _serve_promoted(self) -> None:
         try:

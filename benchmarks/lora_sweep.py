@@ -1,0 +1,203 @@
+"""The LoRA recipe, measured: fresh adapters trained on one bench run's feedback, one per
+point of a grid of learn settings, each scored on a labelled eval file.
+
+A ``learnloop bench`` data root (``OUT/home``) keeps every turn and rating, and each of its
+learning runs records the feedback its snapshot considered. For each point of the grid
+(the cross product of the ``--grid FIELD=V1,V2,...`` flags), this builds the snapshot a
+fresh cycle builds from the feedback run ``--run`` considered, with that run's settings
+and the point's on top (learning/snapshot.py), trains it in the real trainer child
+(learning/child.py), then has base + adapter answer every eval row greedily and scores the
+answers as the bench does (accuracy, macro-F1, exact one-word format). The points differ
+only in the settings named; the held-out split, seed and rows are the same. The source
+data root is only read: its database is copied into ``--out``.
+
+    nice python -m benchmarks.lora_sweep --home OUT/home --run 2 \\
+        --eval ../shared/data/financial_phrasebank/dev.jsonl \\
+        --grid sft_learning_rate=6e-4,1e-3 --grid lora_r=16,32 --out sweep [--json]
+
+Answers come from transformers in fp32 (the gate's engine), not from the bench's chat
+engine, so a point's score can differ from a bench table's by an answer or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--home", type=Path, required=True, help="a bench's data root (only read)")
+    ap.add_argument(
+        "--run", type=int, required=True, help="train on the feedback this learning run used"
+    )
+    ap.add_argument("--eval", type=Path, required=True, help="labelled JSONL rows to score on")
+    ap.add_argument("--eval-limit", type=int, default=0, help="the first N rows (0: all)")
+    ap.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="a learn setting and its values (repeat: the cross product is swept)",
+    )
+    ap.add_argument("--out", type=Path, required=True, help="a new folder for the results")
+    ap.add_argument("--model", default=None, help="the base model (default: SmolLM2-135M)")
+    ap.add_argument("--json", action="store_true", help="print results.json, not a table")
+    return ap.parse_args(argv)
+
+
+def grid_points(specs: list[str]) -> list[dict[str, Any]]:
+    """``["lora_r=16,32", "sft_epochs=1"]`` -> every combination, each value typed as its
+    LearnConfig field (a bad name or value fails here, before anything trains)."""
+    from learnloop.agent.options import parse_settings
+    from learnloop.learning.config import LearnConfig
+
+    axes = []
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"--grid {spec!r}: write FIELD=V1,V2,...")
+        axes.append([f"{name.strip()}={v.strip()}" for v in values.split(",")])
+    try:
+        points = [parse_settings(LearnConfig, list(combo)) for combo in itertools.product(*axes)]
+        for point in points:
+            LearnConfig(**point)  # in bounds
+    except ValueError as exc:
+        raise SystemExit(f"--grid: {str(exc).removeprefix('--set ')}") from exc
+    return points
+
+
+def score_adapter(
+    model_path: str, adapter: Path | None, rows: list[Any], config: Any
+) -> dict[str, Any]:
+    """The bench's scores of greedy answers to ``rows`` from base (+ ``adapter``)."""
+    from learnloop.agent.bench.label_task import score
+    from learnloop.learning.evaluate import greedy
+    from learnloop.learning.tasks import task_message
+    from learnloop.learning.trainer import load_base
+
+    base, tokenizer = load_base(Path(model_path))
+    model: Any = base
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(adapter))
+    model.eval()
+    labels = [w.strip() for w in config.eval_labels.split(",")]
+    answers = []
+    for n, row in enumerate(rows, start=1):
+        prompt = [{"role": "user", "content": task_message(config.eval_instruction, row.text)}]
+        answers.append(greedy(model, tokenizer, prompt, config.eval_max_new_tokens))
+        if n % 100 == 0:
+            print(f"  {n}/{len(rows)} answered", file=sys.stderr, flush=True)
+    return score(answers, rows, labels)
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    points = grid_points(args.grid)
+    args.out.mkdir(parents=True)  # a new folder: never mixes two sweeps
+    home = args.out / "home"
+    home.mkdir()
+    shutil.copy2(args.home / "learnloop.duckdb", home / "learnloop.duckdb")
+    os.environ["LEARNLOOP_HOME"] = str(home)
+
+    from learnloop.learning.child import train_in_child
+    from learnloop.learning.config import LearnConfig
+    from learnloop.learning.models import resolve_model
+    from learnloop.learning.snapshot import build_snapshot, write_snapshot
+    from learnloop.learning.tasks import read_labelled
+    from learnloop.storage.store import Store
+
+    with Store() as store:
+        run = store.get_run(args.run)
+        if run.version_id is None:
+            raise SystemExit(f"learning run {args.run} made no version: pick one that did")
+        upto = store.trained_upto(run.version_id)
+        examples = [e for e in store.feedback_examples() if upto and e.feedback_id <= upto]
+        real_users = frozenset(key.name for key in store.api_keys())
+    settings = {**run.config, "start": "fresh", "gate": False, "force": True}
+    model = resolve_model(args.model)
+    base = LearnConfig(**settings)
+    rows = read_labelled(args.eval, [w.strip() for w in base.eval_labels.split(",")])
+    rows = rows[: args.eval_limit or None]
+    print(f"base: scoring {len(rows)} eval rows", file=sys.stderr, flush=True)
+    results: dict[str, Any] = {
+        "home": str(args.home),
+        "run": args.run,
+        "feedback": len(examples),
+        "eval": str(args.eval),
+        "eval_rows": len(rows),
+        "settings": settings,
+        "base": score_adapter(model.path, None, rows, base),
+        "points": [],
+    }
+    for n, point in enumerate(points, start=1):
+        config = LearnConfig(**{**settings, **point})
+        snap = build_snapshot(examples, config, real_users)
+        run_dir = args.out / f"point-{n}"
+        run_dir.mkdir()
+        write_snapshot(run_dir, snap, model, config, None, [], [])
+        print(f"point {n}/{len(points)} {point}: training", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        metrics = train_in_child(run_dir)
+        wall = time.perf_counter() - started
+        scores = score_adapter(model.path, run_dir / "adapter", rows, config)
+        results["points"].append(
+            {
+                "settings": point,
+                "sft_rows": len(snap.data.sft),
+                "train_seconds": round(stage_seconds(metrics), 1),
+                "cpu_seconds": metrics.get("cpu_seconds"),
+                "wall_seconds": round(wall, 1),
+                **scores,
+            }
+        )
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        shutil.rmtree(run_dir / "trl-output", ignore_errors=True)
+    return results
+
+
+def stage_seconds(metrics: dict[str, Any]) -> float:
+    return float(sum((metrics.get(s) or {}).get("seconds", 0.0) for s in ("sft", "dpo", "kto")))
+
+
+def table(results: dict[str, Any]) -> str:
+    names = sorted({k for p in results["points"] for k in p["settings"]})
+    head = " | ".join(names)
+    lines = [
+        f"run {results['run']}'s feedback ({results['feedback']} items), "
+        f"{results['eval_rows']} eval rows",
+        "",
+        f"| {head} | SFT rows | train s | accuracy | macro-F1 | exact format |",
+        "|" + " --- |" * len(names) + " ---: | ---: | ---: | ---: | ---: |",
+    ]
+    b = results["base"]
+    blank = " | ".join("-" for _ in names)
+    lines.append(
+        f"| {blank} (base) | - | - | {b['accuracy']:.3f} | {b['macro_f1']:.3f} "
+        f"| {b['exact_format']:.3f} |"
+    )
+    for p in results["points"]:
+        values = " | ".join(str(p["settings"].get(k, "")) for k in names)
+        lines.append(
+            f"| {values} | {p['sft_rows']} | {p['train_seconds']:.0f} | {p['accuracy']:.3f} "
+            f"| {p['macro_f1']:.3f} | {p['exact_format']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    results = sweep(parse_args(argv))
+    print(json.dumps(results, indent=2) if "--json" in (argv or sys.argv) else table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
