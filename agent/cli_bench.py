@@ -55,7 +55,8 @@ def bench(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **value
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     mode = str(values.get("feedback") or "correct")
-    learn = config_from(LearnConfig, learn_settings(mode, settings, bool(values.get("tools"))))
+    tools, labels = bool(values.get("tools")), str(values.get("labels") or "")
+    learn = config_from(LearnConfig, learn_settings(mode, settings, tools, labels))
     config = config_from(BenchConfig, values)
     quiet = as_json and not sys.stderr.isatty()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from learnloop.agent.server.chat import prompt_messages
+from learnloop.agent.server.chat_request import prompt_messages
 from learnloop.storage import migrations
 from learnloop.storage.home import data_root
 from learnloop.storage.keys import hash_key, new_key

@@ -101,12 +101,14 @@ def test_correct_mode_learns_through_the_real_loop_and_writes_its_results(
 def test_thumbs_mode_regenerates_after_a_miss_and_never_corrects(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    results = run_bench(tiny_model_dir, tmp_path, "--feedback", "thumbs", "--regen", "1")
+    thumbs = ("--feedback", "thumbs", "--regen", "1", "--set", "liked_as_label=true")
+    results = run_bench(tiny_model_dir, tmp_path, *thumbs)
     tally = results["feedback"]
     misses = 6 - tally["correct_first_try"]
     assert tally["regenerations"] == misses and tally["corrections"] == 0
     assert all(c["interactions"] in (3, 6) for c in results["cycles"])  # not per feedback
     assert results["learn_config"]["gate_metric"] == "task_macro_f1"
+    assert results["learn_config"]["liked_as_label"]  # needs the labels: --labels gives them
     with Store(tmp_path / "out" / "home" / "learnloop.duckdb") as store:
         regens = store.db.execute("SELECT count(*) FROM turns WHERE regen_of IS NOT NULL")
         assert regens.fetchone() == (misses,)

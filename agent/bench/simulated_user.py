@@ -100,11 +100,12 @@ TOOL_LEARN: dict[str, object] = {"max_length": 512, "eval_max_new_tokens": 64}
 
 
 def learn_settings(
-    mode: str, overrides: dict[str, object], tools: bool = False
+    mode: str, overrides: dict[str, object], tools: bool = False, labels: str = ""
 ) -> dict[str, object]:
-    """The bench's LearnConfig values for a feedback mode (and a tool task), then the
-    user's --set."""
-    return {**BENCH_LEARN, **MODE_LEARN[mode], **(TOOL_LEARN if tools else {}), **overrides}
+    """The bench's LearnConfig values for a feedback mode (and a tool task, or a labelled
+    one's ``--labels``), then the user's --set."""
+    task = TOOL_LEARN if tools else {"eval_labels": labels} if labels else {}
+    return {**BENCH_LEARN, **MODE_LEARN[mode], **task, **overrides}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.server.auth import Hosts, install
-from learnloop.agent.server.chat import MAX_PROMPT_TOKENS
+from learnloop.agent.server.chat_request import MAX_PROMPT_TOKENS
 from learnloop.agent.server.docs import add_docs
 from learnloop.agent.server.errors import install_errors
 from learnloop.agent.server.routes import ROUTERS

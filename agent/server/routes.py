@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from learnloop.agent.checks import MAX_LIST
 from learnloop.agent.report import losses
 from learnloop.agent.runtime import MAX_MESSAGE_CHARS
-from learnloop.agent.server.chat import ChatRequest, Prepared, stream_answer
+from learnloop.agent.server.chat import Prepared, stream_answer
+from learnloop.agent.server.chat_request import ChatRequest
 from learnloop.agent.server.service import ServerService
 from learnloop.agent.server.state import ACTIVE_ALIAS
 from learnloop.learning.child import progress_events

@@ -79,7 +79,7 @@ def serve(
     from learnloop.agent.client import find_server
     from learnloop.agent.server.app import create_app
     from learnloop.agent.server.auth import Hosts, keys_required
-    from learnloop.agent.server.chat import MAX_PROMPT_TOKENS
+    from learnloop.agent.server.chat_request import MAX_PROMPT_TOKENS
     from learnloop.storage.errors import UsageError
     from learnloop.storage.keys import new_key
     from learnloop.storage.store import Store
