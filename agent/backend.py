@@ -28,6 +28,7 @@ import collections
 import contextlib
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,7 +467,10 @@ class TransformersBackend(BatchedBackend):
         """Bound memory: forget the oldest adapters beyond ``keep_adapters``, never the
         default version's nor one a row generating, waiting or about to wait needs. Run by
         the batcher between two decode steps, so no forward pass is using any of them."""
-        with self._loading:
+        with self._loading, warnings.catch_warnings():
+            # PEFT's "Adapter vN was active which is now deleted" says nothing here: every
+            # row names its own adapter, none relies on PEFT's active one
+            warnings.filterwarnings("ignore", message="Adapter .* was active")
             for old in self._to_forget(self._loaded):
                 self._loaded.remove(old)
                 self.model.delete_adapter(old)
