@@ -402,10 +402,14 @@ def run_cycle(
 
 
 def fresh_after(config: LearnConfig, first: CycleResult) -> LearnConfig | None:
-    """The second run of a ``--start both`` cycle whose first run trained the active
-    adapter further: a fresh adapter on the same feedback, gated against whichever of
-    the two the gate kept, so the better one ends active (None: no second run)."""
-    if config.start != "both" or first.started_from is None:
+    """The second run of a cycle whose first run trained the active adapter further: a
+    fresh adapter on the same feedback, gated against whichever of the two the gate kept,
+    so the better one ends active. ``--start both`` always has one; ``--start auto``
+    when the gate rejected the first (continual training drifts: measured, after three
+    or four steps candidates lost control prompts and were rejected one after another).
+    None: no second run."""
+    wanted = config.start == "both" or (config.start == "auto" and not first.promoted)
+    if not wanted or first.started_from is None:
         return None
     return replace(config, start="fresh", force=True)
 

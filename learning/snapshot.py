@@ -136,7 +136,7 @@ def build_snapshot(
         cleaned = as_labels(cleaned, config.label_words)
     train, held = split(cleaned, config)
     if since is not None:
-        train = continual(train, since, config.replay, config.seed)
+        train = continual(train, since, config.replay, config.seed, config.max_new)
         if not train:
             raise NothingToLearn(
                 "no feedback to train the active version's adapter on: none is newer than "

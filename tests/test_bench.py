@@ -101,8 +101,7 @@ def test_correct_mode_learns_through_the_real_loop_and_writes_its_results(
 def test_thumbs_mode_regenerates_after_a_miss_and_never_corrects(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    thumbs = ("--feedback", "thumbs", "--regen", "1", "--set", "liked_as_label=true")
-    results = run_bench(tiny_model_dir, tmp_path, *thumbs)
+    results = run_bench(tiny_model_dir, tmp_path, "--feedback", "thumbs", "--regen", "1")
     tally = results["feedback"]
     misses = 6 - tally["correct_first_try"]
     assert tally["regenerations"] == misses and tally["corrections"] == 0

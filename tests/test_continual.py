@@ -59,6 +59,16 @@ def test_a_continual_cycle_takes_all_new_rows_and_the_replay_only() -> None:
     assert len(rows) == 3
 
 
+def test_a_pile_of_new_rows_is_capped_and_the_older_of_it_may_be_replayed() -> None:
+    old = [example(correction="positive") for _ in range(3)]
+    new = [example(correction="negative") for _ in range(5)]
+    rows = continual([*old, *new], since=old[-1].feedback_id, replay=2, seed=0, max_new=2)
+    ids = [e.feedback_id for e in rows]
+    assert len(rows) == 4 and ids[-2:] == [e.feedback_id for e in new[-2:]]  # the newest two
+    pool = {e.feedback_id for e in [*old, *new[:-2]]}
+    assert set(ids[:-2]) <= pool  # the replay draws from the old rows and the capped ones
+
+
 def rate(store: Store, user: str, question: str, fix: str) -> None:
     turn = store.add_turn(make_log(question, "no idea", thread_id=question, user_name=user))
     store.add_feedback(turn, "down", correction=fix, user_name=user)
@@ -132,3 +142,23 @@ def test_start_both_trains_further_then_fresh_and_the_later_gate_sees_the_first(
     assert then["sft_examples"] == 3 and then["parent"] == "v2"  # all rows; judged against v2
     again = run_cli(tiny_model_dir, "learn", "--force", *both, "--replay", "1").output
     assert "version v4 " in again and "then a fresh adapter on all feedback:\nversion v5 " in again
+
+
+def test_start_auto_trains_fresh_too_only_when_the_gate_rejects_the_continual_one(
+    tiny_model_dir: Path,
+) -> None:
+    with Store() as store:
+        rate(store, "alice", "What is the capital of France?", "Paris.")
+    assert run_cli(tiny_model_dir, "learn", *FRESH).exit_code == 0
+    with Store() as store:
+        rate(store, "bob", "What is 2 + 2?", "4")
+    auto = ("--start", "auto", "--method", "sft", "--promote-without-heldout", "true")
+    # any movement on the control set breaks this bound: the continual candidate fails
+    strict = ("--max-steps", "1", "--sft-learning-rate", "1e-2", "--gate-max-kl", "1e-9")
+    out = run_json(tiny_model_dir, "learn", "--json", *auto, *strict)
+    assert not out["promoted"] and out["started_from"] == "v1"
+    assert out["then"]["version"] == "v3" and out["then"]["started_from"] is None
+    with Store() as store:
+        rate(store, "bob", "Name a primary colour.", "Red.")
+    kept = run_json(tiny_model_dir, "learn", "--json", *auto, "--gate", "false", "--max-steps", "1")
+    assert kept["promoted"] and kept["then"] is None  # promoted: no fresh run

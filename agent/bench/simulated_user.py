@@ -48,9 +48,10 @@ from learnloop.learning.toolbox import NO_TOOLS
 Say = Callable[[str], None]
 
 
-# Training defaults for the bench: many short examples, retrained from scratch each cycle (or
-# further from the active adapter: --set start=active) on all feedback so far, within 30
-# minutes of training over 600 interactions on 2 cores.
+# Training defaults for the bench: many short examples; each cycle trains the active
+# adapter further on the new feedback and a replay (learn's default start; --set
+# start=fresh retrains from scratch on all feedback so far), within 10 minutes of training
+# over 600 interactions on 2 cores.
 # Measured on the snapshot of 300 `correct` interactions (150 dev texts): SFT 1 epoch at
 # 2e-4 on q/k/v/o gave 0.72 accuracy (nearly always "neutral"); 6e-4 gave 0.82; adding the
 # MLP projections gave 0.89, in 173 s. SFT followed by DPO on the same corrections (the
@@ -87,9 +88,13 @@ GATE_METRIC = {"correct": "task_accuracy", "thumbs": "task_macro_f1"}
 # "positive" to most texts, so nearly every pair rejects "positive": 7 of 146 chose it),
 # and `auto` (SFT, then DPO at 2e-4) learned never to say positive (bench 0.598), where
 # SFT alone on the same feedback measured 0.878 on the dev split.
+# Thumbs mode trains a liked answer as the label it names (liked_as_label): trained as
+# said, "The sentence is generally considered positive." stayed a second form (exact
+# format 0.61 after 600 interactions); as the label, v1 answered 0.864 with exact format
+# 1.000 after 150 (docs/benchmarks.md).
 MODE_LEARN: dict[str, dict[str, object]] = {
     "correct": {"method": "sft", "cut_off_sentences": False},
-    "thumbs": {"method": "sft", "cut_off_sentences": True},
+    "thumbs": {"method": "sft", "cut_off_sentences": True, "liked_as_label": True},
 }
 
 
