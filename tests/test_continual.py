@@ -124,7 +124,7 @@ def test_it_trains_the_active_adapter_further_and_records_it(tiny_model_dir: Pat
     assert versions["v3"]["started_from"] is None  # nothing retired to start from
 
 
-def test_start_both_trains_further_then_fresh_and_the_later_gate_sees_the_first(
+def test_both_always_adds_a_fresh_run_and_auto_only_after_a_rejection(
     tiny_model_dir: Path,
 ) -> None:
     with Store() as store:
@@ -140,25 +140,15 @@ def test_start_both_trains_further_then_fresh_and_the_later_gate_sees_the_first(
     then = out["then"]
     assert then["version"] == "v3" and then["started_from"] is None
     assert then["sft_examples"] == 3 and then["parent"] == "v2"  # all rows; judged against v2
-    again = run_cli(tiny_model_dir, "learn", "--force", *both, "--replay", "1").output
-    assert "version v4 " in again and "then a fresh adapter on all feedback:\nversion v5 " in again
 
-
-def test_start_auto_trains_fresh_too_only_when_the_gate_rejects_the_continual_one(
-    tiny_model_dir: Path,
-) -> None:
     with Store() as store:
-        rate(store, "alice", "What is the capital of France?", "Paris.")
-    assert run_cli(tiny_model_dir, "learn", *FRESH).exit_code == 0
-    with Store() as store:
-        rate(store, "bob", "What is 2 + 2?", "4")
+        rate(store, "bob", "What is 3 + 3?", "6")
     auto = ("--start", "auto", "--method", "sft", "--promote-without-heldout", "true")
-    # any movement on the control set breaks this bound: the continual candidate fails
-    strict = ("--max-steps", "1", "--sft-learning-rate", "1e-2", "--gate-max-kl", "1e-9")
-    out = run_json(tiny_model_dir, "learn", "--json", *auto, *strict)
-    assert not out["promoted"] and out["started_from"] == "v1"
-    assert out["then"]["version"] == "v3" and out["then"]["started_from"] is None
-    with Store() as store:
-        rate(store, "bob", "Name a primary colour.", "Red.")
     kept = run_json(tiny_model_dir, "learn", "--json", *auto, "--gate", "false", "--max-steps", "1")
-    assert kept["promoted"] and kept["then"] is None  # promoted: no fresh run
+    assert kept["promoted"] and kept["started_from"] == "v3" and kept["then"] is None
+    # any movement on the control set breaks this bound: the continual candidate fails,
+    # and a fresh one follows (its verdict is printed after the first's)
+    strict = ("--max-steps", "1", "--sft-learning-rate", "1e-2", "--gate-max-kl", "1e-9")
+    again = run_cli(tiny_model_dir, "learn", "--force", *auto, *strict).output
+    assert "version v5 not promoted" in again
+    assert "then a fresh adapter on all feedback:\nversion v6 " in again
