@@ -81,8 +81,9 @@ def score_adapter(
     from learnloop.agent.bench.label_task import score
     from learnloop.learning.evaluate import greedy
     from learnloop.learning.tasks import task_message
-    from learnloop.learning.trainer import load_base
+    from learnloop.learning.trainer import load_base, quiet_libraries
 
+    quiet_libraries()  # no weight-loading bar per point
     base, tokenizer = load_base(Path(model_path))
     model: Any = base
     if adapter is not None:
