@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loop_run import learnloop_bin, log, root_env
+from learnloop.learning.trainer_output import training_seconds
 
 WALKTHROUGH = Path(__file__).resolve().parent.parent / "examples" / "walkthrough.sh"
 SECOND = ("What is our team's stand-up time?", "Our stand-up is at 9:30 every morning.")
@@ -46,9 +47,7 @@ def cycle_row(
 ) -> dict[str, Any]:
     """One table row from a cycle's version record (``versions --json``)."""
     metrics = version["metrics"]
-    training = sum(
-        (metrics.get(stage) or {}).get("seconds", 0.0) for stage in ("sft", "dpo", "kto")
-    )
+    training = training_seconds(metrics)
     events = (root / "runs" / f"run-{run_id}" / "progress.jsonl").read_text()
     gate = [json.loads(line) for line in events.splitlines() if '"gate"' in line]
     return {

@@ -91,14 +91,13 @@ def score_adapter(
 
         model = PeftModel.from_pretrained(base, str(adapter))
     model.eval()
-    labels = [w.strip() for w in config.eval_labels.split(",")]
     answers = []
     for n, row in enumerate(rows, start=1):
         prompt = [{"role": "user", "content": task_message(config.eval_instruction, row.text)}]
         answers.append(greedy(model, tokenizer, prompt, config.eval_max_new_tokens))
         if n % 100 == 0:
             print(f"  {n}/{len(rows)} answered", file=sys.stderr, flush=True)
-    return score(answers, rows, labels)
+    return score(answers, rows, config.label_words)
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +113,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     from learnloop.learning.models import resolve_model
     from learnloop.learning.snapshot import build_snapshot, write_snapshot
     from learnloop.learning.tasks import read_labelled
+    from learnloop.learning.trainer_output import training_seconds
     from learnloop.storage.store import Store
 
     with Store() as store:
@@ -126,7 +126,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     settings = {**run.config, "start": "fresh", "gate": False, "force": True}
     model = resolve_model(args.model)
     base = LearnConfig(**settings)
-    rows = read_labelled(args.eval, [w.strip() for w in base.eval_labels.split(",")])
+    rows = read_labelled(args.eval, base.label_words)
     rows = rows[: args.eval_limit or None]
     print(f"base: scoring {len(rows)} eval rows", file=sys.stderr, flush=True)
     results: dict[str, Any] = {
@@ -154,7 +154,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "settings": point,
                 "sft_rows": len(snap.data.sft),
-                "train_seconds": round(stage_seconds(metrics), 1),
+                "train_seconds": round(training_seconds(metrics), 1),
                 "cpu_seconds": metrics.get("cpu_seconds"),
                 "wall_seconds": round(wall, 1),
                 **scores,
@@ -163,10 +163,6 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
         shutil.rmtree(run_dir / "trl-output", ignore_errors=True)
     return results
-
-
-def stage_seconds(metrics: dict[str, Any]) -> float:
-    return float(sum((metrics.get(s) or {}).get("seconds", 0.0) for s in ("sft", "dpo", "kto")))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -195,8 +191,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    results = sweep(parse_args(argv))
-    print(json.dumps(results, indent=2) if "--json" in (argv or sys.argv) else table(results))
+    args = parse_args(argv)
+    results = sweep(args)
+    print(json.dumps(results, indent=2) if args.json else table(results))
     return 0
 
 

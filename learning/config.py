@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
+from learnloop.learning.tasks import label_words
 from learnloop.storage.errors import UsageError
 
 METHODS = ("auto", "sft", "dpo", "kto")
@@ -351,7 +352,7 @@ class LearnConfig:
     @property
     def label_words(self) -> list[str]:
         """The task's labels (--eval-labels), lower case."""
-        return [w.strip().lower() for w in self.eval_labels.split(",") if w.strip()]
+        return label_words(self.eval_labels)
 
     @property
     def modules(self) -> list[str]:

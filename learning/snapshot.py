@@ -197,7 +197,7 @@ def task_rows(config: LearnConfig) -> list[dict[str, Any]]:
             }
             for t in read_tool_task(path)[: config.eval_limit]
         ]
-    given = [w.strip().lower() for w in config.eval_labels.split(",") if w.strip()]
+    given = config.label_words
     examples = read_labelled(path, given or None)
     examples = examples[: config.eval_limit]
     labels = given or labels_of(examples)

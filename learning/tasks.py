@@ -184,6 +184,11 @@ def task_message(instruction: str, text: str) -> str:
     return f"{instruction.strip()}\n\n{text}" if instruction.strip() else text
 
 
+def label_words(text: str) -> list[str]:
+    """Comma-separated label words (``--labels``, ``--eval-labels``), lower case."""
+    return [w.strip().lower() for w in text.split(",") if w.strip()]
+
+
 def named_labels(answer: str, labels: list[str]) -> list[str]:
     lowered = answer.lower()
     return [label for label in labels if re.search(rf"\b{re.escape(label)}\b", lowered)]

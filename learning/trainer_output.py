@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def training_seconds(metrics: dict[str, Any]) -> float:
+    """The seconds a trainer's ``metrics.json`` spent in its training stages (SFT, DPO,
+    KTO), loading and the gate not included."""
+    return float(sum((metrics.get(s) or {}).get("seconds", 0.0) for s in ("sft", "dpo", "kto")))
+
+
 class Progress:
     """Appends one flushed JSON line per event to ``progress.jsonl``."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from learnloop.learning.tasks import label_words
+
 MODES = ("correct", "thumbs")
 
 
@@ -144,7 +146,7 @@ class BenchConfig:
 
     @property
     def label_list(self) -> list[str]:
-        return [w.strip().lower() for w in self.labels.split(",") if w.strip()]
+        return label_words(self.labels)
 
 
 def user_name(interaction: int, users: int) -> str:

@@ -44,6 +44,7 @@ from learnloop.learning.tasks import (
     TaskFileError,
 )
 from learnloop.learning.toolbox import NO_TOOLS
+from learnloop.learning.trainer_output import training_seconds
 
 Say = Callable[[str], None]
 
@@ -317,7 +318,6 @@ class Bench:
             raise RuntimeError(f"learning run {run.id} {run.status}: {run.error}")
         version = store.get_version(run.version_id)
         metrics, gate = version.metrics, version.gate or {}
-        stages = [metrics.get(s) or {} for s in ("sft", "dpo", "kto")]
         say(f"{version.id} {version.status}: " + "; ".join(gate.get("reasons", [])))
         return {
             "version": version.id,
@@ -330,7 +330,7 @@ class Bench:
                 "kto": version.kto_count,
             },
             "feedback": asdict(self.tally),
-            "train_seconds": round(sum(s.get("seconds", 0.0) for s in stages), 1),
+            "train_seconds": round(training_seconds(metrics), 1),
             "gate_seconds": metrics.get("gate_seconds"),
             "cpu_seconds": metrics.get("cpu_seconds") or 0.0,  # the trainer's, gate included
             "energy_wh": metrics.get("energy_wh") or 0.0,
