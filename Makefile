@@ -38,8 +38,10 @@ browser:
 chat: setup
 	$(VENV)/bin/learnloop chat
 
+# Two workers, a file each at a time (a file's fixtures are built once): most tests wait on
+# a child process or a server for part of their time, so two cores finish the suite sooner.
 test: setup browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # ruff, mypy, and the import contracts of pyproject.toml ([tool.importlinter]).
 lint: setup

@@ -8,7 +8,10 @@ row newer than the adapter's own snapshot and at most ``replay`` older ones, cho
 turn from each group of a kind (a correction, a thumbs-up, a thumbs-down) and what it
 says (the correction's or the answer's first words: a labelled task's label), the
 smallest groups first, so that every kind and label stays represented however few rows
-are replayed.
+are replayed. Rows that say what no other row of their kind says (free answers, the
+results of a tool task) form one group per kind: as a group each, hundreds of them would
+crowd the labels out of the replay (measured: after a job change from sentiment to
+arithmetic, 11 of 150 replayed rows were sentiment).
 
 Invariant: the result depends only on the rows, ``since``, ``replay`` and ``seed``.
 """
@@ -39,10 +42,14 @@ def continual(
 
 def replayed(old: list[FeedbackExample], replay: int, seed: int) -> list[FeedbackExample]:
     """At most ``replay`` of ``old``: one from each group in turn, smallest group first,
-    each group's rows in a seeded random order."""
-    groups: dict[tuple[str, str], list[FeedbackExample]] = defaultdict(list)
+    each group's rows in a seeded random order; the rows alone in saying what they say
+    are one group per kind."""
+    said: dict[tuple[str, str], list[FeedbackExample]] = defaultdict(list)
     for e in old:
-        groups[group(e)].append(e)
+        said[group(e)].append(e)
+    groups: dict[tuple[str, str], list[FeedbackExample]] = defaultdict(list)
+    for (kind, words), rows in said.items():
+        groups[(kind, words) if len(rows) > 1 else (kind, "")].extend(rows)
     rng = random.Random(seed)
     queues = [rows for _, rows in sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))]
     for rows in queues:

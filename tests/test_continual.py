@@ -51,6 +51,16 @@ def test_the_replay_keeps_every_kind_and_label_represented() -> None:
     assert len(replayed(common, 50, seed=0)) == 10  # never more than there is
 
 
+def test_after_a_job_change_the_replay_keeps_the_old_job() -> None:
+    # the old job's rows say one of three labels; the new job's each say their own result
+    labels = [example(correction=word) for word in ("positive", "negative", "neutral") * 20]
+    results = [example(correction=str(1000 + n)) for n in range(60)]
+    picked = {id(e) for e in replayed([*labels, *results], 30, seed=0)}
+    assert len(picked) == 30
+    assert len(picked & set(map(id, labels))) >= 20  # three label groups to one of results
+    assert len(picked & set(map(id, results))) >= 5
+
+
 def test_a_continual_cycle_takes_all_new_rows_and_the_replay_only() -> None:
     old = [example(correction="positive") for _ in range(5)]
     new = [example(correction="negative") for _ in range(2)]
