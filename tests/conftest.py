@@ -79,11 +79,3 @@ def server(tiny_model_dir: Path) -> Iterator[Any]:
 
     with running_server(tiny_model_dir) as running:
         yield running
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with a test on the real model (marked ``slow``) first: `make test` hands whole
-    files to its two workers in this order, and a long file handed out last would keep one
-    worker going alone at the end (measured: the walkthrough's two minutes)."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)

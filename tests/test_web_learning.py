@@ -74,7 +74,7 @@ def test_the_settings_form_steers_learn_now_and_bad_values_start_nothing(
     page.get_by_test_id("learn-now").click()
     expect(page.get_by_test_id("learn-run")).to_have_text("Run 2:")
     expect(page.get_by_test_id("learn-status")).to_have_text("succeeded", timeout=SLOW)
-    expect(page.get_by_test_id("learn-result")).to_contain_text("v2")
+    expect(page.get_by_test_id("learn-result")).to_contain_text("v2", timeout=SLOW)
 
 
 def test_a_running_cycle_is_cancelled_from_the_page(page: Page, server: Server) -> None:
