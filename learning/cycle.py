@@ -13,7 +13,8 @@ Steps, each leaving the system consistent if the process is killed right after i
 4. let the gate decide (learning/gate.py), move the adapter into ``adapters/<version>/``
    with its config, metrics and gate results beside it, take its checksum, then register
    the version as promoted (and make it active) or rejected, with its control answers,
-   in one transaction; keep the control scores measured (learning/publish.py).
+   in one transaction; keep the control scores measured (learning/publish.py,
+   learning/control_cache.py).
 
 Before step 1 commits to anything, a cycle that could only waste time is refused with
 :class:`NothingToLearn`: no feedback since the last cycle that made a version (unless

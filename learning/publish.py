@@ -80,11 +80,12 @@ def publish(
     promoted over a version someone made active while it trained."""
     measured_path = run_dir / "gate.json"
     measured = json.loads(measured_path.read_text()) if measured_path.exists() else None
-    started = store.get_run(run_id).active_at_start or store.active_version()
+    run, now = store.get_run(run_id), store.active_version()
+    started = run.active_at_start or now
     parent = measured["active_version"] if measured else measured_against(store, model, started)[0]
     decision = decide(measured, config)
-    if store.active_version() != started:
-        decision = superseded(decision, started, store.active_version(), parent)
+    if now != started:
+        decision = superseded(decision, started, now, parent)
     version_id = store.next_version_id()
     target = adapters_dir() / version_id
     with disk_writes(f"the adapter of {version_id}", target):
@@ -101,7 +102,7 @@ def publish(
                 "base_model_path": model.path,
                 "base_fingerprint": model.fingerprint,
                 "run_id": run_id,
-                "method": store.get_run(run_id).method,
+                "method": run.method,
                 "learn_config": config.to_dict(),
             },
         )
@@ -111,7 +112,7 @@ def publish(
         id=version_id,
         parent=parent,
         run_id=run_id,
-        method=store.get_run(run_id).method,
+        method=run.method,
         base_model=model.name,
         base_fingerprint=model.fingerprint,
         adapter_path=str(target),
