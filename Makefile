@@ -42,7 +42,7 @@ chat: setup
 # a child process or a server for part of their time, so two cores finish the suite sooner
 # (measured: 18.3 minutes against 21.8 on one worker).
 test: setup browser lint
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # ruff, mypy, and the import contracts of pyproject.toml ([tool.importlinter]).
 lint: setup

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from learnloop.agent.backend import BatchedBackend, TransformersBackend
+from learnloop.agent.backend import BatchedBackend
 from learnloop.agent.config import ServingConfig
+from learnloop.agent.transformers_engine import TransformersBackend
 from learnloop.learning.models import ResolvedModel
 
 

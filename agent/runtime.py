@@ -266,7 +266,7 @@ def load_agent(
     limits: LoopLimits | None = None,
 ) -> Agent:
     """Resolve the model (converting a GGUF once), load it, and load the active version."""
-    from learnloop.agent.backend import TransformersBackend
+    from learnloop.agent.transformers_engine import TransformersBackend
     from learnloop.learning.models import resolve_model
 
     resolved = resolve_model(model_spec)

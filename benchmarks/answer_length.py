@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     questions = QUESTIONS[: args.questions]
 
-    from learnloop.agent.backend import TransformersBackend
+    from learnloop.agent.transformers_engine import TransformersBackend
     from learnloop.learning.models import resolve_model
 
     resolved = resolve_model(args.model)

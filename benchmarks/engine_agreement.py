@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_load import report
+from benchmarks.serve_kit import report
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSTRUCTION = (
@@ -39,8 +39,8 @@ ENGINES = ("transformers-bf16", "llama.cpp f16", "llama.cpp f32", "llama.cpp bf1
 
 
 def load(engine: str, model: Any) -> Any:
-    from learnloop.agent.backend import TransformersBackend
     from learnloop.agent.llama_engine import LlamaBackend
+    from learnloop.agent.transformers_engine import TransformersBackend
 
     if engine.startswith("llama.cpp"):
         return LlamaBackend(model, weights=engine.split()[1], keep_adapters=2)

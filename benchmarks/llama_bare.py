@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_load import summary
+from benchmarks.serve_kit import summary
 
 WEIGHTS = ("f16", "f32", "bf16")  # as `learnloop serve --llama-weights`
 

@@ -133,7 +133,7 @@ COLD_LOAD_CODE = (
     "import json, sys, time\n"
     "t0 = time.perf_counter()\n"
     "import torch, transformers\n"
-    "from learnloop.agent.backend import TransformersBackend\n"
+    "from learnloop.agent.transformers_engine import TransformersBackend\n"
     "t1 = time.perf_counter()\n"
     "TransformersBackend(sys.argv[1], sys.argv[2])\n"
     "t2 = time.perf_counter()\n"
@@ -160,7 +160,7 @@ def measure_cold_load(path: str, name: str, reps: int, env: dict[str, str]) -> R
 
 
 def measure_load(path: str, name: str, reps: int) -> tuple[Row, Any]:
-    from learnloop.agent.backend import TransformersBackend
+    from learnloop.agent.transformers_engine import TransformersBackend
 
     times, backend = [], None
     for i in range(reps):

@@ -42,22 +42,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serve_kit import (
+    PROMPTS,
+    prepare_home,
+    report,
+    served_engine,
+    start_server,
+    stop_server,
+    stream_chat,
+)
 from benchmarks.serve_load import (
     ENGINES,
-    PROMPTS,
     Cycle,
     _f,
     aggregate,
     cycle_line,
     engine_name,
     load_phase,
-    prepare_home,
-    report,
     seed_feedback,
-    served_engine,
-    start_server,
-    stop_server,
-    stream_chat,
     swap_summary,
 )
 

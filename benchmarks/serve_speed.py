@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import llama_bare
-from benchmarks.serve_load import prepare_home, report, start_server, stream_chat, summary
+from benchmarks.serve_kit import prepare_home, report, start_server, stream_chat, summary
 
 GREEDY = {"temperature": 0, "whole_answer": True}
 SERVE_ENGINES = ("llama.cpp", "transformers", "transformers-bf16")

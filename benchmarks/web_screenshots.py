@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.loop_run import log
-from benchmarks.serve_load import start_server
+from benchmarks.serve_kit import start_server
 
 CHROMIUM = "/usr/bin/chromium"
 ANSWER_MS = 180_000  # a real answer with a tool call, on a busy 2-core machine

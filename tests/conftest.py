@@ -14,6 +14,14 @@ from typing import Any
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-model tests first, so that under ``make test``'s two workers the longest
+    file (the walkthrough, ~2 min) starts early instead of ending the run alone. The
+    Makefile's ``--no-loadscope-reorder`` keeps this order (xdist otherwise queues the
+    files with the most tests first)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The per-machine cache (converted models, digests) for the whole session: shared by

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from learnloop.agent.backend import TransformersBackend
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.runtime import Agent
 from learnloop.agent.stopping import stopped_by_limit
+from learnloop.agent.transformers_engine import TransformersBackend
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.cycle import run_cycle
 from learnloop.learning.models import resolve_model

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from benchmarks.random_adapter import save_random_adapter
-from learnloop.agent.backend import Pin, TransformersBackend
+from learnloop.agent.backend import Pin
 from learnloop.agent.batching import Overloaded
 from learnloop.agent.config import GenerationConfig, ServingConfig
+from learnloop.agent.transformers_engine import TransformersBackend
 from tests.serving import running_server
 
 GREEDY = GenerationConfig(max_new_tokens=12, temperature=0, whole_answer=True)

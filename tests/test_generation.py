@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from openai import BadRequestError, OpenAI, UnprocessableEntityError
 
-from learnloop.agent.backend import TransformersBackend
 from learnloop.agent.config import GenerationConfig, asks_for_more
 from learnloop.agent.graph import model_step, turn_log
 from learnloop.agent.runtime import Agent
 from learnloop.agent.stopping import StopScanner
+from learnloop.agent.transformers_engine import TransformersBackend
 from learnloop.learning.datasets import build_sft
 from learnloop.storage.store import Store
 from tests.helpers import run_cli

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from benchmarks.random_adapter import register_adapter, save_random_adapter
-from learnloop.agent.backend import BatchedBackend, Pin, TransformersBackend
+from learnloop.agent.backend import BatchedBackend, Pin
 from learnloop.agent.config import GenerationConfig, ServingConfig
 from learnloop.agent.llama_engine import LlamaBackend
+from learnloop.agent.transformers_engine import TransformersBackend
 from learnloop.learning.adapters import AdapterDamaged
 from learnloop.learning.models import ResolvedModel, resolve_model
 from tests.serving import running_server
