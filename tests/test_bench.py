@@ -190,6 +190,24 @@ def test_a_tool_task_is_taught_with_demonstrations_that_ran_the_real_tool(
     assert results["cycles"] and results["cycles"][0]["examples"]["sft"] >= 1
 
 
+def test_a_tool_task_can_be_taught_with_thumbs_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Thumbs mode trains a liked sentiment answer as its label word; a tool task has no
+    labels, so there a liked answer trains as said (this once refused to start)."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOOL_ROWS * 2))
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOOL_ROWS[:2]))
+    result = run_cli(
+        tiny_model_dir, "bench", "--tools", str(SHARED_TOOLS), "--feedback", "thumbs",
+        "--train", str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "dev.jsonl"),
+        "--instruction", "Use the calculate tool.", "--gate-rows", "2",
+        "--max-new-tokens", "8", "--set", "max_steps=2", "--interactions", "3",
+        "--cycle-every", "3", "--out", str(tmp_path / "out"), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    assert results["feedback"]["corrections"] == 0 and results["feedback"]["down"] >= 1
+    assert results["learn_config"]["liked_as_label"] is False
+
+
 def test_the_job_can_change_part_way_and_both_tasks_are_measured_throughout(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -220,6 +238,7 @@ def test_the_job_can_change_part_way_and_both_tasks_are_measured_throughout(
     assert runs[0].config["eval_instruction"] == "Sentiment? One word."
     assert runs[-1].config["eval_instruction"] == "Use the calculate tool."
     assert runs[-1].config["tools"] == str(SHARED_TOOLS)
+    assert runs[0].config["eval_labels"] and runs[-1].config["eval_labels"] == ""
 
 
 def test_users_take_turns_and_one_can_be_forgotten_at_the_end(

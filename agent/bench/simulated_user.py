@@ -101,8 +101,10 @@ MODE_LEARN: dict[str, dict[str, object]] = {
 
 # A tool task's rows are longer: the tools' schemas in the system prompt (~200 tokens for
 # one tool), the question, a call, its result and the answer; and the gate's answers are
-# trajectories whose first step is a call of about 40 tokens.
-TOOL_LEARN: dict[str, object] = {"max_length": 512, "eval_max_new_tokens": 64}
+# trajectories whose first step is a call of about 40 tokens. It has no label words, so a
+# liked answer trains as said.
+TOOL_ROOM = {"max_length": 512, "eval_max_new_tokens": 64}
+TOOL_LEARN: dict[str, object] = {**TOOL_ROOM, "eval_labels": "", "liked_as_label": False}
 
 
 def learn_settings(
@@ -469,12 +471,9 @@ def run_bench(
     first = replace(config, interactions=config.switch_at, switch_at=0) if second else config
     jobs = [job_of(first, learn, out / "gate-rows.jsonl")]
     if second is not None:
-        if second.tools.strip():  # at least the room a tool task's rows need (TOOL_LEARN)
-            learn = replace(
-                learn,
-                max_length=max(learn.max_length, 512),
-                eval_max_new_tokens=max(learn.eval_max_new_tokens, 64),
-            )
+        if second.tools.strip():  # the first task's labels go; its room grows if need be
+            room = {k: max(getattr(learn, k), v) for k, v in TOOL_ROOM.items()}
+            learn = replace(learn, **room, eval_labels="", liked_as_label=False)
         jobs.append(job_of(second, learn, out / "gate-rows-2.jsonl"))
     os.environ["LEARNLOOP_HOME"] = str(out / "home")
     results = Bench(config, jobs, model_spec).run(say)
