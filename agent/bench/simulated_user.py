@@ -473,9 +473,9 @@ def run_bench(
     first = replace(config, interactions=config.switch_at, switch_at=0) if second else config
     jobs = [job_of(first, learn, out / "gate-rows.jsonl")]
     if second is not None:
-        if second.tools.strip():  # the first task's labels go; its room grows if need be
+        if second.tools.strip():  # TOOL_LEARN: the first task's labels go, its room grows
             room = {k: max(getattr(learn, k), v) for k, v in TOOL_ROOM.items()}
-            learn = replace(learn, **room, eval_labels="", liked_as_label=False)
+            learn = replace(learn, **{**TOOL_LEARN, **room})
         jobs.append(job_of(second, learn, out / "gate-rows-2.jsonl"))
     os.environ["LEARNLOOP_HOME"] = str(out / "home")
     results = Bench(config, jobs, model_spec).run(say)
