@@ -122,6 +122,16 @@ class LearnConfig:
             "correction even in 32 steps)",
         },
     )
+    sft_continue_learning_rate: float = field(
+        default=0.0,
+        metadata={
+            "min": 0.0,
+            "max": 1.0,
+            "help": "SFT learning rate when a cycle trains the active version's adapter "
+            "further (--start active, auto, both); 0: --sft-learning-rate. A fresh adapter "
+            "gains from a large rate; steps from a trained one can undo what it knew",
+        },
+    )
     dpo_epochs: float = field(
         default=2.0, metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the DPO pairs"}
     )

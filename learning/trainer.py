@@ -217,8 +217,9 @@ def run(run_dir: Path) -> dict[str, Any]:
         model = add_fresh_adapter(base, request.config)
     trainable = count_trainable(model)
     stage_args = (request.config, run_dir, progress)
+    continuing = request.start_adapter is not None
     sft = (
-        train_sft(model, tokenizer, request.sft, request.sft_corrections, *stage_args)
+        train_sft(model, tokenizer, request.sft, request.sft_corrections, *stage_args, continuing)
         if request.sft
         else None
     )

@@ -61,13 +61,17 @@ def train_sft(
     config: LearnConfig,
     run_dir: Path,
     progress: Progress,
+    continuing: bool,
 ) -> dict[str, Any]:
+    """SFT on ``rows``; ``continuing``: the model's adapter is a trained one (the active
+    version's), which trains at ``sft_continue_learning_rate`` when that is set."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    rate = config.sft_continue_learning_rate if continuing else 0.0
     args = SFTConfig(
         **common_args(config, run_dir, "sft"),
-        learning_rate=config.sft_learning_rate,
+        learning_rate=rate or config.sft_learning_rate,
         num_train_epochs=config.sft_epochs,
         completion_only_loss=True,
     )
@@ -212,6 +216,7 @@ def fit(trainer: Trainer, stage: str, examples: int, progress: Progress) -> dict
     return {
         "examples": examples,
         "steps": trainer.state.global_step,
+        "learning_rate": trainer.args.learning_rate,
         "train_loss": finite(output.training_loss),
         "seconds": round(time.monotonic() - started, 3),
         "losses": [finite(log["loss"]) for log in trainer.state.log_history if "loss" in log],

@@ -3,7 +3,7 @@ the feedback new since that version and a bounded replay of the older.
 
 The replay's choice is pure (learning/replay.py) and tested on rows; the cycle through
 the CLI, on the tiny model with real TRL steps: the second version starts from the
-first's weights (at a learning rate too small to move them, it *is* the first), trains
+first's weights (at a continuing learning rate too small to move them, it *is* the first), trains
 on the new rows plus the replay, records where it started and what it cost, and a forget
 of feedback only the first version saw retires both.
 """
@@ -109,6 +109,8 @@ def test_it_trains_the_active_adapter_further_and_records_it(tiny_model_dir: Pat
         "--gate",
         "false",
         "--sft-learning-rate",
+        "1e-2",  # a fresh adapter's rate; the continued one trains at the next
+        "--sft-continue-learning-rate",
         "1e-12",
         "--method",
         "sft",
@@ -122,6 +124,7 @@ def test_it_trains_the_active_adapter_further_and_records_it(tiny_model_dir: Pat
     for key, weights in first.items():  # v2 began as v1 and barely moved
         torch.testing.assert_close(second[key], weights, rtol=0, atol=1e-6)
     metrics = versions["v2"]["metrics"]
+    assert metrics["sft"]["learning_rate"] == 1e-12
     assert metrics["cpu_seconds"] > 0
     assert abs(metrics["energy_wh"] - metrics["cpu_seconds"] * 4.0 / 3600) < 0.01
     assert "CPU-s" in run_cli(None, "versions").output
