@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from learnloop.agent.batching import Batcher, Decoder, Row
+from learnloop.agent.batching import Batcher, Decoder, Row, Stalled
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.stopping import StopScanner, stopped_by_limit
 from learnloop.learning import chat_format
@@ -133,6 +134,7 @@ class BatchedBackend:
 
     engine: str
     keep_adapters: int  # the most adapters kept loaded when nobody needs them
+    stall_seconds: float = 120.0  # an answer whose next token takes longer fails: Stalled
 
     def __init__(
         self,
@@ -279,7 +281,7 @@ class BatchedBackend:
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
         pin = pin or Pin(self.version)
         streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stall_seconds
         )
         streamer.put(ids)  # the prompt: skipped, as generate's first put is
         finished = threading.Event()
@@ -323,6 +325,9 @@ class BatchedBackend:
             rest = scanner.finish()
             if rest:
                 yield rest
+        except queue.Empty as stalled:  # the streamer's wait for a token timed out
+            row.stop.set()
+            raise Stalled(self.stall_seconds) from stalled
         except BaseException:  # the consumer stopped early: the row leaves the batch
             row.stop.set()
             raise

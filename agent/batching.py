@@ -55,6 +55,17 @@ class Overloaded(Unavailable):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class Stalled(Unavailable):
+    """An answer's next token did not come within ``seconds``: generation is stuck, or
+    far too slow (the machine overloaded, or the process paused and resumed)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the model produced no token for {seconds:g} s (is the machine overloaded, "
+            "or was this process paused?); the answer was dropped: try again"
+        )
+
+
 @dataclass(eq=False)
 class Row:
     """One answer being generated. ``emit`` gets each new token id, then ``finish`` once

@@ -42,6 +42,11 @@ def summary(values: list[float]) -> dict[str, float | None]:
 # -- set-up ------------------------------------------------------------------------------
 
 
+def fmt(value: Any, digits: int = 2) -> str:
+    """A figure for a table: ``digits`` decimals, "-" where there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def prepare_home(home: Path, model_spec: str | None) -> None:
     """Resolve the model and register two random adapters as versions v1 and v2, before the
     server takes the database."""

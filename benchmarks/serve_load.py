@@ -48,6 +48,7 @@ import httpx
 
 from benchmarks.serve_kit import (
     PROMPTS,
+    fmt,
     prepare_home,
     report,
     served_engine,
@@ -315,8 +316,8 @@ def cycle_line(cycle: dict[str, Any]) -> str:
     return (
         f"learning cycle: run {cycle.get('run')} ({cycle['settings'].get('method')}, at most "
         f"{steps} steps per stage, gate {gate}): {outcome}; "
-        f"{_f(cycle['seconds'], 1)} s, from {_f(cycle['started_s'], 1)} s to "
-        f"{_f(cycle['ended_s'], 1)} s of the load"
+        f"{fmt(cycle['seconds'], 1)} s, from {fmt(cycle['started_s'], 1)} s to "
+        f"{fmt(cycle['ended_s'], 1)} s of the load"
     )
 
 
@@ -356,10 +357,6 @@ def logging_cost(folder: Path, n: int) -> dict[str, Any]:
 # -- report ------------------------------------------------------------------------------
 
 
-def _f(value: Any, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def engine_name(results: dict[str, Any]) -> str:
     """The engine as the server named it, with the flag it was given."""
     flag = results["config"].get("engine", "auto")
@@ -380,13 +377,13 @@ def table(results: dict[str, Any]) -> str:
         "|---|---:|---:|",
         f"| requests completed / errors | {single['completed']} / {single['errors']} | "
         f"{load['completed']} / {load['errors']} |",
-        f"| time to first token p50 / p95 (s) | {_f(single['ttft_s']['p50'])} / "
-        f"{_f(single['ttft_s']['p95'])} | {_f(load['ttft_s']['p50'])} / "
-        f"{_f(load['ttft_s']['p95'])} |",
-        f"| tokens/s per stream p50 | {_f(single['tokens_per_s_per_stream']['p50'], 1)} | "
-        f"{_f(load['tokens_per_s_per_stream']['p50'], 1)} |",
-        f"| tokens/s all streams | {_f(single['aggregate_tokens_per_s'], 1)} | "
-        f"{_f(load['aggregate_tokens_per_s'], 1)} |",
+        f"| time to first token p50 / p95 (s) | {fmt(single['ttft_s']['p50'])} / "
+        f"{fmt(single['ttft_s']['p95'])} | {fmt(load['ttft_s']['p50'])} / "
+        f"{fmt(load['ttft_s']['p95'])} |",
+        f"| tokens/s per stream p50 | {fmt(single['tokens_per_s_per_stream']['p50'], 1)} | "
+        f"{fmt(load['tokens_per_s_per_stream']['p50'], 1)} |",
+        f"| tokens/s all streams | {fmt(single['aggregate_tokens_per_s'], 1)} | "
+        f"{fmt(load['aggregate_tokens_per_s'], 1)} |",
     ]
     cycle = results.get("cycle")
     if cycle:
@@ -398,12 +395,12 @@ def table(results: dict[str, Any]) -> str:
             "|---|---:|---:|",
             f"| requests completed / errors | {without['completed']} / {without['errors']} | "
             f"{during['completed']} / {during['errors']} |",
-            f"| time to first token p50 / p95 (s) | {_f(without['ttft_s']['p50'])} / "
-            f"{_f(without['ttft_s']['p95'])} | {_f(during['ttft_s']['p50'])} / "
-            f"{_f(during['ttft_s']['p95'])} |",
+            f"| time to first token p50 / p95 (s) | {fmt(without['ttft_s']['p50'])} / "
+            f"{fmt(without['ttft_s']['p95'])} | {fmt(during['ttft_s']['p50'])} / "
+            f"{fmt(during['ttft_s']['p95'])} |",
             f"| tokens/s per stream p50 | "
-            f"{_f(without['tokens_per_s_per_stream']['p50'], 1)} | "
-            f"{_f(during['tokens_per_s_per_stream']['p50'], 1)} |",
+            f"{fmt(without['tokens_per_s_per_stream']['p50'], 1)} | "
+            f"{fmt(during['tokens_per_s_per_stream']['p50'], 1)} |",
             "",
             cycle_line(cycle),
         ]
@@ -411,17 +408,18 @@ def table(results: dict[str, Any]) -> str:
         "",
         "| swap | p50 | p95 | swaps | failed |",
         "|---|---:|---:|---:|---:|",
-        f"| load the adapter and make it current (ms) | {_f(swap['load_ms']['p50'], 0)} | "
-        f"{_f(swap['load_ms']['p95'], 0)} | {swap['swaps']} | {swap['failed']} |",
+        f"| load the adapter and make it current (ms) | {fmt(swap['load_ms']['p50'], 0)} | "
+        f"{fmt(swap['load_ms']['p95'], 0)} | {swap['swaps']} | {swap['failed']} |",
         f"| whole switch: load, record, repoint (ms) | "
-        f"{_f(swap['server_ms']['p50'], 0)} | {_f(swap['server_ms']['p95'], 0)} | | |",
+        f"{fmt(swap['server_ms']['p50'], 0)} | {fmt(swap['server_ms']['p95'], 0)} | | |",
         f"| activate request round trip under load (ms) | "
-        f"{_f(swap['round_trip_ms']['p50'], 0)} | {_f(swap['round_trip_ms']['p95'], 0)} | | |",
+        f"{fmt(swap['round_trip_ms']['p50'], 0)} | {fmt(swap['round_trip_ms']['p95'], 0)} | | |",
         "",
         "| logging (DuckDB file) | p50 (ms) | p95 (ms) |",
         "|---|---:|---:|",
-        f"| a turn | {_f(log['turn_ms']['p50'])} | {_f(log['turn_ms']['p95'])} |",
-        f"| a feedback item | {_f(log['feedback_ms']['p50'])} | {_f(log['feedback_ms']['p95'])} |",
+        f"| a turn | {fmt(log['turn_ms']['p50'])} | {fmt(log['turn_ms']['p95'])} |",
+        f"| a feedback item | {fmt(log['feedback_ms']['p50'])} | "
+        f"{fmt(log['feedback_ms']['p95'])} |",
     ]
     return "\n".join(rows)
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks.serve_kit import (
     PROMPTS,
+    fmt,
     prepare_home,
     report,
     served_engine,
@@ -54,7 +55,6 @@ from benchmarks.serve_kit import (
 from benchmarks.serve_load import (
     ENGINES,
     Cycle,
-    _f,
     aggregate,
     cycle_line,
     engine_name,
@@ -143,29 +143,29 @@ def table(results: dict[str, Any]) -> str:
     config, load, swap, rss = results["config"], results["load"], results["swap"], results["rss"]
     verdict = {True: "flat within 10 %", False: "NOT flat within 10 %", None: "no samples"}
     rows = [
-        f"| soak: {_f(config['minutes'], 1)} min, {config['clients']} clients, engine: "
+        f"| soak: {fmt(config['minutes'], 1)} min, {config['clients']} clients, engine: "
         f"{engine_name(results)} | |",
         "|---|---:|",
         f"| requests / failed | {load['requests']} / {load['errors']} |",
-        f"| time to first token p50 / p95 (s) | {_f(load['ttft_s']['p50'])} / "
-        f"{_f(load['ttft_s']['p95'])} |",
-        f"| tokens/s per stream p50 | {_f(load['tokens_per_s_per_stream']['p50'], 1)} |",
-        f"| tokens/s all streams | {_f(load['aggregate_tokens_per_s'], 1)} |",
+        f"| time to first token p50 / p95 (s) | {fmt(load['ttft_s']['p50'])} / "
+        f"{fmt(load['ttft_s']['p95'])} |",
+        f"| tokens/s per stream p50 | {fmt(load['tokens_per_s_per_stream']['p50'], 1)} |",
+        f"| tokens/s all streams | {fmt(load['aggregate_tokens_per_s'], 1)} |",
         f"| swaps / failed | {swap['swaps']} / {swap['failed']} |",
-        f"| server RSS after warm-up min / max (MiB) | {_f(rss['min_mb'], 0)} / "
-        f"{_f(rss['max_mb'], 0)} |",
-        f"| (max - min) / min | {_f(rss['spread_pct'], 1)} % |",
-        f"| first / last minute's mean (MiB) | {_f(rss['first_minute_mean_mb'], 0)} / "
-        f"{_f(rss['last_minute_mean_mb'], 0)} ({_f(rss['drift_pct'], 1)} %) |",
+        f"| server RSS after warm-up min / max (MiB) | {fmt(rss['min_mb'], 0)} / "
+        f"{fmt(rss['max_mb'], 0)} |",
+        f"| (max - min) / min | {fmt(rss['spread_pct'], 1)} % |",
+        f"| first / last minute's mean (MiB) | {fmt(rss['first_minute_mean_mb'], 0)} / "
+        f"{fmt(rss['last_minute_mean_mb'], 0)} ({fmt(rss['drift_pct'], 1)} %) |",
         "",
-        f"memory: {verdict[rss['flat']]} after a {_f(config['warmup_minutes'], 1)}-minute "
-        f"warm-up ({rss['samples_after_warmup']} samples, every {_f(config['rss_every'], 0)} s)",
+        f"memory: {verdict[rss['flat']]} after a {fmt(config['warmup_minutes'], 1)}-minute "
+        f"warm-up ({rss['samples_after_warmup']} samples, every {fmt(config['rss_every'], 0)} s)",
         cycle_line(results["cycle"]),
         f"server still running at the end: {results['server_alive']}",
     ]
     if results["errors"]:
         rows += ["", f"first failed requests (of {load['errors']}):"]
-        rows += [f"- at {_f(e['at_s'], 1)} s: {e['error']}" for e in results["errors"]]
+        rows += [f"- at {fmt(e['at_s'], 1)} s: {e['error']}" for e in results["errors"]]
     if swap["errors"]:
         rows += ["", "failed swaps:", *[f"- {e}" for e in swap["errors"]]]
     return "\n".join(rows)

@@ -52,7 +52,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import llama_bare
-from benchmarks.serve_kit import prepare_home, report, start_server, stream_chat, summary
+from benchmarks.serve_kit import (
+    fmt,
+    prepare_home,
+    report,
+    start_server,
+    stream_chat,
+    summary,
+)
 
 GREEDY = {"temperature": 0, "whole_answer": True}
 SERVE_ENGINES = ("llama.cpp", "transformers", "transformers-bf16")
@@ -360,10 +367,6 @@ def ratios(cells: list[Cell], clients: list[int], lengths: list[int]) -> dict[st
 # -- report ------------------------------------------------------------------------------
 
 
-def _f(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def cells_table(results: dict[str, Any]) -> list[str]:
     names = results["engine_names"]
     lines = [
@@ -376,9 +379,9 @@ def cells_table(results: dict[str, Any]) -> list[str]:
             m = cell[key]
             lines.append(
                 f"| {names[key]} | {cell['clients']} | {cell['max_tokens']} | "
-                f"{_f(m['aggregate_tokens_per_s'])} | "
-                f"{_f(m['tokens_per_s_per_stream']['p50'])} | "
-                f"{_f(m['ttft_s']['p50'], 2)} / {_f(m['ttft_s']['p95'], 2)} | {m['failed']} |"
+                f"{fmt(m['aggregate_tokens_per_s'], 1)} | "
+                f"{fmt(m['tokens_per_s_per_stream']['p50'], 1)} | "
+                f"{fmt(m['ttft_s']['p50'], 2)} / {fmt(m['ttft_s']['p95'], 2)} | {m['failed']} |"
             )
     return lines
 
@@ -394,21 +397,21 @@ def ratios_table(results: dict[str, Any]) -> list[str]:
     ]
     for key, m in r["engines"].items():
         lines.append(
-            f"| {names[key]} | {_f(m['scaling'], 2)} | {_f(m['ttft_p95_s'], 2)} | "
-            f"{_f(m['per_stream_vs_bare_transformers'], 2)} | "
-            f"{_f(m['per_stream_vs_bare_llama'], 2)} |"
+            f"| {names[key]} | {fmt(m['scaling'], 2)} | {fmt(m['ttft_p95_s'], 2)} | "
+            f"{fmt(m['per_stream_vs_bare_transformers'], 2)} | "
+            f"{fmt(m['per_stream_vs_bare_llama'], 2)} |"
         )
     return lines
 
 
 def memory_lines(results: dict[str, Any]) -> list[str]:
     memory, names = results["peak_rss_mb"], results["engine_names"]
-    added = ", ".join(f"{names[k]} {_f(v, 0)} MB" for k, v in memory["added_by"].items())
+    added = ", ".join(f"{names[k]} {fmt(v, 0)} MB" for k, v in memory["added_by"].items())
     lines = [
-        f"- this process (the bare engines together): {_f(memory['this_process'], 0)} MB; "
+        f"- this process (the bare engines together): {fmt(memory['this_process'], 0)} MB; "
         f"loading and a warm-up added {added}"
     ]
-    lines += [f"- {names[key]}: {_f(mb, 0)} MB" for key, mb in memory["servers"].items()]
+    lines += [f"- {names[key]}: {fmt(mb, 0)} MB" for key, mb in memory["servers"].items()]
     return lines
 
 

@@ -134,7 +134,6 @@ def train_dpo(
     run_dir: Path,
     progress: Progress,
 ) -> dict[str, Any]:
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(
@@ -143,12 +142,7 @@ def train_dpo(
         num_train_epochs=config.dpo_epochs,
         beta=config.dpo_beta,
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(as_template_rows(tokenizer, rows)),
-        processing_class=tokenizer,
-    )
+    trainer = preference_trainer(DPOTrainer, args, model, tokenizer, rows)
     metrics = fit_against_reference(model, trainer, "dpo", len(rows), progress)
     last = next((log for log in reversed(trainer.state.log_history) if "loss" in log), {})
     for key in DPO_FINAL_KEYS:
@@ -165,7 +159,6 @@ def train_kto(
     run_dir: Path,
     progress: Progress,
 ) -> dict[str, Any]:
-    from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     desirable = sum(1 for r in rows if r["label"])
@@ -181,15 +174,28 @@ def train_kto(
         desirable_weight=weight,
         undesirable_weight=1.0,
     )
-    trainer = KTOTrainer(
+    trainer = preference_trainer(KTOTrainer, args, model, tokenizer, rows)
+    metrics = fit_against_reference(model, trainer, "kto", len(rows), progress)
+    metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)
+    return metrics
+
+
+def preference_trainer(
+    trainer_class: type[Trainer],
+    args: Any,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+) -> Trainer:
+    """A DPO or KTO trainer of ``model`` on ``rows`` rendered as the chat template does."""
+    from datasets import Dataset
+
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(as_template_rows(tokenizer, rows)),
         processing_class=tokenizer,
     )
-    metrics = fit_against_reference(model, trainer, "kto", len(rows), progress)
-    metrics.update(desirable=desirable, undesirable=undesirable, desirable_weight=weight)
-    return metrics
 
 
 def fit_against_reference(

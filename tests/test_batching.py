@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks.random_adapter import save_random_adapter
 from learnloop.agent.backend import Pin
-from learnloop.agent.batching import Overloaded
+from learnloop.agent.batching import Overloaded, Stalled
 from learnloop.agent.config import GenerationConfig, ServingConfig
 from learnloop.agent.transformers_engine import TransformersBackend
 from tests.serving import running_server
@@ -159,3 +159,18 @@ def test_a_busy_server_answers_503_with_retry_after_and_stores_nothing(
         assert server.state.store.get_turn(before[0] + 1).log.completion_tokens < 900
         later = http.post("/v1/chat/completions", json=message)
         assert later.status_code == 200, later.text
+
+
+def test_an_answer_whose_tokens_stop_coming_fails_with_one_clear_error(
+    tiny_model_dir: Path,
+) -> None:
+    b = backend(tiny_model_dir)
+    b.stall_seconds = 1e-4  # no forward pass is that quick: the first token is "late"
+    with pytest.raises(Stalled, match="no token for 0.0001 s.*try again"):
+        answer(b, PROMPTS[0], LONG, Pin("base"))
+    deadline = time.monotonic() + 5
+    while b.load != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.load == (0, 0)  # the dropped answer left the batch
+    b.stall_seconds = 120.0
+    assert answer(b, PROMPTS[0], GREEDY, Pin("base"))  # and the backend answers again
