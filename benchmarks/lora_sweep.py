@@ -1,5 +1,5 @@
-"""The LoRA recipe, measured: fresh adapters trained on one bench run's feedback, one per
-point of a grid of learn settings, each scored on a labelled eval file.
+"""The LoRA recipe, measured: adapters trained on one bench run's feedback, one per point
+of a grid of learn settings, each scored on a labelled eval file.
 
 A ``learnloop bench`` data root (``OUT/home``) keeps every turn and rating, and each of its
 learning runs records the feedback its snapshot considered. For each point of the grid
@@ -11,9 +11,17 @@ answers as the bench does (accuracy, macro-F1, exact one-word format). The point
 only in the settings named; the held-out split, seed and rows are the same. The source
 data root is only read: its database is copied into ``--out``.
 
+``--start active`` sweeps a continual step instead: each point trains the adapter the run
+started from (its version's ``started_from``) further on the snapshot that run's cycle
+built (the feedback new since that version plus the replay), and the start adapter's own
+scores stand beside the base's, so a point shows what the step gained or lost.
+
     nice python -m benchmarks.lora_sweep --home OUT/home --run 2 \\
         --eval ../shared/data/financial_phrasebank/dev.jsonl \\
         --grid sft_learning_rate=6e-4,1e-3 --grid lora_r=16,32 --out sweep [--json]
+    nice python -m benchmarks.lora_sweep --home OUT/home --run 3 --start active \
+        --eval ../shared/data/financial_phrasebank/dev.jsonl \
+        --grid sft_continue_learning_rate=3e-4,6e-4 --out sweep-step
 
 Answers come from transformers in fp32 (the gate's engine), not from the bench's chat
 engine, so a point's score can differ from a bench table's by an answer or two.
@@ -46,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FIELD=V1,V2",
         help="a learn setting and its values (repeat: the cross product is swept)",
+    )
+    ap.add_argument(
+        "--start",
+        choices=("fresh", "active"),
+        default="fresh",
+        help="fresh: a new adapter on all the run's feedback; active: the run's start "
+        "adapter trained further, as its continual cycle did",
     )
     ap.add_argument("--out", type=Path, required=True, help="a new folder for the results")
     ap.add_argument("--model", default=None, help="the base model (default: SmolLM2-135M)")
@@ -123,7 +138,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         upto = store.trained_upto(run.version_id)
         examples = [e for e in store.feedback_examples() if upto and e.feedback_id <= upto]
         real_users = frozenset(key.name for key in store.api_keys())
-    settings = {**run.config, "start": "fresh", "gate": False, "force": True}
+        start = start_of(store, run.version_id, args) if args.start == "active" else None
+    settings = {**run.config, "start": args.start, "gate": False, "force": True}
     model = resolve_model(args.model)
     base = LearnConfig(**settings)
     rows = read_labelled(args.eval, base.label_words)
@@ -137,14 +153,19 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "eval_rows": len(rows),
         "settings": settings,
         "base": score_adapter(model.path, None, rows, base),
+        "start": None,
         "points": [],
     }
+    if start is not None:
+        print(f"{start.version}: scoring the start adapter", file=sys.stderr, flush=True)
+        scores = score_adapter(model.path, Path(start.adapter), rows, base)
+        results["start"] = {"version": start.version, **scores}
     for n, point in enumerate(points, start=1):
         config = LearnConfig(**{**settings, **point})
-        snap = build_snapshot(examples, config, real_users)
+        snap = build_snapshot(examples, config, real_users, start.since if start else None)
         run_dir = args.out / f"point-{n}"
         run_dir.mkdir()
-        write_snapshot(run_dir, snap, model, config, None, [], [])
+        write_snapshot(run_dir, snap, model, config, None, [], [], start)
         print(f"point {n}/{len(points)} {point}: training", file=sys.stderr, flush=True)
         started = time.perf_counter()
         metrics = train_in_child(run_dir)
@@ -165,6 +186,27 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def start_of(store: Any, version_id: str, args: argparse.Namespace) -> Any:
+    """The adapter run ``args.run`` trained further, as its cycle's :class:`Start`,
+    copied from the source data root into the sweep's (where the copied database
+    places it)."""
+    from learnloop.learning.snapshot import Start
+    from learnloop.storage.home import data_root
+
+    parent = store.get_version(version_id).started_from
+    if parent is None:
+        raise SystemExit(
+            f"learning run {args.run} trained a fresh adapter: with --start "
+            "active, pick a run that trained one further (versions: started_from)"
+        )
+    since = store.trained_upto(parent)
+    if since is None:
+        raise SystemExit(f"version {parent} records no snapshot to continue from")
+    adapter = Path(store.get_version(parent).adapter_path)
+    shutil.copytree(args.home / adapter.relative_to(data_root()), adapter)
+    return Start(parent, str(adapter), since)
+
+
 def table(results: dict[str, Any]) -> str:
     names = sorted({k for p in results["points"] for k in p["settings"]})
     head = " | ".join(names)
@@ -175,12 +217,14 @@ def table(results: dict[str, Any]) -> str:
         f"| {head} | SFT rows | train s | accuracy | macro-F1 | exact format |",
         "|" + " --- |" * len(names) + " ---: | ---: | ---: | ---: | ---: |",
     ]
-    b = results["base"]
     blank = " | ".join("-" for _ in names)
-    lines.append(
-        f"| {blank} (base) | - | - | {b['accuracy']:.3f} | {b['macro_f1']:.3f} "
-        f"| {b['exact_format']:.3f} |"
-    )
+    start = results.get("start")
+    for name, b in (("base", results["base"]), (start and start["version"], start)):
+        if b is not None:
+            lines.append(
+                f"| {blank} ({name}) | - | - | {b['accuracy']:.3f} | {b['macro_f1']:.3f} "
+                f"| {b['exact_format']:.3f} |"
+            )
     for p in results["points"]:
         values = " | ".join(str(p["settings"].get(k, "")) for k in names)
         lines.append(
