@@ -57,7 +57,8 @@ Say = Callable[[str], None]
 # 2e-4 on q/k/v/o gave 0.72 accuracy (nearly always "neutral"); 6e-4 gave 0.82; adding the
 # MLP projections gave 0.89, in 173 s. 1e-3 learned faster (0.906 after 300 interactions)
 # but its continual steps lost control prompts (8 of 12 -> 3) and the gate stopped there,
-# where 6e-4 went on to 0.943 (docs/benchmarks.md, "The LoRA recipe"). SFT followed by
+# where 6e-4 went on to 0.943; 1e-3 fresh with 6e-4 steps after it stopped at 0.920
+# (docs/benchmarks.md, "The LoRA recipe"). SFT followed by
 # DPO on the same corrections (the `auto` method) cost about 2 s per pair on top, which 4
 # cycles cannot afford, so both modes train SFT alone (see MODE_LEARN for thumbs mode).
 # The DPO rate is for `--set method=auto|dpo`: like SFT, DPO needs a LoRA-sized rate (the
