@@ -91,7 +91,10 @@ GATE_METRIC = {"correct": "task_accuracy", "thumbs": "task_macro_f1"}
 # Thumbs mode trains SFT alone too: its DPO pairs are lopsided (the base model says
 # "positive" to most texts, so nearly every pair rejects "positive": 7 of 146 chose it),
 # and `auto` (SFT, then DPO at 2e-4) learned never to say positive (bench 0.598), where
-# SFT alone on the same feedback measured 0.878 on the dev split.
+# SFT alone on the same feedback measured 0.878 on the dev split. Balancing the pairs by
+# what they reject (dpo_balance) did not mend it: the rejected answers are sentences, the
+# chosen labels stayed lopsided (4 of 52 pairs chose "positive"), and the gate refused
+# every SFT + DPO candidate, where SFT alone reached 0.931 (docs/benchmarks.md).
 # Thumbs mode trains a liked answer as the label it names (liked_as_label): trained as
 # said, "The sentence is generally considered positive." stayed a second form (exact
 # format 0.61 after 600 interactions); as the label, v1 answered 0.864 with exact format
