@@ -19,8 +19,8 @@ scores stand beside the base's, so a point shows what the step gained or lost.
     nice python -m benchmarks.lora_sweep --home OUT/home --run 2 \\
         --eval ../shared/data/financial_phrasebank/dev.jsonl \\
         --grid sft_learning_rate=6e-4,1e-3 --grid lora_r=16,32 --out sweep [--json]
-    nice python -m benchmarks.lora_sweep --home OUT/home --run 3 --start active \
-        --eval ../shared/data/financial_phrasebank/dev.jsonl \
+    nice python -m benchmarks.lora_sweep --home OUT/home --run 3 --start active \\
+        --eval ../shared/data/financial_phrasebank/dev.jsonl \\
         --grid sft_continue_learning_rate=3e-4,6e-4 --out sweep-step
 
 Answers come from transformers in fp32 (the gate's engine), not from the bench's chat
@@ -138,7 +138,11 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         upto = store.trained_upto(run.version_id)
         examples = [e for e in store.feedback_examples() if upto and e.feedback_id <= upto]
         real_users = frozenset(key.name for key in store.api_keys())
-        start = start_of(store, run.version_id, args) if args.start == "active" else None
+        try:
+            start = start_of(store, run.version_id, args) if args.start == "active" else None
+        except SystemExit:
+            shutil.rmtree(args.out)  # refused: leave no half-made sweep behind
+            raise
     settings = {**run.config, "start": args.start, "gate": False, "force": True}
     model = resolve_model(args.model)
     base = LearnConfig(**settings)

@@ -72,6 +72,7 @@ def test_a_continual_step_is_swept_from_the_adapter_its_run_started_from(
     argv += ["--start", "active", "--grid", "sft_continue_learning_rate=1e-12"]
     with pytest.raises(SystemExit, match="run 1 trained a fresh adapter"):
         main([*argv, "--run", "1", "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
     out = tmp_path / "sweep"
     assert main([*argv, "--run", "2", "--out", str(out)]) == 0
 
