@@ -131,6 +131,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     from learnloop.learning.trainer_output import training_seconds
     from learnloop.storage.store import Store
 
+    model = resolve_model(args.model)
     with Store() as store:
         run = store.get_run(args.run)
         if run.version_id is None:
@@ -138,14 +139,17 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         upto = store.trained_upto(run.version_id)
         examples = [e for e in store.feedback_examples() if upto and e.feedback_id <= upto]
         real_users = frozenset(key.name for key in store.api_keys())
+        settings = {**run.config, "start": args.start, "gate": False, "force": True}
+        base = LearnConfig(**settings)
         try:
-            start = start_of(store, run.version_id, args) if args.start == "active" else None
+            start = (
+                start_of(store, model, base, run.version_id, args)
+                if args.start == "active"
+                else None
+            )
         except SystemExit:
             shutil.rmtree(args.out)  # refused: leave no half-made sweep behind
             raise
-    settings = {**run.config, "start": args.start, "gate": False, "force": True}
-    model = resolve_model(args.model)
-    base = LearnConfig(**settings)
     rows = read_labelled(args.eval, base.label_words)
     rows = rows[: args.eval_limit or None]
     print(f"base: scoring {len(rows)} eval rows", file=sys.stderr, flush=True)
@@ -190,11 +194,11 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def start_of(store: Any, version_id: str, args: argparse.Namespace) -> Any:
-    """The adapter run ``args.run`` trained further, as its cycle's :class:`Start`,
-    copied from the source data root into the sweep's (where the copied database
-    places it)."""
-    from learnloop.learning.snapshot import Start
+def start_of(store: Any, model: Any, config: Any, version_id: str, args: argparse.Namespace) -> Any:
+    """Where run ``args.run``'s cycle started, by the rule a cycle uses
+    (learning/snapshot.py ``start_from``), its adapter copied from the source data root
+    into the sweep's (where the copied database places it)."""
+    from learnloop.learning.snapshot import start_from
     from learnloop.storage.home import data_root
 
     parent = store.get_version(version_id).started_from
@@ -203,12 +207,15 @@ def start_of(store: Any, version_id: str, args: argparse.Namespace) -> Any:
             f"learning run {args.run} trained a fresh adapter: with --start "
             "active, pick a run that trained one further (versions: started_from)"
         )
-    since = store.trained_upto(parent)
-    if since is None:
-        raise SystemExit(f"version {parent} records no snapshot to continue from")
-    adapter = Path(store.get_version(parent).adapter_path)
+    start = start_from(store, model, config, parent)
+    if start is None:
+        raise SystemExit(
+            f"version {parent} cannot be trained further here: retired, trained on "
+            "another base, or without a snapshot"
+        )
+    adapter = Path(start.adapter)
     shutil.copytree(args.home / adapter.relative_to(data_root()), adapter)
-    return Start(parent, str(adapter), since)
+    return start
 
 
 def table(results: dict[str, Any]) -> str:
