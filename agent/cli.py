@@ -20,6 +20,7 @@ import click
 
 from learnloop.agent.cli_bench import bench
 from learnloop.agent.cli_data import control, export, history
+from learnloop.agent.cli_federate import federate
 from learnloop.agent.cli_forget import forget
 from learnloop.agent.cli_keys import keys
 from learnloop.agent.cli_support import (
@@ -438,7 +439,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     emit(as_json, data, lambda: click.echo(status_text(data)))
 
 
-for command in (control, history, export, bench, keys, forget):
+for command in (control, history, export, bench, keys, forget, federate):
     cli.add_command(command)
 versions.add_command(versions_rm)
 

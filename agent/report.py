@@ -247,6 +247,7 @@ def versions_data(
                 "removed_at": v.removed_at,  # `versions rm` deleted its files (None: kept)
                 "retired_why": v.retired_why,  # a forget retired it (None: never)
                 "started_from": v.started_from,  # the adapter it trained on (None: fresh)
+                "lineage": v.lineage,  # a federated round's adapter (None: trained here)
                 "users": users.get(v.id, []),
                 "active": v.id == active,
             }
@@ -321,6 +322,8 @@ def versions_text(data: list[dict[str, Any]]) -> str:
             lines.append(f"{'':11}files removed {when(v['removed_at']):%Y-%m-%d %H:%M}")
         if v.get("users"):
             lines.append(f"{'':11}trained on feedback of: {', '.join(v['users'])}")
+        if v.get("lineage"):
+            lines.append(f"{'':11}{lineage_text(v['lineage'])}")
         cost = cost_text(v.get("metrics") or {})
         started = f", trained further from {v['started_from']}" if v.get("started_from") else ""
         if cost:
@@ -328,6 +331,16 @@ def versions_text(data: list[dict[str, Any]]) -> str:
         for reason in (v.get("gate") or {}).get("reasons", []):
             lines.append(f"{'':11}gate: {reason}")
     return "\n".join(lines)
+
+
+def lineage_text(lineage: dict[str, Any]) -> str:
+    """A federated version's origin in one line."""
+    nodes = lineage.get("nodes") or []
+    return (
+        f"federated: round {lineage.get('round')} of federation {lineage.get('federation')}, "
+        f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {lineage.get('aggregation')}, "
+        f"{lineage.get('examples')} examples"
+    )
 
 
 def cycle_summary(result: Any) -> str:

@@ -101,6 +101,14 @@ class LearnConfig:
         default="q_proj,k_proj,v_proj,o_proj",
         metadata={"help": "comma-separated module names that get a LoRA adapter"},
     )
+    lora_freeze_a: bool = field(
+        default=False,
+        metadata={
+            "help": "train only LoRA's B matrices, A stays at its seeded start (FFA-LoRA): "
+            "federated nodes that share A average their adapters exactly "
+            "(learnloop federate --aggregation ffa)",
+        },
+    )
     sft_epochs: float = field(
         default=3.0,
         metadata={"above": 0.0, "max": MAX_EPOCHS, "help": "passes over the SFT examples"},

@@ -58,6 +58,7 @@ from learnloop.learning.models import ResolvedModel
 from learnloop.learning.publish import HandedOver, publish, publish_handed_over
 from learnloop.learning.quality import QualityReport
 from learnloop.learning.snapshot import (
+    Given,
     NothingToLearn,
     Snapshot,
     build_snapshot,
@@ -81,6 +82,9 @@ __all__ = [
     "publish_handed_over",
     "run_cycle",
 ]
+
+
+FEDERATED = "federated"  # the method of a run that adopts a federated round's adapter
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,12 @@ class CycleResult:
 
 
 def prepare_run(
-    store: Store, model: ResolvedModel, config: LearnConfig
+    store: Store, model: ResolvedModel, config: LearnConfig, given: Given | None = None
 ) -> tuple[int, Path, Snapshot]:
     """Steps 1-2: build the snapshot, write its files, then record the run in one
-    transaction. On any failure neither the run's row nor its folder is left."""
+    transaction. On any failure neither the run's row nor its folder is left. ``given``:
+    the run starts from weights no version here holds (a federated round's); with its
+    ``train`` false the run is method 'federated' and only gates them."""
     store.fail_stale_runs(pid_alive)
     running = store.running_run()
     if running is not None:
@@ -125,7 +131,7 @@ def prepare_run(
         nothing_new(store, examples)
     real_users = frozenset(key.name for key in store.api_keys())
     active, control = store.active_version(), control_set(store)
-    start = start_from(store, model, config, active)
+    start = start_from(store, model, config, active) if given is None else None
     snap = build_snapshot(examples, config, real_users, start.since if start else None)
     task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
     if config.gate and not config.promote_without_heldout:
@@ -137,10 +143,10 @@ def prepare_run(
         with disk_writes(f"the snapshot of run {run_id}", run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
-            write_snapshot(run_dir, snap, model, config, gate, control, task, start)
+            write_snapshot(run_dir, snap, model, config, gate, control, task, start, given)
         store.record_prepared_run(
             run_id,
-            method=snap.data.method,
+            method=FEDERATED if given and not given.train else snap.data.method,
             config=config.to_dict(),
             run_dir=str(run_dir),
             pid=os.getpid(),

@@ -88,6 +88,7 @@ def publish(
         decision = superseded(decision, started, now, parent)
     version_id = store.next_version_id()
     target = adapters_dir() / version_id
+    request = json.loads((run_dir / "request.json").read_text())
     with disk_writes(f"the adapter of {version_id}", target):
         adapters_dir().mkdir(parents=True, exist_ok=True)
         if target.exists():  # left by a cycle killed before it registered: never active
@@ -104,10 +105,10 @@ def publish(
                 "run_id": run_id,
                 "method": run.method,
                 "learn_config": config.to_dict(),
+                "lineage": request.get("lineage"),
             },
         )
         write_json(target / "metrics.json", metrics)
-    request = json.loads((run_dir / "request.json").read_text())
     version = Version(
         id=version_id,
         parent=parent,
@@ -122,6 +123,7 @@ def publish(
         metrics=metrics,
         created_at=datetime.now(),
         started_from=request.get("started_from"),
+        lineage=request.get("lineage"),
     )
     candidate = measured["candidate"]["control_answers"] if measured else None
     active = measured["active"]["control_answers"] if measured else None

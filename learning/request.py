@@ -37,6 +37,10 @@ class Request:
     gate: dict[str, Any] | None  # what learning/evaluate.py needs, or None: no gate
     sft_corrections: list[int] = field(default_factory=list)  # SFT rows that are corrections
     start_adapter: Path | None = None  # the adapter to train further (None: a fresh one)
+    # LoRA weights loaded into the fresh adapter before training (a federated round's
+    # global adapter); with ``train`` false the adapter is only saved and measured
+    start_weights: Path | None = None
+    train: bool = True
 
 
 # --- reading the request (no heavy imports: bad input fails fast) -----------------------
@@ -65,7 +69,10 @@ def read_request(run_dir: Path) -> Request:
     sft = read_rows(run_dir, raw.get("sft"), SFT_KEYS)
     dpo = read_rows(run_dir, raw.get("dpo"), DPO_KEYS)
     kto = read_rows(run_dir, raw.get("kto"), KTO_KEYS)
-    if not sft and not dpo and not kto:
+    train = raw.get("train", True)
+    if not isinstance(train, bool):
+        raise TrainerError(f'{REQUEST_FILE}: "train" must be true or false')
+    if train and not sft and not dpo and not kto:
         raise TrainerError("no training rows: the SFT, DPO and KTO files are all missing or empty")
     gate = raw.get("gate")
     if gate is not None and not isinstance(gate, dict):
@@ -78,7 +85,23 @@ def read_request(run_dir: Path) -> Request:
     start = raw.get("start_adapter")
     if start is not None and not (isinstance(start, str) and Path(start).is_dir()):
         raise TrainerError(f'{REQUEST_FILE}: "start_adapter" {start!r} is not an adapter folder')
-    return Request(base_model, config, sft, dpo, kto, gate, fixes, Path(start) if start else None)
+    weights = raw.get("start_weights")
+    if weights is not None and not (isinstance(weights, str) and (run_dir / weights).is_file()):
+        raise TrainerError(f'{REQUEST_FILE}: "start_weights" {weights!r} is not a file of the run')
+    if not train and start is None and weights is None:
+        raise TrainerError(f'{REQUEST_FILE}: "train": false needs a start adapter or weights')
+    return Request(
+        base_model,
+        config,
+        sft,
+        dpo,
+        kto,
+        gate,
+        fixes,
+        Path(start) if start else None,
+        run_dir / weights if weights else None,
+        train,
+    )
 
 
 def read_rows(run_dir: Path, name: object, keys: tuple[str, ...]) -> list[Row]:

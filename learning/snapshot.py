@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -233,6 +234,22 @@ class Start:
     since: int
 
 
+@dataclass(frozen=True)
+class Given:
+    """Weights a run starts from that no version of this data root holds: a federated
+    round's global adapter (learning/federated/node.py). ``weights`` is a safetensors file
+    of LoRA tensors in PEFT's names, copied into the run folder; ``train`` false: nothing
+    trains, the adapter is gated and published as given; ``lineage`` is recorded with the
+    version (round, nodes, aggregation)."""
+
+    weights: Path
+    train: bool
+    lineage: dict[str, Any]
+
+
+START_WEIGHTS_FILE = "start_weights.safetensors"
+
+
 def start_from(
     store: Store, model: ResolvedModel, config: LearnConfig, active: str
 ) -> Start | None:
@@ -288,8 +305,11 @@ def write_snapshot(
     control: list[dict[str, str]],
     task: list[dict[str, Any]],
     start: Start | None = None,
+    given: Given | None = None,
 ) -> None:
     data = snap.data
+    if given is not None:
+        shutil.copyfile(given.weights, run_dir / START_WEIGHTS_FILE)
     for name, rows in (
         ("sft", data.sft),
         ("dpo", data.dpo),
@@ -315,5 +335,8 @@ def write_snapshot(
             "gate": gate,
             "start_adapter": start.adapter if start else None,
             "started_from": start.version if start else None,
+            "start_weights": START_WEIGHTS_FILE if given else None,
+            "train": given.train if given else True,
+            "lineage": given.lineage if given else None,
         },
     )

@@ -51,10 +51,13 @@ Invariants:
 
 - A cycle trains a fresh LoRA adapter from the base checkpoint (``--start fresh``), or a
   copy of the active version's adapter (``start_adapter``, ``--start active``), loaded
-  trainable; the folder it was loaded from is only read. Either way DPO and KTO get an
-  explicit reference: TRL copies the adapter as it stands when the stage starts (below),
-  never "the adapter disabled", which is the base and the wrong reference for a trained
-  adapter (TRL issue 4723).
+  trainable; the folder it was loaded from is only read. A federated round's fresh
+  adapter gets the global weights first (``start_weights``, a safetensors file in the
+  run folder); with ``"train": false`` nothing trains: the adapter is saved and gated as
+  given (a node adopting a round's global adapter, learning/federated/node.py). Either
+  way DPO and KTO get an explicit reference: TRL copies the adapter as it stands when
+  the stage starts (below), never "the adapter disabled", which is the base and the
+  wrong reference for a trained adapter (TRL issue 4723).
 - Within a cycle, SFT runs first, then DPO (or KTO) on the same PeftModel. TRL 1.16's DPOTrainer,
   given a PeftModel and no ``ref_model``, freezes a copy of the current adapter as a
   second adapter named ``ref`` and computes reference log-probs with it (KTOTrainer does
@@ -148,6 +151,35 @@ def load_start_adapter(model: PreTrainedModel, adapter: Path) -> PeftModel:
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
+def load_weights(model: PeftModel, weights: Path) -> None:
+    """Put the LoRA weights of ``weights`` (a safetensors file in PEFT's saved names,
+    such as a federated round's global adapter) into the fresh adapter; they must name
+    exactly its tensors, with its shapes."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    given = load_file(str(weights))
+    own = get_peft_model_state_dict(model)
+    wrong = sorted(
+        name for name in set(own) | set(given)
+        if name not in own or name not in given or own[name].shape != given[name].shape
+    )  # fmt: skip
+    if wrong:
+        raise TrainerError(
+            f"the start weights do not fit this adapter (the LoRA settings differ): {wrong[0]}"
+            + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else "")
+        )
+    set_peft_model_state_dict(model, {k: v.to(own[k].dtype) for k, v in given.items()})
+
+
+def freeze_a(model: PeftModel) -> None:
+    """FFA-LoRA (``--lora-freeze-a``): only the B matrices train; every A keeps the value
+    the shared seed (or the start weights) gave it."""
+    for name, param in model.named_parameters():
+        if ".lora_A." in name:
+            param.requires_grad_(False)
+
+
 def measure_gate(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -215,16 +247,21 @@ def run(run_dir: Path) -> dict[str, Any]:
         model = load_start_adapter(base, request.start_adapter)
     else:
         model = add_fresh_adapter(base, request.config)
+    if request.start_weights is not None:
+        load_weights(model, request.start_weights)
+    if request.config.lora_freeze_a:
+        freeze_a(model)
     trainable = count_trainable(model)
     stage_args = (request.config, run_dir, progress)
-    continuing = request.start_adapter is not None
+    continuing = request.start_adapter is not None or request.start_weights is not None
+    train = request.train
     sft = (
         train_sft(model, tokenizer, request.sft, request.sft_corrections, *stage_args, continuing)
-        if request.sft
+        if request.sft and train
         else None
     )
-    dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo else None
-    kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto else None
+    dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo and train else None
+    kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto and train else None
     progress.write("save")
     save_adapter(model, run_dir)
     gate_started, gate_cpu = time.monotonic(), cpu_seconds()

@@ -330,6 +330,14 @@ def m011_turn_users_and_forgetting(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m012_federated_lineage(db: duckdb.DuckDBPyConnection) -> None:
+    """``versions.lineage``: where a federated version's adapter came from (the
+    federation run, its round, the nodes whose updates were averaged, the aggregation
+    rule); NULL for a version trained on this data root alone."""
+    db.execute("ALTER TABLE versions ADD COLUMN lineage JSON")
+
+
 def latest_known() -> int:
     return max(n for n, _, _ in MIGRATIONS)
 

@@ -167,6 +167,7 @@ class Version:
     removed_at: datetime | None = None  # when `versions rm` deleted its adapter files
     retired_why: str | None = None  # retired by a forget: trained on a forgotten user's rows
     started_from: str | None = None  # the version whose adapter it trained on (None: fresh)
+    lineage: dict[str, Any] | None = None  # a federated round's adapter: run, round, nodes, rule
 
 
 @dataclass(frozen=True)

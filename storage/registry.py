@@ -35,7 +35,7 @@ from learnloop.storage.records import Activation, ControlPrompt, Run, SnapshotRe
 _VERSION_COLUMNS = (
     "id, parent, run_id, method, base_model, adapter_path, sft_count, dpo_count, metrics, "
     "created_at, kto_count, status, gate, checksum, base_fingerprint, removed_at, retired_why, "
-    "started_from"
+    "started_from, lineage"
 )
 _RUN_COLUMNS = (
     "id, status, method, config, run_dir, pid, snapshot_id, version_id, metrics, error, "
@@ -294,7 +294,7 @@ class Registry(Connection):
                 if active != expect_active:
                     raise ActiveChanged(expect_active, active)
             db.execute(
-                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+                f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 19)})",
                 [
                     version.id,
                     version.parent,
@@ -314,6 +314,7 @@ class Registry(Connection):
                     version.removed_at,
                     version.retired_why,
                     version.started_from,
+                    json.dumps(version.lineage) if version.lineage is not None else None,
                 ],
             )
             if control_answers is not None:
@@ -356,6 +357,7 @@ class Registry(Connection):
                 removed_at=r[15],
                 retired_why=r[16],
                 started_from=r[17],
+                lineage=json.loads(r[18]) if r[18] else None,
             )
             for r in rows
         ]
