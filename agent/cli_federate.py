@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from learnloop.agent.bench.federated import SimulateConfig
 from learnloop.agent.cli_support import config_from, emit, model_option
 from learnloop.agent.options import dataclass_options, parse_settings
 from learnloop.learning.config import LearnConfig
@@ -26,7 +27,7 @@ class FederationFailed(Unavailable):
     """The federation run ended without its last round; its rounds so far are kept."""
 
 
-def learn_settings(overrides: tuple[str, ...]) -> dict[str, Any]:
+def learn_settings_of(overrides: tuple[str, ...]) -> dict[str, Any]:
     try:
         return parse_settings(LearnConfig, overrides)
     except ValueError as exc:
@@ -124,7 +125,7 @@ def settings_for(
     given = {k: v for k, v in values.items() if v is not None}
     given.setdefault("name", out.resolve().name)
     settings = config_from(FederationSettings, {**given,
-                           "learn": json.dumps(learn_settings(overrides))})  # fmt: skip
+                           "learn": json.dumps(learn_settings_of(overrides))})  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     settings.save(out)
     return settings
@@ -197,7 +198,7 @@ def join(
     from learnloop.storage.home import data_root
 
     model = resolve_model(ctx.obj.get("model") if ctx.obj else None)
-    own = learn_settings(overrides)
+    own = learn_settings_of(overrides)
     config_from(LearnConfig, own)  # a bad setting fails now, not in round 1
     home = data_root() / "flower"
     home.mkdir(parents=True, exist_ok=True)
@@ -230,3 +231,37 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@federate.command()
+@model_option
+@dataclass_options(SimulateConfig)
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="a learn setting for every adapter trained (a learn flag, with _)")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="print results.json instead of a table")
+@click.pass_context
+def simulate(ctx: click.Context, overrides: tuple[str, ...], as_json: bool, **values: Any) -> None:
+    """Measure federated learning on one machine: simulated users teach a labelled task on
+    --nodes nodes, each seeing mostly one label; then the federation (Flower's Simulation
+    Engine, --rounds rounds), each node alone, and all feedback in one place are trained
+    and scored on --eval. Example:
+
+    \b
+    learnloop federate simulate --nodes 4 --rounds 3 --interactions 150 \\
+      --train ../shared/data/financial_phrasebank/train.jsonl \\
+      --eval ../shared/data/financial_phrasebank/dev.jsonl \\
+      --instruction "Classify the sentiment ... Answer with one word." \\
+      --labels positive,negative,neutral --aggregation fedavg,svd --out fed-sim
+    """
+    from learnloop.agent.bench.federated import run_simulate, simulate_table
+    from learnloop.agent.bench.simulated_user import learn_settings
+    from learnloop.agent.cli_support import quiet_libraries
+
+    quiet_libraries()
+    config = config_from(SimulateConfig, values)
+    mode = config.feedback
+    learn = config_from(LearnConfig, learn_settings(mode, learn_settings_of(overrides),
+                                                    labels=config.labels))  # fmt: skip
+    say = (lambda text: None) if as_json else (lambda text: click.echo(text, err=True))
+    results = run_simulate(config, learn, ctx.obj.get("model") if ctx.obj else None, say)
+    emit(as_json, results, lambda: click.echo(simulate_table(results)))

@@ -37,6 +37,7 @@ from learnloop.learning.federated.aggregate import Adapter
 from learnloop.learning.models import ResolvedModel
 from learnloop.learning.snapshot import Given, build_snapshot, control_set, write_snapshot
 from learnloop.storage.home import data_root
+from learnloop.storage.records import FeedbackExample
 from learnloop.storage.store import Store
 
 SCRATCH = "federation"  # under the data root; only ever holds a round in progress
@@ -88,9 +89,25 @@ def train_round(
     ``config.seed``); raises NothingToLearn when the node has nothing to train on."""
     examples = store.feedback_examples()
     real_users = frozenset(key.name for key in store.api_keys())
-    snap = build_snapshot(examples, config, real_users)
     control = control_set(store)
     store.release()
+    return train_examples(examples, real_users, control, model, config, start, progress)
+
+
+def train_examples(
+    examples: list[FeedbackExample],
+    real_users: frozenset[str],
+    control: list[dict[str, str]],
+    model: ResolvedModel,
+    config: LearnConfig,
+    start: Adapter | None = None,
+    progress: Progress | None = None,
+    keep: Path | None = None,
+) -> Trained:
+    """Train on ``examples`` as a cycle's snapshot would (the held-out threads kept back),
+    in the trainer child, in a scratch folder; ``keep``: copy the adapter folder there
+    (the simulation scores it afterwards)."""
+    snap = build_snapshot(examples, config, real_users)
     with scratch("train") as folder:
         given = None
         if start is not None:
@@ -102,6 +119,9 @@ def train_round(
         write_snapshot(run_dir, snap, model, no_gate, None, control, [], None, given)
         metrics = train_in_child(run_dir, progress)
         adapter = load_weights(run_dir / "adapter" / WEIGHTS_FILE)
+        if keep is not None:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(run_dir / "adapter", keep)
     data = snap.data
     return Trained(adapter, len(data.sft) + len(data.dpo) + len(data.kto), metrics)
 
