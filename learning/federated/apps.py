@@ -79,8 +79,9 @@ def one_round(
     fails, the rounds before stay) when too few nodes are online or answer usably."""
     began = time.monotonic()
     nodes = online(grid, settings.min_nodes, settings.wait_nodes)
-    if len(nodes) < settings.min_nodes:
-        log.fail(rnd, f"{len(nodes)} of the {settings.min_nodes} nodes needed were online")
+    if len(nodes) < settings.needed:  # waited long enough: go on with fewer if they do
+        log.fail(rnd, f"{len(nodes)} nodes online after {settings.wait_nodes:g} s, "
+                 f"{settings.needed} needed")  # fmt: skip
     learn = json.dumps(settings.learn_settings)
     arrays = to_record(start or {})
     sent = arrays.count_bytes() * len(nodes)
@@ -100,8 +101,8 @@ def one_round(
         result = aggregate(updates, settings.aggregation, start)
     except ValueError as exc:
         log.fail(rnd, str(exc), failures)
-    if len(result.nodes) < settings.min_nodes:
-        log.fail(rnd, f"only {len(result.nodes)} usable updates, fewer than --min-nodes",
+    if len(result.nodes) < settings.needed:
+        log.fail(rnd, f"{len(result.nodes)} usable updates of the {settings.needed} needed",
                  {**failures, **result.rejected})  # fmt: skip
     log.save(rnd, result, failures, losses, sent, received, time.monotonic() - began)
     if settings.adopt:

@@ -64,13 +64,25 @@ def flower_env(home: Path) -> dict[str, str]:
 
 
 def start(name: str, command: list[str], home: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A Flower process in its own session, its output to ``log``."""
+    """A Flower process in its own session (a Ctrl-C reaches learnloop, which stops it),
+    its output to ``log``; it is sent SIGTERM if learnloop dies first, however it dies."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
             command, env=flower_env(home), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
+
+
+def die_with_parent() -> None:
+    """In the child, before it runs Flower: have Linux send it SIGTERM when the process
+    that started it dies (a killed ``serve`` or ``join`` leaves no SuperLink or SuperNode
+    holding its port). Elsewhere nothing: stop() still ends it on a normal exit."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

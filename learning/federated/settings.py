@@ -25,11 +25,14 @@ class FederationSettings:
     )  # fmt: skip
     rounds: int = field(default=3, metadata={"min": 1, "help": "training rounds"})
     min_nodes: int = field(
-        default=2,
+        default=2, metadata={"min": 1, "help": "nodes online that a round waits for"}
+    )
+    min_updates: int = field(
+        default=0,
         metadata={
-            "min": 1,
-            "help": "nodes a round waits for, and the fewest whose updates make a round: "
-            "fewer and the run stops, the last complete round kept",
+            "min": 0,
+            "help": "the fewest usable updates that make a round (0: --min-nodes); fewer and "
+            "the run stops, the rounds before kept",
         },
     )
     wait_nodes: float = field(
@@ -64,8 +67,7 @@ class FederationSettings:
         default="{}",
         metadata={
             "cli": False,  # `--set FIELD=VALUE` on the command line
-            "help": "learn settings every node trains with, as JSON; they override the "
-            "node's own",
+            "help": "learn settings every node trains with, as JSON; they override the node's own",
         },
     )
 
@@ -74,6 +76,11 @@ class FederationSettings:
         for item in dataclasses.fields(self):
             check_setting(item.name, getattr(self, item.name), kinds[item.name], item.metadata)
         LearnConfig(**self.learn_settings)  # a bad learn setting fails here, named
+
+    @property
+    def needed(self) -> int:
+        """The fewest usable updates a round needs."""
+        return self.min_updates or self.min_nodes
 
     @property
     def learn_settings(self) -> dict[str, Any]:
