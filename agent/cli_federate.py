@@ -220,7 +220,9 @@ def join(
         stop(process)
     if code not in (0, -signal.SIGTERM):
         log = home / "supernode.log"
-        raise Unavailable(f"the Flower SuperNode stopped (exit {code}); see {log}")
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if "[code:" in line), "")
+        raise Unavailable(f"the Flower SuperNode stopped (exit {code}) {said}; see {log}")
 
 
 def leave(*_: object) -> None:

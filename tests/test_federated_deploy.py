@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,43 @@ def learnloop(*args: str, home: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "learnloop.agent.cli", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def join_all(
+    roots: dict[str, Path], model: Path, address: str, logs: Path
+) -> list[subprocess.Popen[bytes]]:
+    return [
+        learnloop(
+            "--model", str(model), "federate", "join", address, home=root, log=logs / f"{name}.log"
+        )  # fmt: skip
+        for name, root in roots.items()
+    ]
+
+
+def leave_all(nodes: list[subprocess.Popen[bytes]]) -> list[int]:
+    for node in nodes:
+        node.send_signal(signal.SIGTERM)
+    return [node.wait(timeout=60) for node in nodes]
+
+
+def flower_left(under: Path) -> list[str]:
+    """Flower processes still running with their FLWR_HOME under ``under`` (a SuperNode's
+    SuperExec or ClientApp left behind), after a few seconds' grace."""
+    from learnloop.learning.federated.launch import alive
+
+    deadline, left = time.monotonic() + 20, ["?"]
+    while left and time.monotonic() < deadline:
+        left = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"FLWR_HOME={under}".encode() in environ.read_bytes():
+                    pid = int(environ.parent.name)
+                    if alive(pid) and pid != os.getpid():
+                        left.append((environ.parent / "cmdline").read_text().replace("\0", " "))
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.5 if left else 0)
+    return left
 
 
 def free_port() -> int:

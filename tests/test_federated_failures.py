@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_federated_deploy import QUICK, free_port, learnloop, teach, versions
+from tests.test_federated_deploy import (
+    QUICK,
+    flower_left,
+    free_port,
+    join_all,
+    learnloop,
+    leave_all,
+    teach,
+    versions,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +35,7 @@ def test_a_failing_node_is_left_out_and_a_killed_aggregator_resumes(
     roots["n2"].mkdir()  # joins, but has no feedback: nothing to learn
     port, out = free_port(), tmp_path / "fed"
     sets = [a for s in QUICK for a in ("--set", s)]
-    nodes = [
-        learnloop(
-            "--model",
-            str(tiny_model_dir),
-            "federate",
-            "join",
-            f"127.0.0.1:{port}",
-            home=root,
-            log=tmp_path / f"{name}.log",
-        )  # fmt: skip
-        for name, root in roots.items()
-    ]
+    nodes = join_all(roots, tiny_model_dir, f"127.0.0.1:{port}", tmp_path)
     first = learnloop("federate", "serve", "--out", str(out), "--port", str(port),
                       "--rounds", "2", "--min-nodes", "3", "--min-updates", "2", *sets,
                       home=tmp_path / "agg", log=tmp_path / "serve-1.log")  # fmt: skip
@@ -55,11 +53,9 @@ def test_a_failing_node_is_left_out_and_a_killed_aggregator_resumes(
                           log=tmp_path / "serve-2.log")  # fmt: skip
         code = again.wait(timeout=600)
     finally:
-        for node in nodes:
-            node.send_signal(signal.SIGTERM)
-        for node in nodes:
-            node.wait(timeout=60)
+        leave_all(nodes)
     assert code == 0, (tmp_path / "serve-2.log").read_text()[-3000:]
+    assert flower_left(tmp_path) == []  # the killed aggregator's SuperLink went with it
     assert round_one.read_text() == kept  # resumed after it, not redone
     rounds = json.loads((out / "results.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]

@@ -40,8 +40,12 @@ def test_a_label_that_runs_out_is_filled_from_the_others() -> None:
 
 @pytest.mark.slow
 def test_simulate_trains_federated_local_and_centralized_and_scores_them(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("FLWR_HOME", "LEARNLOOP_MODEL", "LEARNLOOP_FEDERATION_OUT",
+                 "LEARNLOOP_FEDERATION_NODES", "FLWR_DISABLE_UPDATE_CHECK",
+                 "FLWR_TELEMETRY_ENABLED"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)  # the command sets them: put them back after
     train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     train.write_text("".join(json.dumps({"text": r.text, "label": r.label}) + "\n"
                              for r in rows(30)))  # fmt: skip

@@ -86,13 +86,56 @@ def die_with_parent() -> None:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process and wait; then its descendants too (Flower's SuperExec and the
+    app it was running live in sessions of their own, and an app mid-message can outlive
+    its SuperNode), SIGKILL for whatever is left after the grace period."""
+    family = descendants(process.pid)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
     process.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        family = [pid for pid in family if signalled(pid, sig)]
+        deadline = time.monotonic() + STOP_GRACE
+        while family and time.monotonic() < deadline:
+            time.sleep(0.2)
+            family = [pid for pid in family if alive(pid)]
+
+
+def descendants(root: int) -> list[int]:
+    """The pids below ``root`` in the process tree (Linux /proc; elsewhere none)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def signalled(pid: int, sig: signal.Signals) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, waiting for its parent to reap it, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def security(host: str, tls: Tls, *, serving: bool) -> list[str]:
