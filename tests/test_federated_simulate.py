@@ -6,6 +6,7 @@ tested on rows."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,9 @@ def test_a_label_that_runs_out_is_filled_from_the_others() -> None:
 
 @pytest.mark.slow
 def test_simulate_trains_federated_local_and_centralized_and_scores_them(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    for name in ("FLWR_HOME", "LEARNLOOP_MODEL", "LEARNLOOP_FEDERATION_OUT",
-                 "LEARNLOOP_FEDERATION_NODES", "FLWR_DISABLE_UPDATE_CHECK",
-                 "FLWR_TELEMETRY_ENABLED"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)  # the command sets them: put them back after
+    before = dict(os.environ)
     train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     train.write_text("".join(json.dumps({"text": r.text, "label": r.label}) + "\n"
                              for r in rows(30)))  # fmt: skip
@@ -69,6 +67,8 @@ def test_simulate_trains_federated_local_and_centralized_and_scores_them(
     sent = results["bytes_per_round"]
     assert len(sent) == 2 and 0 < sent[0] < sent[1]  # round 2 sends the global adapter out too
     assert len(results["local"]["nodes"]) == 2
+    for name in ("PYTHONPATH", "LEARNLOOP_HOME", "LEARNLOOP_MODEL", "FLWR_HOME"):
+        assert os.environ.get(name) == before.get(name), name  # Ray's and ours put back
     # the aggregator's folders hold tensors and numbers, never a text the users sent
     for folder in out.glob("federated-*"):
         for path in folder.rglob("*"):

@@ -22,7 +22,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -noenc -days 365 \
   -subj /CN=learnloop-ca -keyout ca.key -out ca.pem
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-384 -noenc -subj /CN=127.0.0.1 \
   -keyout key.pem -out cert.csr
-printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext
+printf 'subjectAltName=IP:127.0.0.1,DNS:aggregator.example\\n' > san.ext
 openssl x509 -req -in cert.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
   -extfile san.ext -out cert.pem
 ssh-keygen -q -t ecdsa -b 384 -N "" -f n1

@@ -133,6 +133,7 @@ class TestAFreshDatabaseMigrates:
             (9, "m009_base_fingerprints_and_removed_adapters"),
             (10, "m010_trajectories"),
             (11, "m011_turn_users_and_forgetting"),
+            (12, "m012_federated_lineage"),
         ]
         assert store.path == db_path()
         assert store.path.is_file()
@@ -360,6 +361,7 @@ class TestAMigrationFailingHalfWay:
             (9, "m009_base_fingerprints_and_removed_adapters"),
             (10, "m010_trajectories"),
             (11, "m011_turn_users_and_forgetting"),
+            (12, "m012_federated_lineage"),
         ]
         tables = {
             r[0]

@@ -18,7 +18,6 @@ them, the split, the bytes each round sent and the seconds each part took.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -31,6 +30,7 @@ from learnloop.agent.bench.config import BenchConfig
 from learnloop.agent.bench.label_task import LabelTask, score
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.federated.aggregate import RULES
+from learnloop.learning.federated.environ import environment
 from learnloop.learning.tasks import Example, label_words
 
 Say = Callable[[str], None]
@@ -125,13 +125,13 @@ def collect_feedback(
     task = LabelTask(config.instruction, label_words(config.labels), "task_accuracy")
     tallies = []
     for k, rows in enumerate(parts):
-        os.environ["LEARNLOOP_HOME"] = str(node_root(config, k))
         job = Job(task, Data(rows, [], []), learn, config.bench().answer_tokens)
         bench = Bench(config.bench(), [job], model_spec)
-        store = bench.start()
-        for row in rows:
-            bench.interact(job, row, f"node{k}")
-        store.close()
+        with environment({"LEARNLOOP_HOME": str(node_root(config, k))}):
+            store = bench.start()
+            for row in rows:
+                bench.interact(job, row, f"node{k}")
+            store.close()
         tallies.append(asdict(bench.tally))
         say(f"node{k}: {len(rows)} interactions · {bench.tally}")
     return tallies
@@ -146,8 +146,7 @@ def examples_of(root: Path) -> tuple[list[Any], list[dict[str, str]]]:
     from learnloop.learning.snapshot import control_set
     from learnloop.storage.store import Store
 
-    os.environ["LEARNLOOP_HOME"] = str(root)
-    with Store() as store:
+    with environment({"LEARNLOOP_HOME": str(root)}), Store() as store:
         return store.feedback_examples(), control_set(store)
 
 
@@ -169,10 +168,10 @@ def train_alone(
         train_examples(examples, frozenset(), control, model, learn, keep=folders[f"node{k}"])
         seconds[f"node{k}"] = time.perf_counter() - began
         say(f"local node{k}: trained in {seconds[f'node{k}']:.0f} s")
-    os.environ["LEARNLOOP_HOME"] = str(out / "centralized-home")
     began = time.perf_counter()
     folders["centralized"] = out / "centralized"
-    train_examples(everything, frozenset(), control, model, learn, keep=folders["centralized"])
+    with environment({"LEARNLOOP_HOME": str(out / "centralized-home")}):  # its scratch
+        train_examples(everything, frozenset(), control, model, learn, keep=folders["centralized"])
     seconds["centralized"] = time.perf_counter() - began
     say(f"centralized: trained in {seconds['centralized']:.0f} s")
     shutil.rmtree(out / "centralized-home", ignore_errors=True)

@@ -40,6 +40,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from learnloop.learning.federated.aggregate import Adapter, Update, aggregate
+from learnloop.learning.federated.environ import environment
 from learnloop.learning.federated.rounds import RoundLog
 from learnloop.learning.federated.settings import FederationSettings
 
@@ -236,16 +237,9 @@ def node(context: Context, message: Message) -> Iterator[tuple[Any, Any, Any]]:
         root = os.path.join(os.environ[NODES_ENV], f"node{given['partition-id']}")
     own = json.loads(str(given.get("learn", "{}")))
     federation = json.loads(setting(message, "learn"))
-    before = os.environ.get("LEARNLOOP_HOME")
-    os.environ["LEARNLOOP_HOME"] = root
-    keep_private()
-    try:
+    with environment({"LEARNLOOP_HOME": root}):
+        keep_private()
         config = LearnConfig(**{**own, **federation})
         model = resolve_model(str(given["model"]) if given.get("model") else None, progress=False)
         with Store() as store:
             yield store, model, config
-    finally:
-        if before is None:
-            os.environ.pop("LEARNLOOP_HOME", None)
-        else:
-            os.environ["LEARNLOOP_HOME"] = before

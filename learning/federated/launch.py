@@ -160,7 +160,9 @@ class Aggregator:
     """A SuperLink and the run submitted to it, for ``learnloop federate serve``."""
 
     def __init__(self, out: Path, host: str, port: int, tls: Tls, auth: bool) -> None:
-        self.out, self.host, self.port, self.tls = out, host, port, tls
+        self.out, self.port, self.tls = out, port, tls
+        # how this machine reaches its own SuperLink (the certificate must name it too)
+        self.local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.flower = out / "flower"
         command = [
             "flower-superlink", "--host", host, "--port", str(port),
@@ -177,7 +179,7 @@ class Aggregator:
 
     def _write_connection(self) -> None:
         lines = [f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]",
-                 f'address = "{self.host}:{self.port}"']  # fmt: skip
+                 f'address = "{self.local}:{self.port}"']  # fmt: skip
         lines.append(f'root-certificates = "{self.tls.ca}"' if self.tls.ca else "insecure = true")
         self.cli_home.mkdir(parents=True, exist_ok=True)
         (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n")
@@ -192,7 +194,7 @@ class Aggregator:
             if self.process.poll() is not None:
                 raise Unavailable(self._died("the Flower SuperLink did not start"))
             try:
-                url = f"{scheme}://{self.host}:{self.port}/health"
+                url = f"{scheme}://{self.local}:{self.port}/health"
                 with urllib.request.urlopen(url, timeout=2, context=context) as answer:
                     if answer.status == 200:
                         return

@@ -24,25 +24,31 @@ def simulate_rounds(
 
     out.mkdir(parents=True, exist_ok=True)
     settings.save(out)
-    os.environ.update({
+    cpus = os.cpu_count() or 1
+    variables = {
         apps.OUT_ENV: str(out.resolve()),
         apps.NODES_ENV: str(nodes_dir.resolve()),
         "LEARNLOOP_MODEL": model_path,  # the virtual nodes resolve the model from it
         "FLWR_HOME": str((out / "flower").resolve()),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
-    })  # fmt: skip
-    cpus = os.cpu_count() or 1
-    run_simulation(
-        server_app=apps.server_app,
-        client_app=apps.client_app,
-        num_supernodes=nodes,
-        backend_config={
-            # a node at a time per core; each trains in its own trainer child
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus, "include_dashboard": False},
-        },
-    )
+    }
+    saved = dict(os.environ)
+    os.environ.update(variables)  # Ray's workers inherit them
+    try:
+        run_simulation(
+            server_app=apps.server_app,
+            client_app=apps.client_app,
+            num_supernodes=nodes,
+            backend_config={
+                # a node at a time per core; each trains in its own trainer child
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": cpus, "include_dashboard": False},
+            },
+        )
+    finally:  # Ray and Flower set variables of their own (PYTHONPATH among them)
+        os.environ.clear()
+        os.environ.update(saved)
     results = out / RESULTS_FILE
     if not results.is_file():
         log, rnd = RoundLog(out), 1
