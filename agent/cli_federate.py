@@ -154,10 +154,8 @@ def round_line(record: dict[str, Any]) -> str:
 def failure(out: Path, status: str) -> str:
     from learnloop.learning.federated.rounds import RoundLog
 
-    log, rnd = RoundLog(out), 1
-    while (record := log.read(rnd)) and record.get("status") == "done":
-        rnd += 1
-    reason = (log.read(rnd) or {}).get("reason") or f"the run ended {status}"
+    rnd, reason = RoundLog(out).stopped()
+    reason = reason or f"the run ended {status}"
     return (f"federation run stopped in round {rnd}: {reason}; rounds before it are kept in "
             f"{out} (`learnloop federate serve --out {out}` resumes)")  # fmt: skip
 

@@ -47,11 +47,21 @@ class RoundLog:
             return None
         return value
 
-    def resume(self) -> tuple[int, Adapter | None]:
-        """(the last complete round, its adapter); (0, None) for a new run."""
+    def complete(self) -> int:
+        """The last complete round (0: none yet)."""
         done = 0
         while (self.read(done + 1) or {}).get("status") == "done":
             done += 1
+        return done
+
+    def stopped(self) -> tuple[int, str | None]:
+        """The round after the last complete one, and why it failed (None: not recorded)."""
+        rnd = self.complete() + 1
+        return rnd, (self.read(rnd) or {}).get("reason")
+
+    def resume(self) -> tuple[int, Adapter | None]:
+        """(the last complete round, its adapter); (0, None) for a new run."""
+        done = self.complete()
         return done, load_weights(self.path(done, ".safetensors")) if done else None
 
     def _write(self, rnd: int, record: dict[str, Any]) -> None:
@@ -99,7 +109,7 @@ class RoundLog:
         raise RoundFailed(f"round {rnd} failed: {reason}")
 
     def finish(self) -> dict[str, Any]:
-        done, _ = self.resume()
+        done = self.complete()
         rounds = [self.read(r) for r in range(1, done + 1)]
         summary = {
             "rounds": rounds,

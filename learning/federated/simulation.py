@@ -51,10 +51,7 @@ def simulate_rounds(
         os.environ.update(saved)
     results = out / RESULTS_FILE
     if not results.is_file():
-        log, rnd = RoundLog(out), 1
-        while (record := log.read(rnd)) and record.get("status") == "done":
-            rnd += 1
-        reason = (log.read(rnd) or {}).get("reason") or "the simulation ended early"
-        raise RoundFailed(f"round {rnd} failed: {reason}")
+        rnd, reason = RoundLog(out).stopped()
+        raise RoundFailed(f"round {rnd} failed: {reason or 'the simulation ended early'}")
     value: dict[str, Any] = json.loads(results.read_text())
     return value
