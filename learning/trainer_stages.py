@@ -66,7 +66,9 @@ def train_sft(
     """SFT on ``rows``; ``continuing``: the model's adapter is a trained one (the active
     version's), which trains at ``sft_continue_learning_rate`` when that is set."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from learnloop.learning.sft_loss import CompletionSFTTrainer
 
     rate = config.sft_continue_learning_rate if continuing else 0.0
     args = SFTConfig(
@@ -79,7 +81,7 @@ def train_sft(
         chat_format.training_ids(tokenizer, row["prompt"], row["completion"], row.get("tools"))
         for row in with_corrections_repeated(rows, corrections, config)
     ]
-    trainer = SFTTrainer(
+    trainer = CompletionSFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(tokenized),  # tokenized: TRL builds the labels
