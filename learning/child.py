@@ -1,24 +1,29 @@
-"""Step 3 of a cycle: the trainer child (``python -m learnloop.learning.trainer``) run
-in its own session, its progress relayed, a cancel passed on, a failure explained.
+"""Step 3 of a cycle: the trainer child (``python -m learnloop.learning.trainer``, or
+``accelerate launch`` of several: learning/processes.py) run in its own session, its
+progress relayed, a cancel passed on, a failure explained.
 
 Invariants: the child is never left running when the cycle ends, however it ends (a
-cancel, an error, Ctrl-C all kill it); a failure becomes one line, :class:`DiskFull`
-whenever the disk was what ran out, whether the child or the cycle's own writes noticed.
+cancel, an error, Ctrl-C all kill it, with every process of its session); a failure
+becomes one line, :class:`DiskFull` whenever the disk was what ran out, whether the child
+or the cycle's own writes noticed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
 import shutil
+import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from learnloop.learning.processes import trainer_command
 from learnloop.storage.errors import LearnloopError
 
 Progress = Callable[[dict[str, Any]], None]
@@ -67,14 +72,10 @@ def disk_writes(what: str, where: Path) -> Iterator[None]:
 
 def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Step 3: run the trainer child, relay its progress lines, return its metrics."""
+    command, env = trainer_command(run_dir, _learn_settings(run_dir))
     with disk_writes("the trainer's log", run_dir):
         log = (run_dir / "trainer.stderr").open("w")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "learnloop.learning.trainer", str(run_dir)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    child = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     seen = 0
     try:
         while child.poll() is None:
@@ -84,7 +85,9 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
                 raise Cancelled("cancelled")
         _relay(run_dir / "progress.jsonl", seen, progress)
     except BaseException:
-        child.kill()
+        # The child leads its own session: its group holds a launcher's processes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         raise
     finally:
@@ -93,6 +96,15 @@ def train_in_child(run_dir: Path, progress: Progress | None = None) -> dict[str,
         raise training_failed(run_dir, child.returncode)
     metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
     return metrics
+
+
+def _learn_settings(run_dir: Path) -> dict[str, Any]:
+    """The learn settings of the request the cycle wrote (the trainer checks the rest)."""
+    try:
+        settings = json.loads((run_dir / "request.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def request_cancel(run_dir: Path) -> None:
@@ -116,7 +128,10 @@ def training_failed(run_dir: Path, code: int) -> CycleFailed:
             f"training failed: no space left on device ({run_dir}{room}); "
             "free some space and learn again"
         )
-    return CycleFailed(f"training failed (exit {code}): {lines[-1] if lines else 'no output'}")
+    # A launcher of several processes prints its own report after their lines.
+    ours = [line for line in lines if line.startswith("learnloop trainer:")]
+    last = ours[-1] if ours else lines[-1] if lines else "no output"
+    return CycleFailed(f"training failed (exit {code}): {last}")
 
 
 def _tail(path: Path) -> str:

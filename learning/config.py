@@ -296,6 +296,23 @@ class LearnConfig:
             "help": "cap on optimizer steps per stage (-1 = run all epochs)",
         },
     )
+    processes: int = field(
+        default=1,
+        metadata={
+            "min": 1,
+            "max": 64,
+            "help": "training processes: more than 1 launches the trainer with `accelerate "
+            "launch` (DDP: one process per GPU, or on the CPU over gloo); an optimizer step "
+            "still holds --batch-size examples in all",
+        },
+    )
+    accelerate_config: str = field(
+        default="",
+        metadata={
+            "help": "an accelerate config file to launch the trainer with (`accelerate "
+            "config` writes one: DeepSpeed, FSDP, mixed precision); '' = plain DDP",
+        },
+    )
     start: str = field(
         default="active",
         metadata={

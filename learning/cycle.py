@@ -55,6 +55,7 @@ from learnloop.learning.child import (
 )
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.models import ResolvedModel
+from learnloop.learning.processes import launch_config
 from learnloop.learning.publish import HandedOver, publish, publish_handed_over
 from learnloop.learning.quality import QualityReport
 from learnloop.learning.snapshot import (
@@ -134,6 +135,7 @@ def prepare_run(
     start = start_from(store, model, config, active) if given is None else None
     snap = build_snapshot(examples, config, real_users, start.since if start else None)
     task = task_rows(config)  # a bad --eval-file fails here, before anything is recorded
+    launch_config(config.accelerate_config)  # and a missing --accelerate-config
     if config.gate and not config.promote_without_heldout:
         judgeable(snap, task)
     gate = gate_request(store, model, config, active, control)

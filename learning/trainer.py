@@ -82,6 +82,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from learnloop.learning import processes
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.request import (
     DPO_KEYS,
@@ -93,7 +94,7 @@ from learnloop.learning.request import (
 )
 from learnloop.learning.trainer_output import Progress, console_to_log, write_json_atomic
 from learnloop.learning.trainer_stages import train_dpo, train_kto, train_sft
-from learnloop.storage.home import keep_private
+from learnloop.storage.home import keep_private, pid_alive
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -239,9 +240,11 @@ def run(run_dir: Path) -> dict[str, Any]:
     request = read_request(run_dir)
     if (run_dir / ADAPTER_DIR).exists():
         raise TrainerError(f"{run_dir / ADAPTER_DIR} exists already; adapters are never rewritten")
-    progress = Progress(run_dir / PROGRESS_FILE)
+    # Several training processes: rank 0 alone reports, saves and gates (processes.py).
+    progress = Progress(run_dir / PROGRESS_FILE if processes.rank() == 0 else Path(os.devnull))
     progress.write("load")
     quiet_libraries()
+    processes.join()
     base, tokenizer = load_base(request.base_model)
     if request.start_adapter is not None:
         model = load_start_adapter(base, request.start_adapter)
@@ -262,6 +265,9 @@ def run(run_dir: Path) -> dict[str, Any]:
     )
     dpo = train_dpo(model, tokenizer, request.dpo, *stage_args) if request.dpo and train else None
     kto = train_kto(model, tokenizer, request.kto, *stage_args) if request.kto and train else None
+    others_cpu, others_rss = processes.others_usage(cpu_seconds(), peak_rss_mb())
+    if processes.rank() != 0:
+        return {}
     progress.write("save")
     save_adapter(model, run_dir)
     gate_started, gate_cpu = time.monotonic(), cpu_seconds()
@@ -274,15 +280,16 @@ def run(run_dir: Path) -> dict[str, Any]:
         "sft": sft,
         "dpo": dpo,
         "kto": kto,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb() + others_rss, 1),
+        "processes": processes.world(),
         "seconds": round(time.monotonic() - started, 3),
         "gate_seconds": gate_seconds,
         "trainable_params": trainable,
         "niceness": os.nice(0),
         "session_niceness": session_niceness(),
-        "cpu_seconds": round(cpu_seconds(), 1),
+        "cpu_seconds": round(cpu_seconds() + others_cpu, 1),
         "gate_cpu_seconds": round(cpu_seconds() - gate_cpu, 1) if request.gate else None,
-        "energy_wh": round(cpu_seconds() * request.config.watts_per_cpu / 3600, 3),
+        "energy_wh": round((cpu_seconds() + others_cpu) * request.config.watts_per_cpu / 3600, 3),
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     progress.write("done")
@@ -298,12 +305,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def peak_rss_mb() -> float:
+    """The most memory this process has held so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def fail(message: str) -> str:
     return "learnloop trainer: " + " ".join(message.split())
 
 
-def watch_parent(parent: int, report_fds: tuple[int, ...]) -> threading.Thread:
-    """Stop this process within about a second of its parent's death, in any stage.
+def watch_parent(
+    parent: int, report_fds: tuple[int, ...], cycle: int | None = None
+) -> threading.Thread:
+    """Stop this process within about a second of its parent's death, in any stage, or
+    of the ``cycle``'s, when a launcher started it on the cycle's behalf (processes.py).
 
     The child runs in its own session (Ctrl-C in the chat must not reach it), so nothing
     else stops it when the cycle that started it is killed; an orphan would go on loading,
@@ -315,7 +330,8 @@ def watch_parent(parent: int, report_fds: tuple[int, ...]) -> threading.Thread:
     writes, which take no lock the main thread may hold."""
 
     def watch() -> None:
-        while os.getppid() == parent:  # a dead parent's children pass to another process
+        # A dead parent's children pass to another process.
+        while os.getppid() == parent and (cycle is None or pid_alive(cycle)):
             time.sleep(PARENT_POLL_SECONDS)
         line = (fail(PARENT_GONE) + "\n").encode()
         for fd in report_fds:
@@ -362,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log_path = run_dir / LOG_FILE
     with console_to_log(log_path) as real_err:
-        watch_parent(parent, (2, real_err.fileno()))  # fd 2 is the log here
+        watch_parent(parent, (2, real_err.fileno()), processes.cycle_pid())  # fd 2: the log
         try:
             run(run_dir)
         except TrainerError as exc:

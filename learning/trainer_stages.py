@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learnloop.learning import chat_format
+from learnloop.learning import chat_format, processes
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.request import Row
 from learnloop.learning.trainer_output import Progress, finite, progress_callback
@@ -34,7 +34,7 @@ def common_args(config: LearnConfig, run_dir: Path, stage: str) -> dict[str, Any
     cuda = torch.cuda.is_available()
     return {
         "output_dir": str(run_dir / OUTPUT_DIR / stage),
-        "per_device_train_batch_size": config.batch_size,
+        "per_device_train_batch_size": processes.per_device_batch(config.batch_size),
         "max_length": config.max_length,
         "max_steps": config.max_steps if config.max_steps > 0 else -1,
         "seed": config.seed,

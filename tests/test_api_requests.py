@@ -30,13 +30,16 @@ def server(tiny_model_dir: Path, tmp_path: Path) -> Any:
         yield running
 
 
+@pytest.mark.parametrize("setting", ["eval_file", "accelerate_config"])
 @pytest.mark.parametrize("path", ["/etc/passwd", "/dev/zero", "../../outside.jsonl"])
-def test_a_file_outside_the_allowed_folders_is_refused(server: Running, path: str) -> None:
-    refused(learn(server, {"eval_file": path}), 403, "permission_error", "--allow-files")
+def test_a_file_outside_the_allowed_folders_is_refused(
+    server: Running, path: str, setting: str
+) -> None:
+    refused(learn(server, {setting: path}), 403, "permission_error", "--allow-files")
     assert server.state.store.runs() == []
 
 
-def test_a_missing_eval_file_in_the_data_root_is_a_400_not_a_500(server: Running) -> None:
+def test_a_missing_file_in_the_data_root_is_a_400_not_a_500(server: Running) -> None:
     with server.client() as http:
         answer = http.post(
             "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}
@@ -45,6 +48,9 @@ def test_a_missing_eval_file_in_the_data_root_is_a_400_not_a_500(server: Running
         http.post("/v1/feedback", json=fix)
     missing = data_root() / "tasks.jsonl"
     refused(learn(server, {"eval_file": str(missing)}), 400, "invalid_request_error", "tasks.jsonl")
+    missing = data_root() / "accelerate.yaml"
+    said = learn(server, {"accelerate_config": str(missing)})
+    refused(said, 400, "invalid_request_error", "accelerate_config: no file")
     assert server.state.store.runs() == []
 
 

@@ -24,16 +24,17 @@ from tests.test_trainer import make_run, sft_rows, tiny_config
 
 GONE_WITHIN = 5.0  # seconds from the parent's death
 
-# Starts the trainer as learning/cycle.py does (its own session, output to a file),
-# says the child's pid and waits for it.
+# Starts the trainer as learning/child.py does (its own session, output to a file, the
+# command of learning/processes.py), says the child's pid and waits for it.
 PARENT = """
-import subprocess, sys
-run_dir = sys.argv[1]
-with open(run_dir + "/trainer.stderr", "w") as log:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "learnloop.learning.trainer", run_dir],
-        stdout=log, stderr=log, start_new_session=True,
-    )
+import json, subprocess, sys
+from pathlib import Path
+from learnloop.learning.processes import trainer_command
+run_dir = Path(sys.argv[1])
+config = json.loads((run_dir / "request.json").read_text())["config"]
+command, env = trainer_command(run_dir, config)
+with open(run_dir / "trainer.stderr", "w") as log:
+    child = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     print(child.pid, flush=True)
     child.wait()
 """

@@ -93,10 +93,12 @@ class ServerService(LocalService):
         from learnloop.agent.options import replace_config
 
         config = replace_config(self.state.learn, settings, "learn setting")
-        if config.eval_file:
-            allowed = confine(Path(config.eval_file), self.allowed)
-            config = dataclasses.replace(config, eval_file=str(allowed))
-        return config
+        files: dict[str, Any] = {
+            name: str(confine(Path(getattr(config, name)), self.allowed))
+            for name in ("eval_file", "accelerate_config")
+            if getattr(config, name)
+        }
+        return dataclasses.replace(config, **files)
 
     def start_learning(self, settings: dict[str, Any], who: str) -> dict[str, Any]:
         job = self.state.start_learning(self.learn_settings(settings), who)
