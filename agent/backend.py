@@ -125,12 +125,24 @@ class Backend(Protocol):
         ...
 
 
-class BatchedBackend:
-    """A backend whose answers a :class:`Batcher` generates with an engine's
-    :class:`Decoder`; the engine loads adapters (:meth:`_load`, :meth:`_evict`).
+class Rendering:
+    """Prompts rendered and counted with the Hugging Face tokenizer, whatever the engine:
+    as training saw them, so that the same ids reach every engine."""
 
-    Text goes through the Hugging Face tokenizer whatever the engine: prompts are rendered
-    and tokenised as training saw them, and the same ids reach every engine."""
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def render(self, messages: list[Message], tools: Tools = None, prefix: str = "") -> str:
+        return chat_format.render(self.tokenizer, messages, tools) + prefix
+
+    def prompt_tokens(self, messages: list[Message], tools: Tools = None) -> int:
+        ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)
+        return len(ids["input_ids"])
+
+
+class BatchedBackend(Rendering):
+    """A backend whose answers a :class:`Batcher` generates with an engine's
+    :class:`Decoder`; the engine loads adapters (:meth:`_load`, :meth:`_evict`)."""
 
     engine: str
     keep_adapters: int  # the most adapters kept loaded when nobody needs them
@@ -147,7 +159,7 @@ class BatchedBackend:
         max_batch: int,
         max_queue: int,
     ) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.model_name = model_name
         self.fingerprint = fingerprint
         self.context_tokens = context_tokens
@@ -171,15 +183,6 @@ class BatchedBackend:
 
     def ready_for_adapters(self) -> None:
         """Get ready for :meth:`prepare` to load adapters while answers run."""
-
-    # -- prompts -------------------------------------------------------------------------
-
-    def render(self, messages: list[Message], tools: Tools = None, prefix: str = "") -> str:
-        return chat_format.render(self.tokenizer, messages, tools) + prefix
-
-    def prompt_tokens(self, messages: list[Message], tools: Tools = None) -> int:
-        ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)
-        return len(ids["input_ids"])
 
     # -- versions ------------------------------------------------------------------------
 

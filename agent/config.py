@@ -120,7 +120,7 @@ class GenerationConfig:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
-ENGINES = ("auto", "llama.cpp", "transformers", "transformers-bf16")
+ENGINES = ("auto", "llama.cpp", "transformers", "transformers-bf16", "vllm")
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,17 @@ class ServingConfig:
         metadata={
             "help": "what generates answers: llama.cpp (the model's GGUF in llama.cpp, each "
             "version's adapter converted; the fastest here; `make setup` builds it), "
-            "transformers (PyTorch, fp32 on a CPU), transformers-bf16, or auto: llama.cpp "
-            "when it is installed and the model is a GGUF, else transformers",
+            "transformers (PyTorch, fp32 on a CPU), transformers-bf16, vllm (a CUDA GPU "
+            "with vLLM installed: its own batching, --max-loras adapters at once), or auto: "
+            "llama.cpp when it is installed and the model is a GGUF, else transformers",
             "choices": ENGINES,
+        },
+    )
+    max_loras: int = field(
+        default=4,
+        metadata={
+            "help": "vllm: most versions' adapters on the GPU at once (vLLM's max_loras); "
+            "answers of more versions wait for a place"
         },
     )
     llama_weights: str = field(
@@ -163,8 +171,10 @@ class ServingConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 0:
-            raise ValueError("--max-batch must be at least 1 and --max-queue at least 0")
+        if self.max_batch < 1 or self.max_queue < 0 or self.max_loras < 1:
+            raise ValueError(
+                "--max-batch and --max-loras must be at least 1 and --max-queue at least 0"
+            )
         if self.engine not in ENGINES:
             raise ValueError(f"--engine must be one of {', '.join(ENGINES)}")
         if self.llama_weights not in ("f16", "f32", "bf16"):

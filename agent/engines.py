@@ -4,13 +4,14 @@
 llama.cpp when llama-cpp-python is installed and the model is a GGUF (the default model
 is), else transformers. Both answer through the same batcher and the same tokenizer, and
 llama.cpp's F16 weights answer as the fp32 model the gate measures (README, "Engines").
+``vllm`` (agent/vllm_engine.py) is for CUDA GPUs and is only used when asked for.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-from learnloop.agent.backend import BatchedBackend
+from learnloop.agent.backend import Backend
 from learnloop.agent.config import ServingConfig
 from learnloop.agent.transformers_engine import TransformersBackend
 from learnloop.learning.models import ResolvedModel
@@ -27,10 +28,14 @@ def chosen(engine: str, model: ResolvedModel) -> str:
 
 def load_backend(
     model: ResolvedModel, serving: ServingConfig, *, keep_adapters: int = 2
-) -> BatchedBackend:
+) -> Backend:
     """The backend of the engine ``serving`` asks for, with the model loaded."""
     engine = chosen(serving.engine, model)
     places = {"max_batch": serving.max_batch, "max_queue": serving.max_queue}
+    if engine == "vllm":
+        from learnloop.agent.vllm_engine import VllmBackend
+
+        return VllmBackend(model, max_loras=serving.max_loras, **places)
     if engine == "llama.cpp":
         from learnloop.agent.llama_engine import LlamaBackend
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import os
 import resource
 import shutil
@@ -60,23 +61,25 @@ from benchmarks.serve_kit import (
     stream_chat,
     summary,
 )
+from learnloop.agent.config import ENGINES
 
 GREEDY = {"temperature": 0, "whole_answer": True}
 SERVE_ENGINES = ("llama.cpp", "transformers", "transformers-bf16")
 BARE_TRANSFORMERS, BARE_LLAMA = "bare-transformers", "bare-llama.cpp"
 TOPICS = ["a lighthouse keeper", "a small bakery", "a river journey", "an old clock"]
 NO_LLAMA = "llama-cpp-python is not installed (`make setup` builds the llama extra)"
+NO_VLLM = "vLLM is not installed (a CUDA machine: `pip install vllm`)"
 
 Cell = dict[str, Any]
 Runner = Callable[[int, int], Cell]  # (clients, answer tokens) -> the cell's figures
 
 
-def engine_names(weights: str) -> dict[str, str]:
+def engine_names(weights: str, engines: list[str]) -> dict[str, str]:
     """Each engine's key in results.json -> its name in the tables, in measuring order."""
     return {
         BARE_TRANSFORMERS: "bare transformers generate fp32 (static batch)",
         BARE_LLAMA: f"bare llama.cpp {weights} (batched sequences)",
-        **{f"serve-{e}": f"learnloop serve --engine {e}" for e in SERVE_ENGINES},
+        **{f"serve-{e}": f"learnloop serve --engine {e}" for e in engines},
     }
 
 
@@ -102,10 +105,10 @@ def activate_v1(home: Path) -> None:
             store.activate("v1", who="serve_speed", why="a learned version serves")
 
 
-def prepare_homes(out: Path, model_spec: str | None) -> dict[str, Path]:
+def prepare_homes(out: Path, model_spec: str | None, engines: list[str]) -> dict[str, Path]:
     """A data root per server engine with v1 active, the adapters the first one's files."""
     homes: dict[str, Path] = {}
-    for engine in SERVE_ENGINES:
+    for engine in engines:
         home = out / f"home-{engine}"
         if homes:  # prepare_home keeps adapter folders it finds: the same files everywhere
             first = next(iter(homes.values()))
@@ -133,6 +136,9 @@ def servers_running(
             key = f"serve-{engine}"
             if engine == "llama.cpp" and not llama_bare.available():
                 skipped[key] = NO_LLAMA
+                continue
+            if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+                skipped[key] = NO_VLLM
                 continue
             flags = ["--engine", engine, "--llama-weights", args.llama_weights]
             try:
@@ -346,6 +352,8 @@ def ratios(cells: list[Cell], clients: list[int], lengths: list[int]) -> dict[st
     def per_stream(key: str) -> float | None:
         return get(key, one, long, "tokens_per_s_per_stream", "p50")
 
+    measured = cells[0]["engines"] if cells else []
+    served = [key.removeprefix("serve-") for key in measured if key.startswith("serve-")]
     by_engine = {
         f"serve-{e}": {
             "scaling": _ratio(
@@ -358,8 +366,7 @@ def ratios(cells: list[Cell], clients: list[int], lengths: list[int]) -> dict[st
             ),
             "per_stream_vs_bare_llama": _ratio(per_stream(f"serve-{e}"), per_stream(BARE_LLAMA)),
         }
-        for e in SERVE_ENGINES
-        if cells and f"serve-{e}" in cells[0]["engines"]
+        for e in served
     }
     return {"one": one, "most": most, "short": short, "long": long, "engines": by_engine}
 
@@ -434,6 +441,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrent clients"
     )
     ap.add_argument("--lengths", type=int, nargs="+", default=[48, 128], help="answer tokens")
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        choices=[e for e in ENGINES if e != "auto"],
+        default=list(SERVE_ENGINES),
+        help="the `learnloop serve --engine` servers to measure (vllm: on a CUDA machine)",
+    )
     ap.add_argument("--rounds", type=int, default=2, help="chats each serve client sends")
     ap.add_argument(
         "--llama-weights",
@@ -448,7 +462,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    homes = prepare_homes(args.out, args.model)
+    homes = prepare_homes(args.out, args.model, args.engines)
     adapter = next(iter(homes.values())) / "adapters" / "v1"
     skipped: dict[str, str] = {}
     memory: dict[str, Any] = {"added_by": {}, "servers": {}}
@@ -460,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = measure(args, runners)
     memory["this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     measured = {
-        "engine_names": engine_names(args.llama_weights),
+        "engine_names": engine_names(args.llama_weights, args.engines),
         "skipped": skipped,
         "cells": cells,
         "ratios": ratios(cells, args.clients, args.lengths),

@@ -6,6 +6,9 @@ Two LoRA adapters with random (non-zero) weights make the tiny model answer a fi
 prompt differently per version, so a greedy answer identifies the version that made it.
 They adapt different layers, and the server keeps only two adapters loaded, so swaps
 keep loading adapters (new modules too) while other answers are being generated.
+
+The same test runs against ``--engine vllm`` (tests/vllm_kit.py: vLLM's stand-in here,
+the real vLLM on a GPU machine).
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from benchmarks.random_adapter import register_adapter, save_random_adapter
+from learnloop.agent.config import ServingConfig
 from tests.serving import Running, running_server
+from tests.vllm_kit import use_vllm
 
 PROMPT = {"role": "user", "content": "Name three colours."}
 GREEDY = {"temperature": 0, "max_tokens": 6}
@@ -59,11 +65,19 @@ def greedy_answer(server: Running, version: str) -> str:
         )
 
 
+@pytest.fixture(params=["transformers", "vllm"])
+def serving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ServingConfig:
+    if request.param == "vllm":
+        use_vllm(monkeypatch)
+        return ServingConfig(engine="vllm", max_loras=1)
+    return ServingConfig(engine="transformers")
+
+
 def test_concurrent_streams_survive_swaps_and_name_the_version_used(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, serving: ServingConfig
 ) -> None:
     targets = {"v1": ["q_proj", "v_proj"], "v2": ["k_proj", "o_proj", "up_proj"]}
-    with running_server(tiny_model_dir, keep_adapters=1) as server:
+    with running_server(tiny_model_dir, keep_adapters=1, serving=serving) as server:
         for n, version in enumerate(["v1", "v2"], start=1):
             folder = tmp_path / version
             save_random_adapter(tiny_model_dir, folder, seed=n, modules=targets[version], r=4)

@@ -103,8 +103,8 @@ def test_rank_zero_alone_reports_and_gates(runs: dict[int, Path]) -> None:
 
 def test_the_metrics_count_both_processes(runs: dict[int, Path]) -> None:
     one, two = metrics(runs[1]), metrics(runs[2])
-    # Each process holds torch, the libraries and a model: two hold about twice one.
-    assert two["peak_rss_mb"] > 1.5 * one["peak_rss_mb"]
+    # The second process holds torch, the libraries and a model too: hundreds of MB.
+    assert two["peak_rss_mb"] > one["peak_rss_mb"] + 200
     assert two["cpu_seconds"] > one["cpu_seconds"]
     assert two["energy_wh"] == pytest.approx(two["cpu_seconds"] * 4.0 / 3600, abs=1e-3)
 
