@@ -6,8 +6,10 @@ for each run, 4 rows a step, 1 epoch at 6e-4, on this machine's CPU (or GPU).
     python -m benchmarks.sft_loss_speed --train ../shared/data/financial_phrasebank/train.jsonl \\
         [--rows 64] [--rounds 2] [--json]
 
-Reported per loss: seconds per row of each round and their median, and the final loss of
-each run (the two losses are the same function, so their runs should agree closely).
+A third variant is learnloop's loss with batches of rows of about the same length
+(``--sft-group-by-length``): less padding, the rows in another order. Reported per
+variant: seconds per row of each round and their median, and the final loss of each run
+(the first two are the same function, so their runs should agree closely).
 Give the machine to it alone.
 """
 
@@ -27,8 +29,11 @@ from learnloop.learning import chat_format
 from learnloop.learning.models import resolve_model
 
 
-def one_run(trainer_class: Any, base: str, rows: list[Any], out: str) -> tuple[float, float]:
-    """Seconds per row and the last logged loss of one fresh SFT run."""
+def one_run(
+    trainer_class: Any, base: str, rows: list[Any], out: str, grouped: bool
+) -> tuple[float, float]:
+    """Seconds per row and the last logged loss of one fresh SFT run (``grouped``: its
+    batches of rows of about the same length, --sft-group-by-length)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -56,6 +61,7 @@ def one_run(trainer_class: Any, base: str, rows: list[Any], out: str) -> tuple[f
         bf16=torch.cuda.is_available(),
         activation_checkpointing=False,
         seed=0,
+        train_sampling_strategy="group_by_length" if grouped else "random",
     )
     trainer = trainer_class(
         model=model, args=args, train_dataset=Dataset.from_list(ids), processing_class=tokenizer
@@ -80,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     base = resolve_model(args.model).path
     rows = sft_rows(args.train, args.rows, INSTRUCTION)
-    losses = {"TRL SFTTrainer": SFTTrainer, "learnloop CompletionSFTTrainer": CompletionSFTTrainer}
+    losses = {
+        "TRL SFTTrainer": (SFTTrainer, False),
+        "learnloop CompletionSFTTrainer": (CompletionSFTTrainer, False),
+        "learnloop, batches grouped by length": (CompletionSFTTrainer, True),
+    }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in losses}
     with tempfile.TemporaryDirectory() as out:
         for _ in range(args.rounds):
-            for name, trainer_class in losses.items():
-                runs[name].append(one_run(trainer_class, base, rows, out))
+            for name, (trainer_class, grouped) in losses.items():
+                runs[name].append(one_run(trainer_class, base, rows, out, grouped))
                 print(f"{name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     results = {
         name: {

@@ -65,6 +65,20 @@ def train_sft(
 ) -> dict[str, Any]:
     """SFT on ``rows``; ``continuing``: the model's adapter is a trained one (the active
     version's), which trains at ``sft_continue_learning_rate`` when that is set."""
+    trainer = sft_trainer(model, tokenizer, rows, corrections, config, run_dir, continuing)
+    return fit(trainer, "sft", len(rows), progress)
+
+
+def sft_trainer(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Row],
+    corrections: list[int],
+    config: LearnConfig,
+    run_dir: Path,
+    continuing: bool,
+) -> Trainer:
+    """The SFT stage's trainer (learning/sft_loss.py's loss), set up as ``config`` says."""
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -76,18 +90,18 @@ def train_sft(
         learning_rate=rate or config.sft_learning_rate,
         num_train_epochs=config.sft_epochs,
         completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if config.sft_group_by_length else "random",
     )
     tokenized = [
         chat_format.training_ids(tokenizer, row["prompt"], row["completion"], row.get("tools"))
         for row in with_corrections_repeated(rows, corrections, config)
     ]
-    trainer = CompletionSFTTrainer(
+    return CompletionSFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(tokenized),  # tokenized: TRL builds the labels
         processing_class=tokenizer,
     )
-    return fit(trainer, "sft", len(rows), progress)
 
 
 def as_template_rows(tokenizer: PreTrainedTokenizerBase, rows: list[Row]) -> list[Row]:

@@ -132,3 +132,34 @@ def test_a_batch_with_nothing_scored_is_a_zero_loss_that_trains_nothing(
     loss, grads = loss_and_grads(ours, batch, None)
     assert loss == 0.0
     assert all(float(g.abs().max()) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_sft_group_by_length_batches_rows_of_one_length(
+    tiny_model_dir: Path, tmp_path: Path, grouped: bool
+) -> None:
+    """--sft-group-by-length: each batch holds rows of about one length (less padding)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learnloop.learning.config import LearnConfig
+    from learnloop.learning.trainer_stages import sft_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, task_type="CAUSAL_LM")
+    )
+    words = {"short": "Up?", "long": "Is this " + "very " * 40 + "long sentence positive?"}
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": words[kind]}],
+            "completion": [{"role": "assistant", "content": "yes"}],
+        }
+        for kind in ["short", "long"] * 4
+    ]
+    config = LearnConfig(batch_size=2, sft_group_by_length=grouped, seed=0)
+    trainer = sft_trainer(model, tokenizer, rows, [], config, tmp_path, continuing=False)
+    lengths = [b["attention_mask"].sum(dim=1).tolist() for b in trainer.get_train_dataloader()]
+    mixed = [pair for pair in lengths if max(pair) > 2 * min(pair)]
+    assert len(lengths) == 4
+    assert (not mixed) == grouped, lengths
