@@ -42,9 +42,8 @@ def one_run(
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=RECIPE["target_modules"].split(","))
-    model = get_peft_model(model, lora)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), lora)
     ids = [chat_format.training_ids(tokenizer, r["prompt"], r["completion"], None) for r in rows]
     args = SFTConfig(
         output_dir=out,
