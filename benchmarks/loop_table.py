@@ -168,7 +168,7 @@ def build_table(f: Row) -> list[Row]:
             "4 peak RSS, trainer child",
             f"{tr} MiB" if tr is not None else "n/a",
             f"<= {mem_goal / 1e9:.0f} GB {verdict(tr and tr * 2**20, mem_goal)}",
-            "ru_maxrss of the child (its metrics.json peak_rss_mb)",
+            "VmHWM of the child (its metrics.json peak_rss_mb)",
         )
         s = lr.get("sampled_peak_rss_mib")
         if s:

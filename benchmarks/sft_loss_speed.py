@@ -37,7 +37,7 @@ def one_run(
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import SFTConfig
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -65,6 +65,7 @@ def one_run(
     trainer = trainer_class(
         model=model, args=args, train_dataset=Dataset.from_list(ids), processing_class=tokenizer
     )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's: it prints every log
     started = time.perf_counter()
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]

@@ -36,7 +36,9 @@ Output, all inside ``RUN_DIR``:
   ``session_niceness`` (its scheduling group's, :data:`NICENESS`; None without autogroups),
   ``cpu_seconds`` (user + system time of all its threads; ``gate_cpu_seconds`` of them
   the gate's) and ``energy_wh``, an estimate: CPU-seconds x ``--watts-per-cpu`` (a
-  VM has no power meter; see the README's "What a cycle costs" for the error).
+  VM has no power meter; see the README's "What a cycle costs" for the error), and
+  ``processes``: how many trained (learning/processes.py; with several, rank 0 writes
+  every output, and the CPU-seconds, energy and peak memory count them all).
 - ``gate.json`` when a gate was asked for: the candidate and the active version measured
   on the same held-out feedback and control set (learning/evaluate.py).
 - ``trainer.log``: everything the libraries print, and the traceback of a failure.
@@ -276,6 +278,7 @@ def run(run_dir: Path) -> dict[str, Any]:
         measured = measure_gate(model, tokenizer, request, run_dir, progress)
         write_json_atomic(run_dir / GATE_FILE, measured)
     gate_seconds = round(time.monotonic() - gate_started, 3) if request.gate else None
+    total_cpu = cpu_seconds() + others_cpu
     metrics = {
         "sft": sft,
         "dpo": dpo,
@@ -287,9 +290,9 @@ def run(run_dir: Path) -> dict[str, Any]:
         "trainable_params": trainable,
         "niceness": os.nice(0),
         "session_niceness": session_niceness(),
-        "cpu_seconds": round(cpu_seconds() + others_cpu, 1),
+        "cpu_seconds": round(total_cpu, 1),
         "gate_cpu_seconds": round(cpu_seconds() - gate_cpu, 1) if request.gate else None,
-        "energy_wh": round((cpu_seconds() + others_cpu) * request.config.watts_per_cpu / 3600, 3),
+        "energy_wh": round(total_cpu * request.config.watts_per_cpu / 3600, 3),
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     progress.write("done")
@@ -306,8 +309,15 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    """The most memory this process has held so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The most memory this process has held so far, in MiB: Linux's VmHWM, the high-water
+    mark of this program's own memory. (``ru_maxrss`` is not: across fork and exec it
+    keeps the parent's peak, so a trainer started by a 5 GB test worker reported 5.5 GB.)"""
+    try:
+        status = Path("/proc/self/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fail(message: str) -> str:
