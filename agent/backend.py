@@ -125,12 +125,18 @@ class Backend(Protocol):
         ...
 
 
-class Rendering:
-    """Prompts rendered and counted with the Hugging Face tokenizer, whatever the engine:
-    as training saw them, so that the same ids reach every engine."""
+class EngineBackend:
+    """What every engine's backend shares. Prompts are rendered and counted with the
+    Hugging Face tokenizer, whatever the engine: as training saw them, so that the same
+    ids reach every engine. The adapter folder (and checksum) of every version seen is
+    remembered, so that a later pin or switch may name the version alone."""
+
+    version: str
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._paths: dict[str, str] = {}  # adapter folder of every version seen
+        self._checksums: dict[str, str] = {}  # what each folder must hash to when loaded
 
     def render(self, messages: list[Message], tools: Tools = None, prefix: str = "") -> str:
         return chat_format.render(self.tokenizer, messages, tools) + prefix
@@ -139,8 +145,26 @@ class Rendering:
         ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)
         return len(ids["input_ids"])
 
+    def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
+        """Make ``version`` the one unpinned answers get; answers in progress go on with
+        theirs. The seconds returned are those spent loading its adapter."""
+        if version == self.version:
+            return 0.0
+        return self.prepare(Pin(version, adapter_path, checksum))
 
-class BatchedBackend(Rendering):
+    def prepare(self, pin: Pin) -> float:
+        raise NotImplementedError
+
+    def _remember(self, pin: Pin) -> None:
+        if pin.adapter_path is not None:
+            self._paths[pin.version] = pin.adapter_path
+        if pin.checksum is not None:
+            self._checksums[pin.version] = pin.checksum
+        if pin.version not in self._paths:
+            raise ValueError(f"version {pin.version} needs an adapter path")
+
+
+class BatchedBackend(EngineBackend):
     """A backend whose answers a :class:`Batcher` generates with an engine's
     :class:`Decoder`; the engine loads adapters (:meth:`_load`, :meth:`_evict`)."""
 
@@ -165,8 +189,6 @@ class BatchedBackend(Rendering):
         self.context_tokens = context_tokens
         self.version = BASE_VERSION
         self._loading = threading.Lock()  # held while adapters are added or removed
-        self._paths: dict[str, str] = {}  # adapter folder of every version seen
-        self._checksums: dict[str, str] = {}  # what each folder must hash to when loaded
         self._pending: collections.Counter[str] = collections.Counter()  # loaded, not queued
         self.batcher = Batcher(self._decoder(), end_ids, max_batch=max_batch, max_queue=max_queue)
         self.batcher.between_steps.append(self._evict)
@@ -185,13 +207,6 @@ class BatchedBackend(Rendering):
         """Get ready for :meth:`prepare` to load adapters while answers run."""
 
     # -- versions ------------------------------------------------------------------------
-
-    def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
-        """Make ``version`` the one unpinned answers get; answers in progress go on with
-        theirs. The seconds returned are those spent loading its adapter."""
-        if version == self.version:
-            return 0.0
-        return self.prepare(Pin(version, adapter_path, checksum))
 
     def prepare(self, pin: Pin) -> float:
         """Load ``pin``'s adapter while answers go on, and make it the default version: a
@@ -216,14 +231,6 @@ class BatchedBackend(Rendering):
                 self._pending[version] -= 1
                 if not self._pending[version]:
                     del self._pending[version]
-
-    def _remember(self, pin: Pin) -> None:
-        if pin.adapter_path is not None:
-            self._paths[pin.version] = pin.adapter_path
-        if pin.checksum is not None:
-            self._checksums[pin.version] = pin.checksum
-        if pin.version not in self._paths:
-            raise ValueError(f"version {pin.version} needs an adapter path")
 
     def _to_forget(self, loaded: list[str]) -> list[str]:
         """Of the adapters ``loaded`` (oldest first), those to forget to keep at most

@@ -31,7 +31,13 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from learnloop.agent.backend import Pin, Rendering, TokenStream, context_length, load_tokenizer
+from learnloop.agent.backend import (
+    EngineBackend,
+    Pin,
+    TokenStream,
+    context_length,
+    load_tokenizer,
+)
 from learnloop.agent.batching import Overloaded, Stalled
 from learnloop.agent.config import GenerationConfig
 from learnloop.agent.stopping import StopScanner
@@ -63,7 +69,7 @@ class _Loop:
         asyncio.run_coroutine_threadsafe(work, self.loop)
 
 
-class VllmBackend(Rendering):
+class VllmBackend(EngineBackend):
     """vLLM's AsyncLLM behind learnloop's Backend interface (agent/backend.py)."""
 
     stall_seconds: float = 120.0  # an answer whose next text takes longer fails: Stalled
@@ -108,16 +114,9 @@ class VllmBackend(Rendering):
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, str, str | None], int] = {}  # (version, folder, checksum)
         self._next_id = itertools.count(1)
-        self._paths: dict[str, str] = {}  # adapter folder of every version seen
-        self._checksums: dict[str, str] = {}
         self._in_flight: set[str] = set()  # request ids generating or waiting
 
     # -- versions ------------------------------------------------------------------------
-
-    def switch(self, version: str, adapter_path: str | None, checksum: str | None = None) -> float:
-        if version == self.version:
-            return 0.0
-        return self.prepare(Pin(version, adapter_path, checksum))
 
     def prepare(self, pin: Pin) -> float:
         """Load ``pin``'s adapter into vLLM (answers go on meanwhile) and make it the
@@ -135,14 +134,8 @@ class VllmBackend(Rendering):
 
         if pin.version == BASE_VERSION:
             return None
-        with self._lock:
-            if pin.adapter_path is not None:
-                self._paths[pin.version] = pin.adapter_path
-            if pin.checksum is not None:
-                self._checksums[pin.version] = pin.checksum
-            if pin.version not in self._paths:
-                raise ValueError(f"version {pin.version} needs an adapter path")
-            path, checksum = self._paths[pin.version], self._checksums.get(pin.version)
+        self._remember(pin)
+        path, checksum = self._paths[pin.version], self._checksums.get(pin.version)
         check(pin.version, Path(path), checksum)
         with self._lock:
             key = (pin.version, path, checksum)
