@@ -98,10 +98,14 @@ def test_feedback_learn_and_the_new_version_answers(
     learned = run_json(tiny_model_dir, "learn", *FAST_LEARN)
     assert learned["version"] == "v1" and learned["parent"] == "base"
     # the tiny model's answers always use the whole token limit, so the thumbs-up answer is
-    # cut off and no SFT target: the correction is the one SFT example. One pair is too few
-    # for DPO (--min-pairs 4), so auto adds KTO on the thumbs alone: up, down,
-    # down+correction, the correction itself
-    assert (learned["sft_examples"], learned["dpo_pairs"], learned["kto_rows"]) == (1, 0, 4)
+    # cut off: an SFT target besides the correction only when its random tokens happen to end
+    # a sentence ("filesystemoeoe$. date" did on CI). One pair is too few for DPO
+    # (--min-pairs 4), so auto adds KTO on the thumbs alone: up, down, down+correction, the
+    # correction itself
+    has_a_sentence = re.search(r"[.!?](\s|$)", rated_turns[0]["answer"]) is not None
+    sft_expected = 1 + has_a_sentence
+    counts = (learned["sft_examples"], learned["dpo_pairs"], learned["kto_rows"])
+    assert counts == (sft_expected, 0, 4)
     assert learned["quality"]["cut_off"] == 1
     assert learned["method"] == "sft+kto"
     assert learned["quality"]["up"] == 1 and learned["quality"]["down"] == 2
@@ -114,7 +118,7 @@ def test_feedback_learn_and_the_new_version_answers(
     assert [v["id"] for v in versions] == ["base", "v1"]
     assert versions[1]["active"] and not versions[0]["active"]
     assert versions[1]["metrics"]["sft"]["steps"] == versions[1]["metrics"]["kto"]["steps"] == 3
-    assert versions[1]["sft_examples"] == 1 and versions[1]["kto_rows"] == 4
+    assert versions[1]["sft_examples"] == sft_expected and versions[1]["kto_rows"] == 4
 
     adapter = Path(learned["adapter_path"])
     assert (
