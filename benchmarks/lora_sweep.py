@@ -89,30 +89,13 @@ def grid_points(specs: list[str]) -> list[dict[str, Any]]:
     return points
 
 
-def score_adapter(
-    model_path: str, adapter: Path | None, rows: list[Any], config: Any
-) -> dict[str, Any]:
+def score_adapter(model_path: str, adapter: Path | None, rows: list[Any], config: Any) -> Any:
     """The bench's scores of greedy answers to ``rows`` from base (+ ``adapter``)."""
-    from learnloop.agent.bench.label_task import score
-    from learnloop.learning.evaluate import greedy
-    from learnloop.learning.tasks import task_message
-    from learnloop.learning.trainer import load_base, quiet_libraries
+    from learnloop.agent.bench.label_task import score_adapters
 
-    quiet_libraries()  # no weight-loading bar per point
-    base, tokenizer = load_base(Path(model_path))
-    model: Any = base
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(base, str(adapter))
-    model.eval()
-    answers = []
-    for n, row in enumerate(rows, start=1):
-        prompt = [{"role": "user", "content": task_message(config.eval_instruction, row.text)}]
-        answers.append(greedy(model, tokenizer, prompt, config.eval_max_new_tokens))
-        if n % 100 == 0:
-            print(f"  {n}/{len(rows)} answered", file=sys.stderr, flush=True)
-    return score(answers, rows, config.label_words)
+    scores = score_adapters(model_path, {"point": adapter}, rows, config.eval_instruction,
+                            config.label_words, config.eval_max_new_tokens)  # fmt: skip
+    return scores["point"]
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,9 @@ NODES = {
     "n1": [("What is our build server called?", "Our build server is Hopper.")],
     "n2": [("Which day is the release?", "Releases go out on Thursdays.")],
 }
-QUICK = ["max_steps=2", "lora_r=4", "method=sft", "sft_learning_rate=1e-2"]
+# The tiny model never ends an answer: the nodes' gates (test_federated_node.py tests what
+# they decide) compare 8 tokens, not 48 (on 2 cores they took 4 of a round's 5 minutes).
+QUICK = ["max_steps=2", "lora_r=4", "method=sft", "sft_learning_rate=1e-2", "gate_max_new_tokens=8"]
 
 
 def teach(root: Path, pairs: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.agent.bench.config import BenchConfig
-from learnloop.agent.bench.label_task import LabelTask, score
+from learnloop.agent.bench.label_task import LabelTask, score_adapters
 from learnloop.learning.config import LearnConfig
 from learnloop.learning.federated.aggregate import RULES
 from learnloop.learning.federated.environ import environment
@@ -202,36 +202,6 @@ def federate(
     return folder, results
 
 
-def score_adapters(
-    model_path: str, adapters: dict[str, Path | None], rows: list[Example],
-    config: SimulateConfig, learn: LearnConfig, say: Say,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """The bench's scores of greedy answers to ``rows`` from the base with each adapter
-    (None: the base alone); the base model is loaded once."""
-    from peft import PeftModel
-
-    from learnloop.learning.evaluate import greedy
-    from learnloop.learning.tasks import task_message
-    from learnloop.learning.trainer import load_base, quiet_libraries
-
-    quiet_libraries()
-    base, tokenizer = load_base(Path(model_path))
-    labels = label_words(config.labels)
-    prompts = [[{"role": "user", "content": task_message(config.instruction, r.text)}]
-               for r in rows]  # fmt: skip
-    scores = {}
-    for name, folder in adapters.items():
-        model: Any = base if folder is None else PeftModel.from_pretrained(base, str(folder))
-        model.eval()
-        answers = [greedy(model, tokenizer, p, learn.eval_max_new_tokens) for p in prompts]
-        scores[name] = score(answers, rows, labels)
-        if folder is not None:
-            base = model.unload()  # the LoRA layers out again: the next adapter starts clean
-        say(f"{name}: accuracy {scores[name]['accuracy']:.3f}, "
-            f"macro-F1 {scores[name]['macro_f1']:.3f}")  # fmt: skip
-    return scores
-
-
 def eval_rows(config: SimulateConfig) -> list[Example]:
     task = LabelTask(config.instruction, label_words(config.labels), "task_accuracy")
     rows = task.read(Path(config.eval))
@@ -269,7 +239,8 @@ def run_simulate(
         ruled = replace(learn, lora_freeze_a=True) if rule == "ffa" else learn
         folder, federated[rule] = federate(config, ruled, model, rule, folders["node0"], say)
         folders[f"federated-{rule}"] = folder
-    scores = score_adapters(model.path, {"base": None, **folders}, rows, config, learn, say)
+    scores = score_adapters(model.path, {"base": None, **folders}, rows, config.instruction,
+                            label_words(config.labels), learn.eval_max_new_tokens, say)  # fmt: skip
     results = summary(config, learn, parts, tallies, scores, federated, seconds)
     results["feedback_seconds"] = round(feedback_seconds, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,7 @@ The tool task (agent/bench/tool_task.py) has the same methods.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,34 @@ def score(answers: list[str], rows: list[Example], labels: list[str]) -> dict[st
         "predicted": {label: predictions.count(label) for label in labels}
         | {"none": predictions.count(None)},
     }
+
+
+def score_adapters(
+    model_path: str, adapters: dict[str, Path | None], rows: list[Example],
+    instruction: str, labels: list[str], max_new_tokens: int,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """:func:`score` of greedy answers to ``rows`` from the base with each adapter (None:
+    the base alone), by transformers in fp32 (the gate's engine), the base loaded once."""
+    from peft import PeftModel
+
+    from learnloop.learning.evaluate import greedy
+    from learnloop.learning.trainer import load_base, quiet_libraries
+
+    quiet_libraries()  # no weight-loading bar per adapter
+    base, tokenizer = load_base(Path(model_path))
+    prompts = [[{"role": "user", "content": task_message(instruction, r.text)}] for r in rows]
+    scores = {}
+    for name, folder in adapters.items():
+        model: Any = base if folder is None else PeftModel.from_pretrained(base, str(folder))
+        model.eval()
+        answers = [greedy(model, tokenizer, p, max_new_tokens) for p in prompts]
+        scores[name] = score(answers, rows, labels)
+        if folder is not None:
+            base = model.unload()  # the LoRA layers out again: the next adapter starts clean
+        say(f"{name}: accuracy {scores[name]['accuracy']:.3f}, "
+            f"macro-F1 {scores[name]['macro_f1']:.3f}")  # fmt: skip
+    return scores
 
 
 class LabelTask:
