@@ -89,12 +89,17 @@ def grid_points(specs: list[str]) -> list[dict[str, Any]]:
     return points
 
 
-def score_adapter(model_path: str, adapter: Path | None, rows: list[Any], config: Any) -> Any:
+def score_adapter(
+    model_path: str, adapter: Path | None, rows: list[Any], config: Any
+) -> dict[str, Any]:
     """The bench's scores of greedy answers to ``rows`` from base (+ ``adapter``)."""
     from learnloop.agent.bench.label_task import score_adapters
 
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     scores = score_adapters(model_path, {"point": adapter}, rows, config.eval_instruction,
-                            config.label_words, config.eval_max_new_tokens)  # fmt: skip
+                            config.label_words, config.eval_max_new_tokens, say)  # fmt: skip
     return scores["point"]
 
 

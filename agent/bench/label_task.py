@@ -61,7 +61,11 @@ def score_adapters(
     for name, folder in adapters.items():
         model: Any = base if folder is None else PeftModel.from_pretrained(base, str(folder))
         model.eval()
-        answers = [greedy(model, tokenizer, p, max_new_tokens) for p in prompts]
+        answers = []
+        for n, prompt in enumerate(prompts, start=1):
+            answers.append(greedy(model, tokenizer, prompt, max_new_tokens))
+            if n % 100 == 0:
+                say(f"  {name}: {n}/{len(prompts)} answered")
         scores[name] = score(answers, rows, labels)
         if folder is not None:
             base = model.unload()  # the LoRA layers out again: the next adapter starts clean
